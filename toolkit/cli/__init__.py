@@ -1,0 +1,83 @@
+"""The ``toolkit`` command line: a thin click group, one module per command.
+
+Commands are imported only when invoked, so ``toolkit --help`` stays instant.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+
+import click
+
+from toolkit import __version__
+
+_COMMANDS: dict[str, tuple[str, str]] = {
+    "train": ("toolkit.cli.train", "Train the demo tiers on generated data and save checkpoints."),
+    "export": ("toolkit.cli.export", "Export every tier to ONNX and check it against PyTorch."),
+    "deploy": ("toolkit.cli.deploy", "Write the Triton model repository: tiers, preprocess, router, ensemble."),
+    "serve": ("toolkit.cli.serve", "Start Triton on a model repository and wait until it is ready."),
+    "infer": ("toolkit.cli.infer", "Send one generated request through the ensemble over gRPC."),
+    "demo": ("toolkit.cli.demo", "Serve the repository, send demo traffic, print what happened, stop."),
+}
+
+
+class _LazyGroup(click.Group):
+    """A click group that imports a command's module only when that command runs."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(_COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in _COMMANDS:
+            return None
+        module = importlib.import_module(_COMMANDS[cmd_name][0])
+        return module.command
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = [(name, help_text) for name, (_, help_text) in _COMMANDS.items()]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+
+@click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="toolkit")
+@click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
+@click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")
+@click.pass_context
+def cli(ctx: click.Context, verbose: int, debug: bool) -> None:
+    """Serve tiered ads-ranking models on Triton with per-request routing.
+
+    The pipeline runs one way: a spec (ensembles/<name>.yaml) -> train (demo data) -> export
+    (ONNX, checked against PyTorch) -> deploy (Triton model repository) -> serve -> clients.
+    Every command reads the spec given with --spec (default: ensembles/ads_ranking.yaml).
+    """
+    level = logging.WARNING - 10 * min(verbose, 2)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    ctx.obj = {"debug": debug}
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the CLI; turn toolkit errors into one line on stderr and exit code 1."""
+    from toolkit.errors import ToolkitError
+
+    debug = "--debug" in (argv if argv is not None else sys.argv[1:])
+    try:
+        cli.main(args=argv, prog_name="toolkit", standalone_mode=False)
+    except ToolkitError as exc:
+        if debug:
+            raise
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        sys.exit(130)

@@ -1,0 +1,392 @@
+"""Typed, frozen objects that an ensemble spec file is validated into.
+
+Each dataclass checks its own invariants in ``__post_init__`` and raises :class:`ValueError` with a
+short statement of what was expected; :mod:`toolkit.spec.load` turns that into a
+:class:`~toolkit.errors.SpecError` that names the file and the key.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+NAME_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
+"""Names of ensembles, tiers and tables: Triton-legal model names, no path separators."""
+
+
+class KeyedValueError(ValueError):
+    """A ValueError about a key below the object being validated.
+
+    Attributes:
+        key: Dotted key path relative to that object, for example ``routing.default_tier``.
+    """
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(message)
+        self.key = key
+
+
+def check_name(value: str, what: str) -> None:
+    """Raise ValueError unless ``value`` is a legal model/tier/table name."""
+    if not NAME_PATTERN.match(value):
+        raise ValueError(
+            f"{what} {value!r} is not a legal name: use a letter, then letters, digits, '_' or '-' "
+            "(at most 64 characters, no path separators)"
+        )
+
+
+@dataclass(frozen=True)
+class SparseFeature:
+    """One categorical feature and its embedding table.
+
+    Attributes:
+        name: Feature name, unique within the spec.
+        vocab: Rows in the table. Row 0 is kept for "missing"; raw id 0 maps to it and every other
+            raw id folds into rows ``1 .. vocab-1`` as ``1 + (id - 1) % (vocab - 1)``.
+    """
+
+    name: str
+    vocab: int
+
+    def __post_init__(self) -> None:
+        check_name(self.name, "feature name")
+        if self.vocab < 2:
+            raise ValueError(f"vocab must be at least 2, got {self.vocab}")
+
+
+@dataclass(frozen=True)
+class HistoryFeature:
+    """The user's recently engaged ads, as ids of the table named ``table``.
+
+    Attributes:
+        length: L, the number of history slots the tiers see (longer histories keep the newest L,
+            shorter ones are left-padded with 0).
+        table: Name of the ad sparse feature whose ids and embedding table the history shares.
+    """
+
+    length: int
+    table: str
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.length <= 4096:
+            raise ValueError(f"length must be between 1 and 4096, got {self.length}")
+
+
+@dataclass(frozen=True)
+class Features:
+    """The request schema: sizes of each request tensor and its tables."""
+
+    user_dense: int
+    ad_dense: int
+    user_sparse: tuple[SparseFeature, ...]
+    ad_sparse: tuple[SparseFeature, ...]
+    history: HistoryFeature
+
+    def __post_init__(self) -> None:
+        if self.user_dense < 1 or self.ad_dense < 1:
+            raise ValueError("user_dense and ad_dense must be at least 1")
+        if not self.user_sparse or not self.ad_sparse:
+            raise ValueError("user_sparse and ad_sparse need at least one feature each")
+        names = [f.name for f in self.user_sparse + self.ad_sparse]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"feature names must be unique, repeated: {', '.join(dupes)}")
+        if self.history.table not in [f.name for f in self.ad_sparse]:
+            raise ValueError(
+                f"history.table {self.history.table!r} must name one of the ad_sparse features "
+                f"({', '.join(f.name for f in self.ad_sparse)})"
+            )
+
+    @property
+    def history_vocab(self) -> int:
+        """Rows of the table the history indexes."""
+        return self.ad_sparse[self.history_table_index].vocab
+
+    @property
+    def history_table_index(self) -> int:
+        """Column of ``ad_sparse`` whose table the history shares."""
+        return [f.name for f in self.ad_sparse].index(self.history.table)
+
+
+@dataclass(frozen=True)
+class CandidateRange:
+    """How many candidates a generated request carries (uniform between the bounds)."""
+
+    min: int
+    max: int
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.min <= self.max:
+            raise ValueError(f"need 1 <= min <= max, got min={self.min}, max={self.max}")
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """Sizes of the generated demo data.
+
+    Attributes:
+        train_requests: Requests to train on.
+        holdout_requests: Held-out requests for metrics, parity checks and evaluation.
+        candidates: Candidate count per request.
+        informative_share: Share of users with long, informative histories.
+    """
+
+    train_requests: int = 24000
+    holdout_requests: int = 6000
+    candidates: CandidateRange = field(default_factory=lambda: CandidateRange(8, 48))
+    informative_share: float = 0.35
+
+    def __post_init__(self) -> None:
+        if self.train_requests < 1 or self.holdout_requests < 1:
+            raise ValueError("train_requests and holdout_requests must be positive")
+        if not 0.0 <= self.informative_share <= 1.0:
+            raise ValueError(f"informative_share must lie in [0, 1], got {self.informative_share}")
+
+
+@dataclass(frozen=True)
+class TierSpec:
+    """One tier: a registered architecture and its size knobs.
+
+    Attributes:
+        name: Tier name; also the Triton model name of the deployed tier.
+        architecture: A registered architecture (``lite``, ``standard``, ``xl``).
+        params: Size knobs of that architecture; validated by its config class.
+    """
+
+    name: str
+    architecture: str
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        check_name(self.name, "tier name")
+
+
+@dataclass(frozen=True)
+class TrainingSpec:
+    """How the demo tiers are trained."""
+
+    epochs: int = 3
+    batch_requests: int = 64
+    learning_rate: float = 0.003
+    weight_decay: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_requests < 1:
+            raise ValueError("epochs and batch_requests must be positive")
+        if self.learning_rate <= 0:
+            raise ValueError(f"learning_rate must be positive, got {self.learning_rate}")
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """Largest allowed difference between an exported model and PyTorch."""
+
+    atol: float = 1e-5
+    rtol: float = 1e-4
+
+
+@dataclass(frozen=True)
+class ExportSpec:
+    """ONNX export settings.
+
+    Attributes:
+        opset: ONNX opset version.
+        parity_requests: Held-out requests each exported model is checked on.
+        tolerance: Allowed difference against PyTorch (|onnx - torch| <= atol + rtol * |torch|).
+        timing_candidates: Candidate counts at which each exported model is timed.
+    """
+
+    opset: int = 18
+    parity_requests: int = 32
+    tolerance: Tolerance = field(default_factory=Tolerance)
+    timing_candidates: tuple[int, ...] = (16, 64, 256)
+
+    def __post_init__(self) -> None:
+        if self.parity_requests < 1:
+            raise ValueError("parity_requests must be positive")
+        if any(n < 1 for n in self.timing_candidates):
+            raise ValueError("timing_candidates must be positive")
+
+
+RuleOp = Literal["<", "<=", ">", ">=", "==", "!="]
+RULE_FEATURES = ("history_length", "num_candidates")
+
+
+@dataclass(frozen=True)
+class Rule:
+    """Route to ``tier`` when ``feature op value`` holds for a request.
+
+    Attributes:
+        feature: A request-level feature the router computes: ``history_length`` (non-padding
+            history ids after preprocessing) or ``num_candidates``.
+        op: Comparison operator.
+        value: Right-hand side.
+        tier: Tier to use when the rule matches.
+    """
+
+    feature: str
+    op: RuleOp
+    value: float
+    tier: str
+
+    def __post_init__(self) -> None:
+        if self.feature not in RULE_FEATURES:
+            raise ValueError(f"feature must be one of {', '.join(RULE_FEATURES)}, got {self.feature!r}")
+
+
+@dataclass(frozen=True)
+class RoutingSpec:
+    """The routing policy and its knobs.
+
+    Attributes:
+        policy: ``static`` serves ``default_tier`` always; ``rules`` serves the tier of the first
+            matching rule, else ``default_tier``. With either, the request parameter ``tier``
+            forces a tier by name.
+        default_tier: Tier used when no rule matches (and the only tier of ``static``).
+        rules: Ordered rules; the first that matches wins.
+    """
+
+    policy: Literal["static", "rules"] = "rules"
+    default_tier: str = ""
+    rules: tuple[Rule, ...] = ()
+
+
+@dataclass(frozen=True)
+class TritonSpec:
+    """Settings of the generated Triton repository and of the server that runs it.
+
+    Attributes:
+        backend: Backend of the tier and preprocess models: ``onnxruntime`` (NGC tritonserver),
+            ``python`` (an ONNX Runtime runner in the python backend, for servers without the
+            onnxruntime backend, such as the embedded one) or ``auto`` (pick by the server).
+        max_candidates: Largest N a request may carry.
+        router_instances: Instances of the router model (>= 2: a synchronous BLS call blocks one).
+        tier_instances: Instances of each tier model.
+        host: Address the server binds to.
+        grpc_port: gRPC port.
+        http_port: HTTP port.
+        metrics_port: Metrics port.
+    """
+
+    backend: Literal["auto", "onnxruntime", "python"] = "auto"
+    max_candidates: int = 1024
+    router_instances: int = 2
+    tier_instances: int = 1
+    host: str = "127.0.0.1"
+    grpc_port: int = 8001
+    http_port: int = 8000
+    metrics_port: int = 8002
+
+    def __post_init__(self) -> None:
+        if self.max_candidates < 1:
+            raise ValueError(f"max_candidates must be positive, got {self.max_candidates}")
+        if self.router_instances < 2:
+            raise ValueError(
+                f"router_instances must be at least 2 (a synchronous BLS call blocks its instance), "
+                f"got {self.router_instances}"
+            )
+        if self.tier_instances < 1:
+            raise ValueError(f"tier_instances must be positive, got {self.tier_instances}")
+        for port in (self.grpc_port, self.http_port, self.metrics_port):
+            if not 1 <= port <= 65535:
+                raise ValueError(f"ports must lie in 1..65535, got {port}")
+
+
+@dataclass(frozen=True)
+class PathsSpec:
+    """Where each stage writes, relative to the working directory unless absolute."""
+
+    checkpoints: str = "checkpoints"
+    artifacts: str = "artifacts"
+    repository: str = "model_repository"
+
+
+@dataclass(frozen=True)
+class Spec:
+    """A whole ensemble spec.
+
+    Attributes:
+        name: Ensemble name; the Triton model clients call.
+        seed: Seed of the generated data and of training.
+        features: The request schema.
+        tiers: Tiers in order of rising cost; the first is the cheapest.
+        data: Generated data sizes.
+        training: Training settings.
+        export: Export settings.
+        routing: Routing policy.
+        triton: Repository and server settings.
+        paths: Output folders.
+        source: File the spec was read from (empty when built in code).
+    """
+
+    name: str
+    features: Features
+    tiers: tuple[TierSpec, ...]
+    seed: int = 7
+    data: DataSpec = field(default_factory=DataSpec)
+    training: TrainingSpec = field(default_factory=TrainingSpec)
+    export: ExportSpec = field(default_factory=ExportSpec)
+    routing: RoutingSpec = field(default_factory=RoutingSpec)
+    triton: TritonSpec = field(default_factory=TritonSpec)
+    paths: PathsSpec = field(default_factory=PathsSpec)
+    source: str = ""
+
+    def __post_init__(self) -> None:
+        check_name(self.name, "ensemble name")
+        if not self.tiers:
+            raise ValueError("at least one tier is needed")
+        names = [t.name for t in self.tiers]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"tier names must be unique, repeated: {', '.join(dupes)}")
+        reserved = {self.name, *self.reserved_model_names}
+        clash = sorted(reserved & set(names))
+        if clash:
+            raise ValueError(f"tier names clash with the ensemble's own models: {', '.join(clash)}")
+        if self.routing.default_tier and self.routing.default_tier not in names:
+            raise KeyedValueError(
+                "routing.default_tier",
+                f"expected one of the tiers ({', '.join(names)}), got {self.routing.default_tier!r}",
+            )
+        for i, rule in enumerate(self.routing.rules):
+            if rule.tier not in names:
+                raise KeyedValueError(
+                    f"routing.rules[{i}].tier", f"expected one of the tiers ({', '.join(names)}), got {rule.tier!r}"
+                )
+
+    @property
+    def default_tier(self) -> str:
+        """The tier served when no rule matches: ``routing.default_tier`` or the cheapest tier."""
+        return self.routing.default_tier or self.tiers[0].name
+
+    @property
+    def tier_names(self) -> tuple[str, ...]:
+        """Tier names in order of rising cost."""
+        return tuple(t.name for t in self.tiers)
+
+    @property
+    def preprocess_model(self) -> str:
+        """Triton model name of the preprocess step."""
+        return f"{self.name}_preprocess"
+
+    @property
+    def router_model(self) -> str:
+        """Triton model name of the router."""
+        return f"{self.name}_router"
+
+    @property
+    def reserved_model_names(self) -> tuple[str, ...]:
+        """Model names the ensemble itself uses besides the tiers."""
+        return (self.preprocess_model, self.router_model)
+
+    def tier(self, name: str) -> TierSpec:
+        """Return the tier called ``name``.
+
+        Raises:
+            KeyError: No tier has that name.
+        """
+        for tier in self.tiers:
+            if tier.name == name:
+                return tier
+        raise KeyError(name)
