@@ -62,6 +62,23 @@ def spec_from_dict(data: Any, source: str = "<dict>") -> Spec:
     return _build(Spec, data, source, "")
 
 
+def build_dataclass(cls: type, data: Any, source: str, key: str) -> Any:
+    """Validate a mapping into the dataclass ``cls`` the way spec sections are validated.
+
+    Used for sections whose class is chosen at run time, such as a tier's ``params``.
+
+    Args:
+        cls: Dataclass to build.
+        data: Parsed mapping.
+        source: Spec file name for messages.
+        key: Dotted key of ``data`` in the spec, for messages.
+
+    Raises:
+        SpecError: A key is missing, unknown or invalid.
+    """
+    return _build(cls, data, source, key)
+
+
 def _kind(value: Any) -> str:
     if value is None:
         return "nothing"

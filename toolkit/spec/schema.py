@@ -132,7 +132,7 @@ class DataSpec:
         informative_share: Share of users with long, informative histories.
     """
 
-    train_requests: int = 24000
+    train_requests: int = 60000
     holdout_requests: int = 6000
     candidates: CandidateRange = field(default_factory=lambda: CandidateRange(8, 48))
     informative_share: float = 0.35
@@ -166,9 +166,9 @@ class TierSpec:
 class TrainingSpec:
     """How the demo tiers are trained."""
 
-    epochs: int = 3
+    epochs: int = 1
     batch_requests: int = 64
-    learning_rate: float = 0.003
+    learning_rate: float = 0.005
     weight_decay: float = 0.0
 
     def __post_init__(self) -> None:
@@ -352,7 +352,8 @@ class Spec:
         for i, rule in enumerate(self.routing.rules):
             if rule.tier not in names:
                 raise KeyedValueError(
-                    f"routing.rules[{i}].tier", f"expected one of the tiers ({', '.join(names)}), got {rule.tier!r}"
+                    f"routing.rules[{i}].tier",
+                    f"expected one of the tiers ({', '.join(names)}), got {rule.tier!r}",
                 )
 
     @property

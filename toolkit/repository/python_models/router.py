@@ -1,0 +1,110 @@
+"""The BLS router of a tiered ranking ensemble (Triton python backend).
+
+Reads ``router.json`` beside this file, picks a tier per request with the routing policy that
+``toolkit deploy`` copied beside it (package ``toolkit_router``), calls that tier through BLS and
+returns its scores plus, per candidate, the index of the tier that scored it.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from toolkit_router import (  # noqa: E402
+    RequestContext,
+    RouterConfig,
+    RoutingError,
+    decide,
+    parse_parameters,
+    request_features,
+)
+
+INPUTS = ("user_dense", "user_sparse", "user_history", "ad_dense", "ad_sparse")
+_LOG_EVERY = 1000
+
+
+class TritonPythonModel:
+    """Triton's entry point for the router model."""
+
+    def initialize(self, args: dict) -> None:
+        """Load ``router.json``."""
+        here = Path(args["model_repository"]) / args["model_version"]
+        self.config = RouterConfig.from_json((here / "router.json").read_text(encoding="utf-8"))
+        self.counts: Counter[str] = Counter()
+        self.served = 0
+
+    def execute(self, requests: list) -> list:
+        """Route and score each request; a refused request gets INVALID_ARGUMENT, others are unaffected."""
+        return [self._route(request) for request in requests]
+
+    def _route(self, request: object) -> object:
+        try:
+            tensors, context = self._parse(request)
+            decision = decide(self.config, context)
+        except RoutingError as exc:
+            self.counts["rejected"] += 1
+            return pb_utils.InferenceResponse(
+                error=pb_utils.TritonError(str(exc), pb_utils.TritonError.INVALID_ARG)
+            )
+        response = pb_utils.InferenceRequest(
+            model_name=decision.tier,
+            requested_output_names=["score"],
+            inputs=[tensors[name] for name in INPUTS],
+        ).exec()
+        if response.has_error():
+            self.counts[f"error:{decision.tier}"] += 1
+            message = f"tier {decision.tier!r} failed: {response.error().message()}"
+            return pb_utils.InferenceResponse(
+                error=pb_utils.TritonError(message, pb_utils.TritonError.UNAVAILABLE)
+            )
+        score = (
+            pb_utils.get_output_tensor_by_name(response, "score").as_numpy().astype(np.float32, copy=False)
+        )
+        self._count(decision.tier, decision.reason)
+        return pb_utils.InferenceResponse(
+            output_tensors=[
+                pb_utils.Tensor("score", score),
+                pb_utils.Tensor("tier", np.full(score.shape, decision.index, dtype=np.int32)),
+            ]
+        )
+
+    def _parse(self, request: object) -> tuple[dict, RequestContext]:
+        tensors = {}
+        for name in INPUTS:
+            tensor = pb_utils.get_input_tensor_by_name(request, name)
+            if tensor is None:
+                raise RoutingError(f"input tensor {name!r} is missing")
+            tensors[name] = tensor
+        n = int(tensors["ad_dense"].as_numpy().shape[0])
+        if n < 1:
+            raise RoutingError("input tensor 'ad_dense' has 0 candidates; a request needs at least 1")
+        if n > self.config.max_candidates:
+            raise RoutingError(
+                f"input tensor 'ad_dense' has {n} candidates; "
+                f"at most {self.config.max_candidates} are allowed"
+            )
+        try:
+            parameters = json.loads(request.parameters() or "{}")
+        except ValueError as exc:
+            raise RoutingError(f"request parameters are not readable: {exc}") from None
+        forced, budget = parse_parameters(parameters, self.config)
+        features = request_features(tensors["user_history"].as_numpy(), n)
+        return tensors, RequestContext(features=features, forced_tier=forced, latency_budget_ms=budget)
+
+    def _count(self, tier: str, reason: str) -> None:
+        self.counts[f"tier:{tier}"] += 1
+        self.counts[f"reason:{reason.split(':')[0]}"] += 1
+        self.served += 1
+        if self.served % _LOG_EVERY == 0:
+            pb_utils.Logger.log_info(f"router decisions so far: {dict(sorted(self.counts.items()))}")
+
+    def finalize(self) -> None:
+        """Log the decision counts once more at unload."""
+        pb_utils.Logger.log_info(f"router decisions: {dict(sorted(self.counts.items()))}")

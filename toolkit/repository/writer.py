@@ -1,0 +1,183 @@
+"""``toolkit deploy``: write the Triton model repository atomically from the spec and the manifest."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as mc
+
+from toolkit import __version__
+from toolkit.errors import ExportError, RepositoryError
+from toolkit.export.manifest import FP32, read_manifest, verify_files
+from toolkit.repository import configs
+from toolkit.router.policy import RouterConfig, RuleConfig
+from toolkit.spec.schema import Spec
+
+MARKER = "toolkit-repository.json"
+"""File at the repository's top level that says the toolkit wrote it (Triton ignores top-level files)."""
+
+MARKER_FORMAT = 1
+BACKENDS = ("onnxruntime", "python")
+_PYTHON_MODELS = Path(__file__).resolve().parent / "python_models"
+_ROUTER_PACKAGE = Path(__file__).resolve().parent.parent / "router"
+
+
+@dataclass(frozen=True)
+class DeployResult:
+    """What ``deploy`` wrote.
+
+    Attributes:
+        repository: The repository folder.
+        backend: Backend of the tiers and the preprocess step.
+        models: Model names written, entry point first.
+        variants: Variant deployed per tier.
+        replaced: Whether an earlier repository was replaced.
+    """
+
+    repository: Path
+    backend: str
+    models: tuple[str, ...]
+    variants: dict[str, str]
+    replaced: bool
+
+
+def router_settings(spec: Spec) -> RouterConfig:
+    """The router's configuration (``router.json``) derived from the spec."""
+    return RouterConfig(
+        tiers=spec.tier_names,
+        policy=spec.routing.policy,
+        default_tier=spec.default_tier,
+        rules=tuple(RuleConfig(r.feature, r.op, r.value, r.tier) for r in spec.routing.rules),
+        max_candidates=spec.triton.max_candidates,
+    )
+
+
+def write_config(folder: Path, config: mc.ModelConfig) -> None:
+    """Write ``config.pbtxt`` with protobuf text format."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.pbtxt").write_text(text_format.MessageToString(config), encoding="utf-8")
+
+
+def _variant_entry(manifest: dict[str, Any], spec: Spec, name: str) -> dict[str, Any]:
+    source = f"{spec.source or 'the spec'}"
+    tier = manifest.get("tiers", {}).get(name)
+    if tier is None:
+        raise RepositoryError(f"tier {name!r} of {source} is not in the manifest; run `toolkit export`")
+    variant = tier.get("variants", {}).get(FP32)
+    if variant is None or variant.get("status") != "OK":
+        raise RepositoryError(f"tier {name!r} has no exported {FP32} variant that passed its checks")
+    return variant
+
+
+def _copy_onnx(artifacts: Path, variant: dict[str, Any], dest: Path) -> None:
+    dest.mkdir(parents=True, exist_ok=True)
+    for entry in variant["files"]:
+        shutil.copy2(artifacts / entry["path"], dest / Path(entry["path"]).name)
+
+
+def _write_onnx_model(
+    staging: Path, artifacts: Path, variant: dict[str, Any], config: mc.ModelConfig, backend: str
+) -> None:
+    folder = staging / config.name
+    write_config(folder, config)
+    _copy_onnx(artifacts, variant, folder / "1")
+    if backend == "python":
+        shutil.copy2(_PYTHON_MODELS / "onnx_runner.py", folder / "1" / "model.py")
+
+
+def _write_router(staging: Path, spec: Spec) -> None:
+    folder = staging / spec.router_model
+    write_config(folder, configs.router_config(spec))
+    version = folder / "1"
+    version.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(_PYTHON_MODELS / "router.py", version / "model.py")
+    shutil.copytree(_ROUTER_PACKAGE, version / "toolkit_router", ignore=shutil.ignore_patterns("__pycache__"))
+    (version / "router.json").write_text(router_settings(spec).to_json(), encoding="utf-8")
+
+
+def _check_replaceable(out: Path) -> bool:
+    if not out.exists():
+        return False
+    if not out.is_dir():
+        raise RepositoryError(f"{out}: exists and is not a folder; refusing to replace it")
+    entries = [p for p in out.iterdir() if p.name not in (".gitkeep",)]
+    if entries and not (out / MARKER).is_file():
+        raise RepositoryError(
+            f"{out}: is not empty and was not written by `toolkit deploy` (no {MARKER}); "
+            "refusing to replace it: choose another --out or remove it"
+        )
+    return bool(entries)
+
+
+def deploy(spec: Spec, artifacts: Path, out: Path, backend: str) -> DeployResult:
+    """Write the model repository for ``spec`` from the exported artifacts.
+
+    The repository is written beside ``out`` and renamed into place, so a failed deploy leaves the
+    previous repository as it was.
+
+    Args:
+        spec: The ensemble spec.
+        artifacts: Export output (with ``manifest.json``).
+        out: Repository folder to (re)place.
+        backend: ``onnxruntime`` or ``python`` for the tiers and the preprocess step.
+
+    Raises:
+        RepositoryError: The manifest lacks a tier, a file changed since export, or ``out`` holds
+            something the toolkit did not write.
+    """
+    if backend not in BACKENDS:
+        raise RepositoryError(f"backend {backend!r} is not one of {', '.join(BACKENDS)}")
+    try:
+        manifest = read_manifest(artifacts)
+        if manifest.get("ensemble") != spec.name:
+            raise RepositoryError(
+                f"{artifacts}: manifest is for ensemble {manifest.get('ensemble')!r}, not {spec.name!r}"
+            )
+        pre_variant = manifest["preprocess"]["variants"][FP32]
+        verify_files(artifacts, pre_variant, spec.preprocess_model)
+        variants = {name: _variant_entry(manifest, spec, name) for name in spec.tier_names}
+        for name, variant in variants.items():
+            verify_files(artifacts, variant, f"tier {name!r}")
+    except ExportError as exc:
+        raise RepositoryError(str(exc)) from None
+    out = out.resolve()
+    replacing = _check_replaceable(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = out.with_name(f".{out.name}.staging-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        staging.mkdir()
+        for name, variant in variants.items():
+            _write_onnx_model(staging, artifacts, variant, configs.tier_config(spec, name, backend), backend)
+        _write_onnx_model(staging, artifacts, pre_variant, configs.preprocess_config(spec, backend), backend)
+        _write_router(staging, spec)
+        write_config(staging / spec.name, configs.ensemble_config(spec))
+        (staging / spec.name / "1").mkdir()
+        marker = {
+            "format": MARKER_FORMAT,
+            "toolkit_version": __version__,
+            "ensemble": spec.name,
+            "spec": spec.source,
+            "backend": backend,
+            "variants": dict.fromkeys(spec.tier_names, FP32),
+            "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        }
+        (staging / MARKER).write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        if out.exists():
+            os.replace(out, old)
+        os.replace(staging, out)
+        shutil.rmtree(old, ignore_errors=True)
+    except OSError as exc:
+        raise RepositoryError(f"{out}: writing the repository failed: {exc}") from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    models = (spec.name, spec.preprocess_model, spec.router_model, *spec.tier_names)
+    return DeployResult(out, backend, models, dict.fromkeys(spec.tier_names, FP32), replacing)

@@ -1,0 +1,178 @@
+"""Routing policies: which tier serves a request.
+
+Plain Python and numpy only, with no imports from the rest of the toolkit: ``toolkit deploy`` copies
+this package into the router model of the Triton repository, and ``toolkit evaluate`` runs the very
+same code offline, so online and offline decisions cannot drift.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import operator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+_OPS = {
+    "<": operator.lt,
+    "<=": operator.le,
+    ">": operator.gt,
+    ">=": operator.ge,
+    "==": operator.eq,
+    "!=": operator.ne,
+}
+
+KNOWN_PARAMETERS = ("tier", "latency_budget_ms")
+"""Request parameters the router reads."""
+
+
+class RoutingError(ValueError):
+    """A request the router refuses (bad parameter or input); the message names the culprit."""
+
+
+@dataclass(frozen=True)
+class RuleConfig:
+    """Route to ``tier`` when ``feature op value`` holds."""
+
+    feature: str
+    op: str
+    value: float
+    tier: str
+
+    def matches(self, features: dict[str, float]) -> bool:
+        """Whether the rule holds for a request's features."""
+        return bool(_OPS[self.op](features[self.feature], self.value))
+
+
+@dataclass(frozen=True)
+class RouterConfig:
+    """Everything the router needs, written by ``toolkit deploy`` as ``router.json``.
+
+    Attributes:
+        tiers: Tier model names in order of rising cost; a tier's index here is what the ``tier``
+            output carries.
+        policy: ``static`` or ``rules``.
+        default_tier: Tier when no rule matches (the only tier of ``static``).
+        rules: Ordered rules, first match wins.
+        max_candidates: Largest N accepted.
+    """
+
+    tiers: tuple[str, ...]
+    policy: str
+    default_tier: str
+    rules: tuple[RuleConfig, ...] = field(default_factory=tuple)
+    max_candidates: int = 1024
+
+    def __post_init__(self) -> None:
+        if self.policy not in ("static", "rules"):
+            raise ValueError(f"unknown routing policy {self.policy!r}")
+        if self.default_tier not in self.tiers:
+            raise ValueError(f"default tier {self.default_tier!r} is not one of {self.tiers}")
+        for rule in self.rules:
+            if rule.tier not in self.tiers or rule.op not in _OPS:
+                raise ValueError(f"bad rule {rule}")
+
+    def to_json(self) -> str:
+        """Serialise for ``router.json``."""
+        data = {
+            "tiers": list(self.tiers),
+            "policy": self.policy,
+            "default_tier": self.default_tier,
+            "rules": [vars(r) for r in self.rules],
+            "max_candidates": self.max_candidates,
+        }
+        return json.dumps(data, indent=2) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str) -> RouterConfig:
+        """Parse ``router.json``."""
+        data = json.loads(text)
+        rules = tuple(RuleConfig(**r) for r in data.pop("rules", []))
+        return cls(tiers=tuple(data.pop("tiers")), rules=rules, **data)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The tier chosen for a request and why.
+
+    Attributes:
+        tier: Tier model name.
+        index: Its position in ``RouterConfig.tiers``.
+        reason: ``forced`` (request parameter), ``rule:<i>``, ``default`` or ``static``.
+    """
+
+    tier: str
+    index: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class RequestContext:
+    """What a policy may look at: request-level features and the parsed request parameters."""
+
+    features: dict[str, float]
+    forced_tier: str | None = None
+    latency_budget_ms: float | None = None
+
+
+def request_features(user_history: np.ndarray, num_candidates: int) -> dict[str, float]:
+    """Request-level features of a preprocessed request.
+
+    Args:
+        user_history: Preprocessed history ids [1, L] (0 = padding).
+        num_candidates: N.
+    """
+    return {
+        "history_length": float(np.count_nonzero(user_history)),
+        "num_candidates": float(num_candidates),
+    }
+
+
+def parse_parameters(parameters: dict[str, Any], config: RouterConfig) -> tuple[str | None, float | None]:
+    """Validate the request parameters the router reads; others are ignored.
+
+    Returns:
+        The forced tier (or None) and the latency budget in ms (or None).
+
+    Raises:
+        RoutingError: ``tier`` is not a known tier name, or ``latency_budget_ms`` is not a positive
+            number.
+    """
+    tier = parameters.get("tier")
+    if tier is not None and (not isinstance(tier, str) or tier not in config.tiers):
+        raise RoutingError(
+            f"request parameter 'tier': unknown tier {tier!r}; expected one of {', '.join(config.tiers)}"
+        )
+    budget = parameters.get("latency_budget_ms")
+    if budget is not None:
+        if isinstance(budget, str):
+            try:
+                budget = float(budget)
+            except ValueError:
+                budget = None
+        valid = isinstance(budget, int | float) and not isinstance(budget, bool)
+        if not valid or not math.isfinite(budget) or budget <= 0:
+            raise RoutingError(
+                f"request parameter 'latency_budget_ms': expected a positive number of milliseconds, "
+                f"got {parameters.get('latency_budget_ms')!r}"
+            )
+        budget = float(budget)
+    return tier, budget
+
+
+def decide(config: RouterConfig, context: RequestContext) -> Decision:
+    """Pick the tier for one request.
+
+    A forced tier (request parameter ``tier``) always wins; then ``static`` serves the default tier
+    and ``rules`` the tier of the first matching rule, else the default tier.
+    """
+    if context.forced_tier is not None:
+        return Decision(context.forced_tier, config.tiers.index(context.forced_tier), "forced")
+    if config.policy == "rules":
+        for i, rule in enumerate(config.rules):
+            if rule.matches(context.features):
+                return Decision(rule.tier, config.tiers.index(rule.tier), f"rule:{i}")
+        return Decision(config.default_tier, config.tiers.index(config.default_tier), "default")
+    return Decision(config.default_tier, config.tiers.index(config.default_tier), "static")
