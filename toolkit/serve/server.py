@@ -13,6 +13,7 @@ import ctypes
 import http.client
 import logging
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -45,6 +46,8 @@ _POLL_INTERVAL_S = 0.1
 _PROBE_TIMEOUT_S = 1.0
 _LOG_TAIL_LINES = 30
 _PR_SET_PDEATHSIG = 1
+_ERROR_LINE = re.compile(r"^E\d{4} ")
+_HARMLESS_ERRORS = ("CudaDriverHelper has not been initialized",)
 
 
 class TritonServer:
@@ -53,6 +56,10 @@ class TritonServer:
     Use it as a context manager (start, wait until ready, stop on exit) or call :meth:`start`,
     :meth:`wait_ready` and :meth:`stop` yourself. A server that is still running when the
     interpreter exits is stopped by an ``atexit`` hook.
+
+    On Linux the server gets SIGTERM when the thread that called :meth:`start` ends (the kernel's
+    parent-death signal follows the thread), so start it from a thread that outlives it, such as
+    the main thread.
 
     Example:
         >>> with TritonServer(ServerOptions(repository=Path("model_repository"))) as server:
@@ -94,6 +101,7 @@ class TritonServer:
         """
         if self.running:
             raise ServerError(f"tritonserver is already running (pid {self.pid}); stop it first.")
+        self.stop()
         opts = self.options
         check_ports_free(opts.host, opts.ports)
         install = find_tritonserver(opts.tritonserver)
@@ -149,7 +157,7 @@ class TritonServer:
                 self.stop()
                 raise ServerError(
                     f"tritonserver {_describe_exit(process.returncode)} before it was ready "
-                    f"(log: {self._log_path}). Last log lines:\n{self.log_tail()}"
+                    f"(log: {self._log_path}).{self._failure_details()}"
                 )
             if self.is_ready():
                 logger.info("tritonserver ready after %.1f s", time.monotonic() - started)
@@ -158,7 +166,7 @@ class TritonServer:
                 self.stop()
                 raise ServerError(
                     f"tritonserver was not ready after {limit:g} s and was stopped "
-                    f"(log: {self._log_path}). Last log lines:\n{self.log_tail()}"
+                    f"(log: {self._log_path}).{self._failure_details()}"
                 )
             time.sleep(_POLL_INTERVAL_S)
 
@@ -252,6 +260,30 @@ class TritonServer:
         except OSError:
             return ""
         return "\n".join(data.decode("utf-8", errors="replace").splitlines()[-n:])
+
+    def log_errors(self, limit: int = 10) -> list[str]:
+        """Return up to ``limit`` error lines of the server log, first ones first.
+
+        Errors every CPU-only start logs (no CUDA driver) are left out.
+        """
+        errors: list[str] = []
+        if self._log_path is None or limit <= 0:
+            return errors
+        try:
+            with self._log_path.open(encoding="utf-8", errors="replace") as handle:
+                for line in handle:
+                    if _ERROR_LINE.match(line) and not any(text in line for text in _HARMLESS_ERRORS):
+                        errors.append(line.rstrip("\n"))
+                        if len(errors) >= limit:
+                            break
+        except OSError:
+            pass
+        return errors
+
+    def _failure_details(self) -> str:
+        errors = self.log_errors()
+        found = "\nErrors in the log:\n" + "\n".join(errors) if errors else ""
+        return f"{found}\nLast log lines:\n{self.log_tail()}"
 
     @property
     def _client_host(self) -> str:
