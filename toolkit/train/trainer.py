@@ -116,7 +116,7 @@ def fit(
             schedule.step()
             step += 1
             if progress is not None:
-                progress(name, step, total, float(loss))
+                progress(name, step, total, loss.item())
     model.eval()
 
 

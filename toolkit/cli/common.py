@@ -1,0 +1,65 @@
+"""Options and helpers shared by the CLI commands."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from toolkit.spec.load import DEFAULT_SPEC
+
+if TYPE_CHECKING:
+    from toolkit.spec.schema import Spec
+
+
+def spec_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    """``--spec PATH``: the ensemble spec file."""
+    return click.option(
+        "--spec",
+        "spec_path",
+        type=click.Path(dir_okay=False, path_type=Path),
+        default=DEFAULT_SPEC,
+        show_default=True,
+        help="Ensemble spec file (YAML). Paths in it are relative to the working directory.",
+    )(func)
+
+
+def load(spec_path: Path) -> Spec:
+    """Load the spec (errors become one line through the CLI's error handling)."""
+    from toolkit.spec import load_spec
+
+    return load_spec(spec_path)
+
+
+def folder(given: Path | None, default: str) -> Path:
+    """A folder from a flag, else from the spec's ``paths`` section."""
+    return given if given is not None else Path(default)
+
+
+def fmt(value: float | None, digits: int = 4) -> str:
+    """A number for a table cell; blank for None or NaN."""
+    if value is None or value != value:
+        return "-"
+    return f"{value:.{digits}f}"
+
+
+def output_console() -> Any:
+    """A rich console for results on stdout: 120 columns wide when stdout is not a terminal."""
+    import sys
+
+    from rich.console import Console
+
+    return Console(width=None if sys.stdout.isatty() else 120)
+
+
+def results_table(title: str, columns: list[str], left: int = 1) -> Any:
+    """A compact rich table; the first ``left`` columns are left-aligned, the rest right-aligned."""
+    from rich import box
+    from rich.table import Table
+
+    table = Table(title=title, box=box.SIMPLE_HEAD, title_justify="left")
+    for i, column in enumerate(columns):
+        table.add_column(column, justify="left" if i < left else "right", no_wrap=True)
+    return table
