@@ -44,7 +44,13 @@ from toolkit.cli.common import load, output_console, results_table, spec_option
     help="This request's latency budget (request parameter `latency_budget_ms`).",
 )
 @click.option("--top", type=click.IntRange(min=1), default=10, show_default=True, help="Candidates to print.")
-@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=10.0, show_default=True)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=10.0,
+    show_default=True,
+    help="Seconds to wait for the answer before giving up.",
+)
 def command(
     spec_path: Path,
     url: str | None,

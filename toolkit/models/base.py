@@ -23,6 +23,13 @@ class RankingModel(nn.Module):
     """
 
     features: Features
+    out: nn.Linear
+
+    def set_prior(self, ctr: float) -> None:
+        """Start the output bias at the logit of the training CTR, so training starts calibrated."""
+        ctr = min(max(ctr, 1e-6), 1.0 - 1e-6)
+        with torch.no_grad():
+            self.out.bias.fill_(float(torch.logit(torch.tensor(ctr))))
 
     def user_side(
         self, user_dense: torch.Tensor, user_sparse: torch.Tensor, user_history: torch.Tensor

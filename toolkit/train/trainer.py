@@ -103,6 +103,7 @@ def fit(
     schedule = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=cfg.learning_rate, total_steps=total, pct_start=0.1
     )
+    model.set_prior(float(data.labels.mean()))
     model.train()
     step = 0
     for _ in range(cfg.epochs):

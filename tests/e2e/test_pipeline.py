@@ -1,0 +1,130 @@
+"""train -> export -> deploy through the CLI: outputs, manifest, repository, and failures that keep state."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import shutil
+from pathlib import Path
+
+import click
+import pytest
+from google.protobuf import text_format
+from helpers import run_cli, tiny_spec_dict, write_spec
+from tritonclient.grpc import model_config_pb2 as mc
+
+from toolkit.export import read_manifest
+from toolkit.export.manifest import sha256_file
+from toolkit.repository import MARKER
+
+pytestmark = pytest.mark.e2e
+
+
+def _tree_digest(folder: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+def test_train_prints_quality_per_tier_when_run(pipeline) -> None:
+    out = pipeline.outputs["train"]
+    for tier in pipeline.spec.tier_names:
+        assert tier in out
+        assert (pipeline.checkpoints / f"{tier}.pt").is_file()
+    report = json.loads((pipeline.checkpoints / "training.json").read_text())
+    for metrics in report["tiers"].values():
+        assert 0.0 < metrics["ne"] < 1.5 and 0.0 <= metrics["auc"] <= 1.0
+
+
+def test_export_writes_manifest_with_checked_variants_when_run(pipeline) -> None:
+    manifest = read_manifest(pipeline.artifacts)
+    tolerance = pipeline.spec.export.tolerance
+    assert manifest["ensemble"] == pipeline.spec.name
+    assert list(manifest["tiers"]) == list(pipeline.spec.tier_names)
+    for name, tier in manifest["tiers"].items():
+        variant = tier["variants"]["onnx-fp32"]
+        assert variant["status"] == "OK"
+        assert variant["max_abs_error"]["score"] <= tolerance.atol + tolerance.rtol
+        assert abs(variant["quality"]["ne_delta_rel"]) < 1e-4
+        assert set(variant["latency_ms"]) == {"8"}
+        for entry in variant["files"]:
+            path = pipeline.artifacts / entry["path"]
+            assert path.stat().st_size == entry["bytes"] and sha256_file(path) == entry["sha256"]
+        assert tier["checkpoint"]["sha256"] == sha256_file(pipeline.checkpoints / f"{name}.pt")
+
+
+def test_deploy_writes_every_model_with_parseable_configs_when_run(pipeline) -> None:
+    spec = pipeline.spec
+    repo = pipeline.repository
+    for model in (spec.name, spec.preprocess_model, spec.router_model, *spec.tier_names):
+        config = text_format.Parse((repo / model / "config.pbtxt").read_text(), mc.ModelConfig())
+        assert config.name == model
+        assert (repo / model / "1").is_dir()
+    assert json.loads((repo / MARKER).read_text())["ensemble"] == spec.name
+    router = json.loads((repo / spec.router_model / "1" / "router.json").read_text())
+    assert router["tiers"] == list(spec.tier_names) and router["policy"] == spec.routing.policy
+    assert (repo / spec.router_model / "1" / "toolkit_router" / "policy.py").is_file()
+
+
+def test_export_fails_and_keeps_previous_artifacts_when_over_tolerance(pipeline, tmp_path) -> None:
+    artifacts = tmp_path / "artifacts"
+    shutil.copytree(pipeline.artifacts, artifacts)
+    before = _tree_digest(artifacts)
+    data = tiny_spec_dict(tmp_path)
+    data["paths"]["checkpoints"] = str(pipeline.checkpoints)
+    data["paths"]["artifacts"] = str(artifacts)
+    data["export"]["tolerance"] = {"atol": 0.0, "rtol": 0.0}
+    spec = write_spec(tmp_path / "strict.yaml", data)
+    proc = run_cli("export", "--spec", str(spec), "--tier", "xl", check=False)
+    assert proc.returncode == 1
+    assert "max abs error per output" in proc.stderr and "Nothing in" in proc.stderr
+    assert _tree_digest(artifacts) == before
+
+
+def test_deploy_fails_and_keeps_previous_repository_when_artifact_changed(pipeline, tmp_path) -> None:
+    artifacts = tmp_path / "artifacts"
+    shutil.copytree(pipeline.artifacts, artifacts)
+    repo = tmp_path / "repo"
+    shutil.copytree(pipeline.repository, repo)
+    before = _tree_digest(repo)
+    tampered = artifacts / "xl" / "onnx-fp32" / "model.onnx"
+    tampered.write_bytes(tampered.read_bytes() + b"\0")
+    args = ("deploy", "--spec", str(pipeline.spec_path), "--artifacts", str(artifacts), "--out", str(repo))
+    proc = run_cli(*args, check=False)
+    assert proc.returncode == 1
+    assert str(tampered) in proc.stderr and "sha256" in proc.stderr
+    assert _tree_digest(repo) == before
+
+
+def test_deploy_refuses_to_replace_folder_it_did_not_write_when_pointed_at_one(pipeline, tmp_path) -> None:
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("keep me")
+    proc = run_cli("deploy", "--spec", str(pipeline.spec_path), "--out", str(foreign), check=False)
+    assert proc.returncode == 1 and "refusing to replace" in proc.stderr
+    assert (foreign / "notes.txt").read_text() == "keep me"
+
+
+def test_cli_exits_1_with_one_line_naming_file_and_key_when_spec_invalid(tmp_path) -> None:
+    data = tiny_spec_dict(tmp_path)
+    data["routing"]["rules"][0]["tier"] = "gold"
+    spec = write_spec(tmp_path / "bad.yaml", data)
+    proc = run_cli("train", "--spec", str(spec), check=False)
+    assert proc.returncode == 1
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert str(spec) in lines[0] and "routing.rules[0].tier" in lines[0] and "gold" in lines[0]
+
+
+@pytest.mark.parametrize("command", ["train", "export", "deploy", "serve", "infer", "demo"])
+def test_every_command_help_explains_its_options_when_asked(command) -> None:
+    proc = run_cli(command, "--help")
+    module = importlib.import_module(f"toolkit.cli.{command}")
+    options = [p for p in module.command.params if isinstance(p, click.Option)]
+    assert options and module.command.help
+    for option in options:
+        assert option.help, f"toolkit {command} {option.opts[0]} has no help text"
+        assert option.opts[0] in proc.stdout

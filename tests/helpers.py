@@ -1,0 +1,55 @@
+"""Helpers shared by the test modules: a tiny spec and running the CLI as a user would."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_SPEC = ROOT / "ensembles" / "ads_ranking.yaml"
+
+
+def tiny_spec_dict(folder: Path) -> dict:
+    """The default spec shrunk so the whole pipeline runs in seconds; outputs go under ``folder``."""
+    data = yaml.safe_load(DEFAULT_SPEC.read_text(encoding="utf-8"))
+    data["data"] = {
+        "train_requests": 2000,
+        "holdout_requests": 200,
+        "candidates": {"min": 2, "max": 24},
+        "informative_share": 0.4,
+    }
+    data["tiers"][0]["params"] = {"embedding_dim": 4, "hidden": [16]}
+    data["tiers"][1]["params"] = {"embedding_dim": 8, "cross_layers": 1, "hidden": [16]}
+    data["tiers"][2]["params"] = {"embedding_dim": 8, "heads": 2, "layers": 1, "hidden": [32]}
+    data["export"] = {"parity_requests": 8, "timing_candidates": [8], "opset": 18}
+    data["paths"] = {
+        "checkpoints": str(folder / "checkpoints"),
+        "artifacts": str(folder / "artifacts"),
+        "repository": str(folder / "model_repository"),
+    }
+    return data
+
+
+def write_spec(path: Path, data: dict) -> Path:
+    """Write a spec dict as YAML and return the path."""
+    path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def run_cli(*args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m toolkit ARGS`` and return the completed process (text output)."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "toolkit", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(
+            f"toolkit {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}"
+        )
+    return proc
