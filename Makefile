@@ -1,0 +1,41 @@
+# Two commands on a fresh machine: `make demo` and `make test`. Each creates .venv and installs first.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+SPEC ?= ensembles/ads_ranking.yaml
+
+.PHONY: install demo test lint format clean help
+
+help:
+	@echo "make demo   - install, train, export, deploy, serve, send gRPC traffic, print a summary, stop"
+	@echo "make test   - install, then ruff and the whole test suite (starts the real embedded tritonserver)"
+	@echo "make lint   - ruff check and format check"
+	@echo "make clean  - remove generated checkpoints, artifacts and model repository"
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	$(BIN)/toolkit train --spec $(SPEC)
+	$(BIN)/toolkit export --spec $(SPEC)
+	$(BIN)/toolkit deploy --spec $(SPEC)
+	$(BIN)/toolkit demo --spec $(SPEC)
+
+lint: install
+	$(BIN)/ruff check toolkit tests
+	$(BIN)/ruff format --check toolkit tests
+
+test: lint
+	$(BIN)/pytest -p no:cacheprovider
+
+format: install
+	$(BIN)/ruff format toolkit tests
+	$(BIN)/ruff check --fix toolkit tests
+
+clean:
+	rm -rf checkpoints artifacts model_repository
