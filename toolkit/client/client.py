@@ -16,6 +16,7 @@ _REQUEST = (
     ("ad_dense", np.float32, "candidate"),
     ("ad_sparse", np.int64, "candidate"),
 )
+_MAX_ID = np.iinfo(np.int64).max
 _TRITON_DTYPE = {np.float32: "FP32", np.int64: "INT64"}
 
 
@@ -61,6 +62,12 @@ def prepare_inputs(arrays: dict[str, Any]) -> dict[str, np.ndarray]:
         if level == "user" and value.shape[0] != 1:
             raise InvalidRequestError(
                 f"input tensor {name!r} must have one row (one user), got {value.shape[0]}"
+            )
+        if np.dtype(dtype).kind == "f" and not np.all(np.isfinite(value)):
+            raise InvalidRequestError(f"input tensor {name!r} holds NaN or Inf")
+        if np.dtype(dtype).kind in "iu" and value.size and (value.min() < 0 or value.max() > _MAX_ID):
+            raise InvalidRequestError(
+                f"input tensor {name!r} holds ids outside 0..2^63-1 (min {value.min()}, max {value.max()})"
             )
         out[name] = np.ascontiguousarray(value, dtype=dtype)
     n, m = out["ad_dense"].shape[0], out["ad_sparse"].shape[0]

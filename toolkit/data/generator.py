@@ -69,11 +69,12 @@ class _World:
 def _make_world(features: Features, rng: np.random.Generator) -> _World:
     ad = features.ad_sparse
     n_items = _entities(ad[0], 2000)
-    category = rng.integers(0, _CATEGORIES, size=n_items)
+    n_categories = min(_CATEGORIES, n_items)
+    category = rng.permutation(np.arange(n_items) % n_categories)
     columns = [_raw_ids(rng, n_items, ad[0].vocab)]
     for j, feature in enumerate(ad[1:], start=1):
         if j == 2:
-            ids = _raw_ids(rng, _entities(feature, _CATEGORIES), feature.vocab)
+            ids = _raw_ids(rng, _entities(feature, n_categories), feature.vocab)
             columns.append(ids[category % len(ids)])
         else:
             ids = _raw_ids(rng, _entities(feature, 800 if j == 1 else 16), feature.vocab)
@@ -87,10 +88,10 @@ def _make_world(features: Features, rng: np.random.Generator) -> _World:
         item_category=category,
         item_quality=rng.normal(0.0, 0.45, size=n_items),
         ad_columns=tuple(columns),
-        items_by_category=tuple(np.flatnonzero(category == c) for c in range(_CATEGORIES)),
+        items_by_category=tuple(np.flatnonzero(category == c) for c in range(n_categories)),
         user_sparse_raw=tuple(user_raw),
         user_sparse_effect=tuple(user_effect),
-        segment_category=rng.normal(0.0, 0.4, size=(len(user_raw[0]), _CATEGORIES)),
+        segment_category=rng.normal(0.0, 0.4, size=(len(user_raw[0]), n_categories)),
     )
 
 
@@ -127,6 +128,7 @@ def generate_requests(
     """
     world = _make_world(features, np.random.default_rng(world_seed if world_seed is not None else seed))
     rng = np.random.default_rng([seed, 1])
+    n_categories = len(world.items_by_category)
     n_lo, n_hi = candidates
     counts = rng.integers(n_lo, n_hi + 1, size=num_requests)
     offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
@@ -144,7 +146,8 @@ def generate_requests(
     user_bias += sum(eff[i] for eff, i in zip(world.user_sparse_effect, user_idx, strict=True))
 
     interests = np.stack(
-        [rng.integers(0, _CATEGORIES, size=num_requests), rng.integers(0, _CATEGORIES, size=num_requests)], 1
+        [rng.integers(0, n_categories, size=num_requests), rng.integers(0, n_categories, size=num_requests)],
+        1,
     )
     intent = interests[:, 0]
     informative = rng.random(num_requests) < informative_share
@@ -163,7 +166,7 @@ def generate_requests(
     noise = rng.random((num_requests, length)) > _HISTORY_FROM_INTERESTS
     noise |= ~informative[:, None]
     noise &= ~(recent & informative[:, None])
-    cat_hist = np.where(noise, rng.integers(0, _CATEGORIES, size=(num_requests, length)), cat_hist)
+    cat_hist = np.where(noise, rng.integers(0, n_categories, size=(num_requests, length)), cat_hist)
     hist_items = _pick_items(rng, world, cat_hist.ravel()).reshape(num_requests, length)
     user_history = np.where(filled, world.ad_columns[features.history_table_index][hist_items], 0)
 
@@ -171,7 +174,7 @@ def generate_requests(
     cand_cat = np.where(
         from_interest,
         interests[req_of, rng.integers(0, 2, size=total)],
-        rng.integers(0, _CATEGORIES, size=total),
+        rng.integers(0, n_categories, size=total),
     )
     items = _pick_items(rng, world, cand_cat)
     da = features.ad_dense

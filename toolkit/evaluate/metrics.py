@@ -22,7 +22,7 @@ def normalized_entropy(labels: np.ndarray, scores: np.ndarray, background_ctr: f
         scores: Predicted click probabilities.
         background_ctr: CTR whose entropy normalises the loss; the labels' mean when omitted.
     """
-    ctr = float(np.mean(labels)) if background_ctr is None else background_ctr
+    ctr = float(np.mean(labels, dtype=np.float64)) if background_ctr is None else background_ctr
     ctr = min(max(ctr, _EPS), 1.0 - _EPS)
     entropy = -(ctr * np.log(ctr) + (1.0 - ctr) * np.log(1.0 - ctr))
     return log_loss(labels, scores) / float(entropy)

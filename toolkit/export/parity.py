@@ -36,9 +36,10 @@ class ParityReport:
         return not self.failures
 
     def record(self, name: str, abs_err: float, rel_err: float) -> None:
-        """Keep the worst errors of output ``name``."""
-        self.max_abs_error[name] = max(self.max_abs_error.get(name, 0.0), abs_err)
-        self.max_rel_error[name] = max(self.max_rel_error.get(name, 0.0), rel_err)
+        """Keep the worst errors of output ``name``; NaN (a non-finite output) is the worst."""
+        for store, value in ((self.max_abs_error, abs_err), (self.max_rel_error, rel_err)):
+            old = store.get(name, 0.0)
+            store[name] = value if np.isnan(value) or np.isnan(old) else max(old, value)
 
 
 def compare_outputs(
@@ -71,10 +72,15 @@ def compare_outputs(
             continue
         diff = np.abs(got.astype(np.float64) - want.astype(np.float64))
         rel = diff / np.maximum(np.abs(want.astype(np.float64)), 1e-12)
-        report.record(name, float(diff.max()), float(rel.max()))
+        finite = bool(np.all(np.isfinite(got)) and np.all(np.isfinite(want)))
+        report.record(
+            name, float(diff.max()) if finite else float("nan"), float(rel.max()) if finite else float("nan")
+        )
         exact = np.issubdtype(want.dtype, np.integer)
         bound = 0.0 if exact else tolerance.atol + tolerance.rtol * np.abs(want.astype(np.float64))
-        if np.any(diff > bound) or not np.all(np.isfinite(got)):
+        if not finite:
+            report.failures.append(f"{label}: output {name!r} holds NaN or Inf (ONNX Runtime or PyTorch)")
+        elif np.any(diff > bound):
             report.failures.append(
                 f"{label}: output {name!r} differs from PyTorch by up to {float(diff.max()):.3g} "
                 f"(allowed {'0' if exact else f'{tolerance.atol:g} + {tolerance.rtol:g}*|x|'})"

@@ -2,6 +2,7 @@
 
 from .policy import (
     KNOWN_PARAMETERS,
+    REQUEST_FEATURES,
     Decision,
     RequestContext,
     RouterConfig,
@@ -14,6 +15,7 @@ from .policy import (
 
 __all__ = [
     "KNOWN_PARAMETERS",
+    "REQUEST_FEATURES",
     "Decision",
     "RequestContext",
     "RouterConfig",

@@ -27,6 +27,9 @@ _OPS = {
 KNOWN_PARAMETERS = ("tier", "latency_budget_ms")
 """Request parameters the router reads."""
 
+REQUEST_FEATURES = ("history_length", "num_candidates")
+"""Request-level features rules may test (see :func:`request_features`)."""
+
 
 class RoutingError(ValueError):
     """A request the router refuses (bad parameter or input); the message names the culprit."""
@@ -71,8 +74,10 @@ class RouterConfig:
         if self.default_tier not in self.tiers:
             raise ValueError(f"default tier {self.default_tier!r} is not one of {self.tiers}")
         for rule in self.rules:
-            if rule.tier not in self.tiers or rule.op not in _OPS:
-                raise ValueError(f"bad rule {rule}")
+            if rule.tier not in self.tiers or rule.op not in _OPS or rule.feature not in REQUEST_FEATURES:
+                raise ValueError(f"bad rule {rule}: tier, op or feature unknown")
+        if self.max_candidates < 1:
+            raise ValueError(f"max_candidates must be positive, got {self.max_candidates}")
 
     def to_json(self) -> str:
         """Serialise for ``router.json``."""

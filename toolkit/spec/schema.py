@@ -7,6 +7,7 @@ short statement of what was expected; :mod:`toolkit.spec.load` turns that into a
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -27,12 +28,13 @@ class KeyedValueError(ValueError):
         self.key = key
 
 
-def check_name(value: str, what: str) -> None:
-    """Raise ValueError unless ``value`` is a legal model/tier/table name."""
+def check_name(value: str, what: str, key: str = "name") -> None:
+    """Raise KeyedValueError (on ``key``) unless ``value`` is a legal model/tier/table name."""
     if not NAME_PATTERN.match(value):
-        raise ValueError(
+        raise KeyedValueError(
+            key,
             f"{what} {value!r} is not a legal name: use a letter, then letters, digits, '_' or '-' "
-            "(at most 64 characters, no path separators)"
+            "(at most 64 characters, no path separators)",
         )
 
 
@@ -52,7 +54,7 @@ class SparseFeature:
     def __post_init__(self) -> None:
         check_name(self.name, "feature name")
         if self.vocab < 2:
-            raise ValueError(f"vocab must be at least 2, got {self.vocab}")
+            raise KeyedValueError("vocab", f"must be at least 2, got {self.vocab}")
 
 
 @dataclass(frozen=True)
@@ -70,7 +72,7 @@ class HistoryFeature:
 
     def __post_init__(self) -> None:
         if not 1 <= self.length <= 4096:
-            raise ValueError(f"length must be between 1 and 4096, got {self.length}")
+            raise KeyedValueError("length", f"must be between 1 and 4096, got {self.length}")
 
 
 @dataclass(frozen=True)
@@ -93,9 +95,10 @@ class Features:
         if dupes:
             raise ValueError(f"feature names must be unique, repeated: {', '.join(dupes)}")
         if self.history.table not in [f.name for f in self.ad_sparse]:
-            raise ValueError(
-                f"history.table {self.history.table!r} must name one of the ad_sparse features "
-                f"({', '.join(f.name for f in self.ad_sparse)})"
+            raise KeyedValueError(
+                "history.table",
+                f"{self.history.table!r} must name one of the ad_sparse features "
+                f"({', '.join(f.name for f in self.ad_sparse)})",
             )
 
     @property
@@ -141,7 +144,7 @@ class DataSpec:
         if self.train_requests < 1 or self.holdout_requests < 1:
             raise ValueError("train_requests and holdout_requests must be positive")
         if not 0.0 <= self.informative_share <= 1.0:
-            raise ValueError(f"informative_share must lie in [0, 1], got {self.informative_share}")
+            raise KeyedValueError("informative_share", f"must lie in [0, 1], got {self.informative_share}")
 
 
 @dataclass(frozen=True)
@@ -174,8 +177,10 @@ class TrainingSpec:
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_requests < 1:
             raise ValueError("epochs and batch_requests must be positive")
-        if self.learning_rate <= 0:
-            raise ValueError(f"learning_rate must be positive, got {self.learning_rate}")
+        if not math.isfinite(self.learning_rate) or self.learning_rate <= 0:
+            raise KeyedValueError("learning_rate", f"must be a positive number, got {self.learning_rate}")
+        if not math.isfinite(self.weight_decay) or self.weight_decay < 0:
+            raise KeyedValueError("weight_decay", f"must be a number >= 0, got {self.weight_decay}")
 
 
 @dataclass(frozen=True)
@@ -184,6 +189,12 @@ class Tolerance:
 
     atol: float = 1e-5
     rtol: float = 1e-4
+
+    def __post_init__(self) -> None:
+        for key in ("atol", "rtol"):
+            value = getattr(self, key)
+            if not math.isfinite(value) or value < 0:
+                raise KeyedValueError(key, f"must be a number >= 0, got {value}")
 
 
 @dataclass(frozen=True)
@@ -204,13 +215,14 @@ class ExportSpec:
 
     def __post_init__(self) -> None:
         if self.parity_requests < 1:
-            raise ValueError("parity_requests must be positive")
+            raise KeyedValueError("parity_requests", "must be positive")
         if any(n < 1 for n in self.timing_candidates):
-            raise ValueError("timing_candidates must be positive")
+            raise KeyedValueError("timing_candidates", "must be positive")
 
 
 RuleOp = Literal["<", "<=", ">", ">=", "==", "!="]
 RULE_FEATURES = ("history_length", "num_candidates")
+"""Request-level features a rule may test; the router computes them (``toolkit.router.REQUEST_FEATURES``)."""
 
 
 @dataclass(frozen=True)
@@ -232,7 +244,9 @@ class Rule:
 
     def __post_init__(self) -> None:
         if self.feature not in RULE_FEATURES:
-            raise ValueError(f"feature must be one of {', '.join(RULE_FEATURES)}, got {self.feature!r}")
+            raise KeyedValueError(
+                "feature", f"must be one of {', '.join(RULE_FEATURES)}, got {self.feature!r}"
+            )
 
 
 @dataclass(frozen=True)
@@ -280,14 +294,15 @@ class TritonSpec:
 
     def __post_init__(self) -> None:
         if self.max_candidates < 1:
-            raise ValueError(f"max_candidates must be positive, got {self.max_candidates}")
+            raise KeyedValueError("max_candidates", f"must be positive, got {self.max_candidates}")
         if self.router_instances < 2:
-            raise ValueError(
-                f"router_instances must be at least 2 (a synchronous BLS call blocks its instance), "
-                f"got {self.router_instances}"
+            raise KeyedValueError(
+                "router_instances",
+                f"must be at least 2 (a synchronous BLS call blocks its instance), "
+                f"got {self.router_instances}",
             )
         if self.tier_instances < 1:
-            raise ValueError(f"tier_instances must be positive, got {self.tier_instances}")
+            raise KeyedValueError("tier_instances", f"must be positive, got {self.tier_instances}")
         for port in (self.grpc_port, self.http_port, self.metrics_port):
             if not 1 <= port <= 65535:
                 raise ValueError(f"ports must lie in 1..65535, got {port}")
@@ -335,15 +350,17 @@ class Spec:
     def __post_init__(self) -> None:
         check_name(self.name, "ensemble name")
         if not self.tiers:
-            raise ValueError("at least one tier is needed")
+            raise KeyedValueError("tiers", "at least one tier is needed")
         names = [t.name for t in self.tiers]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
-            raise ValueError(f"tier names must be unique, repeated: {', '.join(dupes)}")
+            raise KeyedValueError("tiers", f"tier names must be unique, repeated: {', '.join(dupes)}")
         reserved = {self.name, *self.reserved_model_names}
         clash = sorted(reserved & set(names))
         if clash:
-            raise ValueError(f"tier names clash with the ensemble's own models: {', '.join(clash)}")
+            raise KeyedValueError(
+                "tiers", f"tier names clash with the ensemble's own models: {', '.join(clash)}"
+            )
         if self.routing.default_tier and self.routing.default_tier not in names:
             raise KeyedValueError(
                 "routing.default_tier",

@@ -42,7 +42,19 @@ class TritonPythonModel:
 
     def execute(self, requests: list) -> list:
         """Route and score each request; a refused request gets INVALID_ARGUMENT, others are unaffected."""
-        return [self._route(request) for request in requests]
+        responses = []
+        for request in requests:
+            try:
+                responses.append(self._route(request))
+            except Exception as exc:
+                self.counts["internal_error"] += 1
+                message = f"router failed on this request: {type(exc).__name__}: {exc}"
+                responses.append(
+                    pb_utils.InferenceResponse(
+                        error=pb_utils.TritonError(message, pb_utils.TritonError.INTERNAL)
+                    )
+                )
+        return responses
 
     def _route(self, request: object) -> object:
         try:
@@ -83,6 +95,12 @@ class TritonPythonModel:
                 raise RoutingError(f"input tensor {name!r} is missing")
             tensors[name] = tensor
         n = int(tensors["ad_dense"].as_numpy().shape[0])
+        n_sparse = int(tensors["ad_sparse"].as_numpy().shape[0])
+        if n_sparse != n:
+            raise RoutingError(
+                "input tensors 'ad_dense' and 'ad_sparse' disagree on the number of candidates: "
+                f"{n} vs {n_sparse}"
+            )
         if n < 1:
             raise RoutingError("input tensor 'ad_dense' has 0 candidates; a request needs at least 1")
         if n > self.config.max_candidates:

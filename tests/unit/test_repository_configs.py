@@ -1,0 +1,168 @@
+"""Unit tests of toolkit.repository.configs: generated configs against stored expected .pbtxt files.
+
+The expected files in ``tests/unit/expected`` were generated once from the code and then read
+against DESIGN.md; a change to any generated config must show up here as a failing test.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as mc
+
+from toolkit.repository import configs
+from toolkit.spec import Spec, spec_from_dict
+
+EXPECTED = Path(__file__).resolve().parent / "expected"
+
+# Fixed here (not shared with conftest) so the expected files only change when the code does.
+CONFIG_SPEC = {
+    "name": "shop",
+    "features": {
+        "user_dense": 3,
+        "ad_dense": 2,
+        "user_sparse": [{"name": "user_segment", "vocab": 11}, {"name": "user_geo", "vocab": 7}],
+        "ad_sparse": [
+            {"name": "ad_id", "vocab": 50},
+            {"name": "advertiser", "vocab": 13},
+            {"name": "ad_category", "vocab": 9},
+        ],
+        "history": {"length": 6, "table": "ad_category"},
+    },
+    "tiers": [
+        {"name": "small", "architecture": "lite", "params": {"embedding_dim": 4, "hidden": [8]}},
+        {"name": "big", "architecture": "xl", "params": {"embedding_dim": 8, "heads": 2, "hidden": [8]}},
+    ],
+    "routing": {
+        "policy": "rules",
+        "default_tier": "small",
+        "rules": [{"feature": "history_length", "op": ">=", "value": 3, "tier": "big"}],
+    },
+    "triton": {"max_candidates": 16, "router_instances": 3, "tier_instances": 2},
+}
+
+
+@pytest.fixture(scope="module")
+def spec() -> Spec:
+    return spec_from_dict(CONFIG_SPEC, source="shop.yaml")
+
+
+BUILDERS: dict[str, Callable[[Spec], mc.ModelConfig]] = {
+    "tier_onnxruntime": lambda s: configs.tier_config(s, "big", "onnxruntime"),
+    "tier_python": lambda s: configs.tier_config(s, "big", "python"),
+    "preprocess_onnxruntime": lambda s: configs.preprocess_config(s, "onnxruntime"),
+    "preprocess_python": lambda s: configs.preprocess_config(s, "python"),
+    "router": configs.router_config,
+    "ensemble": configs.ensemble_config,
+}
+
+USER = ("user_dense", "user_sparse", "user_history")
+CANDIDATE = ("ad_dense", "ad_sparse")
+
+
+def parsed(text: str) -> mc.ModelConfig:
+    return text_format.Parse(text, mc.ModelConfig())
+
+
+def dims(tensors: object) -> dict[str, list[int]]:
+    return {t.name: list(t.dims) for t in tensors}
+
+
+@pytest.mark.parametrize("name", sorted(BUILDERS))
+def test_config_text_equals_the_expected_file_when_built_for_the_fixed_spec(spec: Spec, name: str) -> None:
+    text = text_format.MessageToString(BUILDERS[name](spec))
+
+    assert text == (EXPECTED / f"{name}.pbtxt").read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize("name", sorted(BUILDERS))
+def test_expected_file_parses_back_into_the_same_model_config_when_read(spec: Spec, name: str) -> None:
+    message = parsed((EXPECTED / f"{name}.pbtxt").read_text(encoding="utf-8"))
+
+    assert message == BUILDERS[name](spec)
+    assert message.max_batch_size == 0  # request-centric shapes pass as they are
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "python"])
+def test_tier_config_takes_preprocessed_tensors_when_built(spec: Spec, backend: str) -> None:
+    config = parsed((EXPECTED / f"tier_{backend}.pbtxt").read_text(encoding="utf-8"))
+
+    assert config.name == "big"
+    assert config.backend == backend
+    assert dims(config.input) == {
+        "user_dense": [1, 3],
+        "user_sparse": [1, 2],
+        "user_history": [1, 6],
+        "ad_dense": [-1, 2],
+        "ad_sparse": [-1, 3],
+    }
+    assert dims(config.output) == {"score": [-1]}
+    assert config.output[0].data_type == mc.TYPE_FP32
+    assert [(g.count, g.kind) for g in config.instance_group] == [(2, mc.ModelInstanceGroup.KIND_CPU)]
+    if backend == "onnxruntime":
+        assert config.default_model_filename == "model.onnx"
+    else:
+        assert config.parameters["onnx_file"].string_value == "model.onnx"
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "python"])
+def test_preprocess_config_takes_raw_history_of_any_length_when_built(spec: Spec, backend: str) -> None:
+    config = parsed((EXPECTED / f"preprocess_{backend}.pbtxt").read_text(encoding="utf-8"))
+
+    assert config.name == "shop_preprocess"
+    assert config.backend == backend
+    assert dims(config.input)["user_history"] == [1, -1]
+    assert dims(config.output) == {
+        "user_dense_pre": [1, 3],
+        "user_sparse_pre": [1, 2],
+        "user_history_pre": [1, 6],
+        "ad_dense_pre": [-1, 2],
+        "ad_sparse_pre": [-1, 3],
+    }
+
+
+def test_router_config_disables_the_response_cache_when_built() -> None:
+    config = parsed((EXPECTED / "router.pbtxt").read_text(encoding="utf-8"))
+
+    assert config.name == "shop_router"
+    assert config.backend == "python"
+    assert not config.response_cache.enable
+    assert sum(g.count for g in config.instance_group) >= 2  # a synchronous BLS call blocks one
+    assert [g.count for g in config.instance_group] == [3]
+    assert dims(config.input)["user_history"] == [1, 6]
+    assert {t.name: t.data_type for t in config.output} == {"score": mc.TYPE_FP32, "tier": mc.TYPE_INT32}
+
+
+def test_ensemble_config_runs_preprocess_then_router_when_built() -> None:
+    config = parsed((EXPECTED / "ensemble.pbtxt").read_text(encoding="utf-8"))
+
+    assert config.platform == "ensemble"
+    assert config.name == "shop"
+    steps = config.ensemble_scheduling.step
+    assert [s.model_name for s in steps] == ["shop_preprocess", "shop_router"]
+    pre, route = steps
+    assert dict(pre.input_map) == {k: k for k in (*USER, *CANDIDATE)}
+    assert {pre.output_map[f"{k}_pre"] for k in (*USER, *CANDIDATE)} == set(route.input_map.values())
+    for key in (*USER, *CANDIDATE):
+        assert route.input_map[key] == pre.output_map[f"{key}_pre"]  # each tensor reaches its own input
+    assert dict(route.output_map) == {"score": "score", "tier": "tier"}
+    assert dims(config.input) == {
+        "user_dense": [1, 3],
+        "user_sparse": [1, 2],
+        "user_history": [1, -1],
+        "ad_dense": [-1, 2],
+        "ad_sparse": [-1, 3],
+    }
+    assert dims(config.output) == {"score": [-1], "tier": [-1]}
+
+
+def test_router_config_follows_the_spec_when_the_instance_count_changes(spec: Spec) -> None:
+    data = {**CONFIG_SPEC, "triton": {**CONFIG_SPEC["triton"], "router_instances": 5}}
+
+    config = configs.router_config(spec_from_dict(data))
+
+    assert [g.count for g in config.instance_group] == [5]
+    assert config != configs.router_config(spec)

@@ -1,0 +1,378 @@
+"""Unit tests of the BLS router model source as deploy writes it, against a fake python backend.
+
+``triton_python_backend_utils`` is replaced by a small fake in ``sys.modules``; nothing here starts
+Triton, so these tests check the router's own logic, not serving.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import json
+import sys
+import types
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from toolkit.repository.writer import _write_router, router_settings
+from toolkit.router import RouterConfig
+from toolkit.spec import Spec
+
+INPUTS = ("user_dense", "user_sparse", "user_history", "ad_dense", "ad_sparse")
+
+
+class FakeTensor:
+    def __init__(self, name: str, array: Any) -> None:
+        self._name = name
+        self._array = np.asarray(array)
+
+    def name(self) -> str:
+        return self._name
+
+    def as_numpy(self) -> np.ndarray:
+        return self._array
+
+
+class FakeTritonError(Exception):
+    UNKNOWN, INTERNAL, NOT_FOUND, INVALID_ARG, UNAVAILABLE, UNSUPPORTED, ALREADY_EXISTS = range(7)
+
+    def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__(message)
+        self._message = message
+        self._code = code
+
+    def message(self) -> str:
+        return self._message
+
+    def code(self) -> int:
+        return self._code
+
+
+class FakeInferenceResponse:
+    def __init__(
+        self, output_tensors: list[FakeTensor] | None = None, error: FakeTritonError | None = None
+    ) -> None:
+        self._outputs = list(output_tensors or [])
+        self._error = error
+
+    def has_error(self) -> bool:
+        return self._error is not None
+
+    def error(self) -> FakeTritonError | None:
+        return self._error
+
+    def output_tensors(self) -> list[FakeTensor]:
+        return self._outputs
+
+
+@dataclass
+class FakeRequest:
+    """What Triton hands the router's ``execute``: input tensors and JSON request parameters."""
+
+    tensors: dict[str, FakeTensor]
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def parameters(self) -> str:
+        return json.dumps(self.params)
+
+
+@dataclass
+class BlsCall:
+    model_name: str
+    requested_output_names: list[str]
+    inputs: dict[str, np.ndarray]
+
+
+def tier_score(inputs: dict[str, np.ndarray]) -> np.ndarray:
+    """What every fake tier answers: a deterministic probability per candidate."""
+    return (1.0 / (1.0 + np.exp(-inputs["ad_dense"].sum(axis=1)))).astype(np.float32)
+
+
+class FakeBackend:
+    """The fake ``triton_python_backend_utils`` module, recording BLS calls and log lines."""
+
+    def __init__(self) -> None:
+        self.calls: list[BlsCall] = []
+        self.logs: list[str] = []
+        self.failing: dict[str, str] = {}
+        backend = self
+
+        class FakeInferenceRequest:
+            def __init__(
+                self, model_name: str, requested_output_names: list[str], inputs: list[FakeTensor], **_: Any
+            ):
+                self.call = BlsCall(
+                    model_name, list(requested_output_names), {t.name(): t.as_numpy() for t in inputs}
+                )
+
+            def exec(self) -> FakeInferenceResponse:
+                backend.calls.append(self.call)
+                if self.call.model_name in backend.failing:
+                    return FakeInferenceResponse(
+                        error=FakeTritonError(backend.failing[self.call.model_name], FakeTritonError.INTERNAL)
+                    )
+                return FakeInferenceResponse([FakeTensor("score", tier_score(self.call.inputs))])
+
+        class Logger:
+            @staticmethod
+            def log_info(message: str) -> None:
+                backend.logs.append(message)
+
+            log_warn = log_error = log_verbose = log_info
+
+        module = types.ModuleType("triton_python_backend_utils")
+        module.Tensor = FakeTensor
+        module.TritonError = FakeTritonError
+        module.InferenceRequest = FakeInferenceRequest
+        module.InferenceResponse = FakeInferenceResponse
+        module.Logger = Logger
+        module.get_input_tensor_by_name = lambda request, name: request.tensors.get(name)
+        module.get_output_tensor_by_name = lambda response, name: next(
+            (t for t in response.output_tensors() if t.name() == name), None
+        )
+        self.module = module
+
+
+@dataclass
+class Router:
+    model: Any
+    backend: FakeBackend
+    folder: Path
+    config: RouterConfig
+
+    def execute(self, *requests: FakeRequest) -> list[FakeInferenceResponse]:
+        responses = self.model.execute(list(requests))
+        assert len(responses) == len(requests)
+        return responses
+
+
+@contextlib.contextmanager
+def deployed_router(directory: Path, spec: Spec) -> Iterator[Router]:
+    """Write the router as deploy does, import its model.py with the fake backend, then clean up."""
+    _write_router(directory, spec)
+    folder = directory / spec.router_model
+    backend = FakeBackend()
+    module_name = "deployed_router_model_under_test"
+    before = set(sys.modules)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setitem(sys.modules, "triton_python_backend_utils", backend.module)
+        patch.setattr(sys, "path", list(sys.path))  # the model prepends its own folder
+        try:
+            found = importlib.util.spec_from_file_location(module_name, folder / "1" / "model.py")
+            assert found is not None and found.loader is not None
+            module = importlib.util.module_from_spec(found)
+            found.loader.exec_module(module)
+            model = module.TritonPythonModel()
+            model.initialize(
+                {"model_repository": str(folder), "model_version": "1", "model_name": folder.name}
+            )
+            yield Router(model, backend, folder, router_settings(spec))
+        finally:
+            for name in set(sys.modules) - before:
+                if name == module_name or name.split(".")[0] == "toolkit_router":
+                    del sys.modules[name]
+
+
+@pytest.fixture
+def router(tmp_path: Path, tiny_spec: Spec) -> Iterator[Router]:
+    with deployed_router(tmp_path, tiny_spec) as deployed:
+        yield deployed
+
+
+def make_request(
+    spec: Spec, history_items: int, n: int = 3, params: dict[str, Any] | None = None, seed: int = 0
+) -> FakeRequest:
+    """A preprocessed request (history already [1, L]) with ``history_items`` non-padding ids."""
+    f = spec.features
+    rng = np.random.default_rng(seed)
+    history = np.zeros((1, f.history.length), np.int64)
+    if history_items:
+        history[0, -history_items:] = rng.integers(1, f.history_vocab, size=history_items)
+    arrays = {
+        "user_dense": rng.normal(size=(1, f.user_dense)).astype(np.float32),
+        "user_sparse": np.ones((1, len(f.user_sparse)), np.int64),
+        "user_history": history,
+        "ad_dense": rng.normal(size=(n, f.ad_dense)).astype(np.float32),
+        "ad_sparse": np.ones((n, len(f.ad_sparse)), np.int64),
+    }
+    return FakeRequest({k: FakeTensor(k, v) for k, v in arrays.items()}, dict(params or {}))
+
+
+def outputs(response: FakeInferenceResponse) -> dict[str, np.ndarray]:
+    assert not response.has_error(), response.error().message()
+    return {t.name(): t.as_numpy() for t in response.output_tensors()}
+
+
+def assert_error(response: FakeInferenceResponse, code: int, *fragments: str) -> str:
+    assert response.has_error()
+    assert response.error().code() == code
+    message = response.error().message()
+    for fragment in fragments:
+        assert fragment in message, message
+    return message
+
+
+def assert_served_by(
+    router: Router, request: FakeRequest, response: FakeInferenceResponse, tier: str
+) -> None:
+    out = outputs(response)
+    n = request.tensors["ad_dense"].as_numpy().shape[0]
+    expected = tier_score({k: t.as_numpy() for k, t in request.tensors.items()})
+    assert set(out) == {"score", "tier"}
+    np.testing.assert_array_equal(out["score"], expected)
+    assert out["score"].dtype == np.float32
+    assert out["tier"].dtype == np.int32
+    assert out["tier"].shape == (n,)
+    assert set(out["tier"].tolist()) == {router.config.tiers.index(tier)}
+    assert router.backend.calls[-1].model_name == tier
+
+
+def test_write_router_lays_out_a_self_contained_model_when_deploying(router: Router, tmp_path: Path) -> None:
+    version = router.folder / "1"
+
+    assert (router.folder / "config.pbtxt").is_file()
+    assert (version / "model.py").is_file()
+    assert (version / "toolkit_router" / "policy.py").is_file()
+    stored = RouterConfig.from_json((version / "router.json").read_text(encoding="utf-8"))
+    assert stored == router.config
+    imported = Path(sys.modules["toolkit_router"].__file__).resolve()
+    assert imported.is_relative_to(tmp_path.resolve())  # the copy beside model.py, not toolkit.router
+
+
+def test_router_serves_the_rules_tier_when_the_history_is_long(router: Router, tiny_spec: Spec) -> None:
+    rule = tiny_spec.routing.rules[0]
+    request = make_request(tiny_spec, history_items=int(rule.value) + 1)
+
+    (response,) = router.execute(request)
+
+    assert_served_by(router, request, response, rule.tier)
+    assert router.backend.calls[-1].requested_output_names == ["score"]
+
+
+def test_router_serves_the_default_tier_when_the_history_is_short(router: Router, tiny_spec: Spec) -> None:
+    request = make_request(tiny_spec, history_items=int(tiny_spec.routing.rules[0].value) - 1)
+
+    (response,) = router.execute(request)
+
+    assert_served_by(router, request, response, tiny_spec.default_tier)
+
+
+def test_router_passes_the_request_tensors_unchanged_when_calling_a_tier(
+    router: Router, tiny_spec: Spec
+) -> None:
+    request = make_request(tiny_spec, history_items=5, n=4, seed=3)
+
+    router.execute(request)
+
+    sent = router.backend.calls[-1].inputs
+    assert list(sent) == list(INPUTS)
+    for name in INPUTS:
+        np.testing.assert_array_equal(sent[name], request.tensors[name].as_numpy())
+
+
+@pytest.mark.parametrize("history_items", [0, 6])
+def test_router_serves_the_forced_tier_when_the_tier_parameter_names_it(
+    router: Router, tiny_spec: Spec, history_items: int
+) -> None:
+    request = make_request(tiny_spec, history_items=history_items, params={"tier": "standard"})
+
+    (response,) = router.execute(request)
+
+    assert_served_by(router, request, response, "standard")
+
+
+def test_router_refuses_only_the_bad_request_when_a_tier_name_is_unknown(
+    router: Router, tiny_spec: Spec
+) -> None:
+    bad = make_request(tiny_spec, history_items=1, params={"tier": "gigantic"})
+    good = make_request(tiny_spec, history_items=1, seed=1)
+
+    first, second = router.execute(bad, good)
+
+    assert_error(first, FakeTritonError.INVALID_ARG, "'tier'", "gigantic")
+    assert_served_by(router, good, second, tiny_spec.default_tier)
+    assert [c.model_name for c in router.backend.calls] == [tiny_spec.default_tier]
+
+
+@pytest.mark.parametrize("budget", [0, -5, "abc", True])
+def test_router_refuses_the_request_when_the_latency_budget_is_malformed(
+    router: Router, tiny_spec: Spec, budget: Any
+) -> None:
+    (response,) = router.execute(make_request(tiny_spec, 1, params={"latency_budget_ms": budget}))
+
+    assert_error(response, FakeTritonError.INVALID_ARG, "'latency_budget_ms'")
+    assert router.backend.calls == []
+
+
+def test_router_refuses_the_request_naming_ad_dense_when_it_has_no_candidates(
+    router: Router, tiny_spec: Spec
+) -> None:
+    (response,) = router.execute(make_request(tiny_spec, history_items=2, n=0))
+
+    assert_error(response, FakeTritonError.INVALID_ARG, "'ad_dense'")
+    assert router.backend.calls == []
+
+
+def test_router_refuses_the_request_naming_ad_dense_when_n_exceeds_max_candidates(
+    router: Router, tiny_spec: Spec
+) -> None:
+    limit = tiny_spec.triton.max_candidates
+    too_many = make_request(tiny_spec, history_items=2, n=limit + 1)
+    at_limit = make_request(tiny_spec, history_items=2, n=limit)
+
+    refused, served = router.execute(too_many, at_limit)
+
+    assert_error(refused, FakeTritonError.INVALID_ARG, "'ad_dense'", str(limit))
+    assert_served_by(router, at_limit, served, tiny_spec.default_tier)
+
+
+def test_router_refuses_the_request_naming_the_tensor_when_an_input_is_missing(
+    router: Router, tiny_spec: Spec
+) -> None:
+    request = make_request(tiny_spec, history_items=2)
+    del request.tensors["user_history"]
+
+    (response,) = router.execute(request)
+
+    assert_error(response, FakeTritonError.INVALID_ARG, "'user_history'")
+
+
+def test_router_answers_unavailable_naming_the_tier_when_the_tier_fails(
+    router: Router, tiny_spec: Spec
+) -> None:
+    router.backend.failing["xl"] = "model 'xl' is not loaded"
+    failing = make_request(tiny_spec, history_items=6)
+    healthy = make_request(tiny_spec, history_items=0)
+
+    first, second = router.execute(failing, healthy)
+
+    assert_error(first, FakeTritonError.UNAVAILABLE, "'xl'", "not loaded")
+    assert_served_by(router, healthy, second, "lite")
+
+
+def test_router_logs_its_decision_counts_when_finalized(router: Router, tiny_spec: Spec) -> None:
+    router.execute(make_request(tiny_spec, 6), make_request(tiny_spec, 0), make_request(tiny_spec, 0))
+
+    router.model.finalize()
+
+    assert "'tier:lite': 2" in router.backend.logs[-1]
+    assert "'tier:xl': 1" in router.backend.logs[-1]
+
+
+def test_deployed_router_restores_sys_modules_and_path_when_the_test_ends(
+    tmp_path: Path, tiny_spec: Spec
+) -> None:
+    path_before = list(sys.path)
+
+    with deployed_router(tmp_path, tiny_spec) as deployed:
+        assert "toolkit_router" in sys.modules
+        assert str((deployed.folder / "1").resolve()) in sys.path
+
+    assert "toolkit_router" not in sys.modules
+    assert "triton_python_backend_utils" not in sys.modules
+    assert sys.path == path_before
