@@ -67,6 +67,11 @@ def command(
     spec = load(spec_path)
     repo = folder(repository, spec.paths.repository)
     console = Console(stderr=True)
+    if num_requests > spec.data.holdout_requests:
+        raise click.BadParameter(
+            f"{num_requests} is more than the spec's data.holdout_requests ({spec.data.holdout_requests})",
+            param_hint="--requests",
+        )
     requests = demo_holdout_set(spec).subset(range(num_requests))
     options = ServerOptions(
         repository=repo,
@@ -76,9 +81,11 @@ def command(
         tritonserver=tritonserver,
         log_file=log_file,
     )
-    with console.status(f"starting tritonserver on {repo}/"):
-        server = TritonServer(options).__enter__()
+    server = TritonServer(options)
     try:
+        with console.status(f"starting tritonserver on {repo}/"):
+            server.start()
+            server.wait_ready()
         console.log(f"tritonserver ready at {server.grpc_url} (pid {server.pid}, log {server.log_path})")
         warmup = requests.subset(range(min(8, requests.num_requests)))
         for name in spec.tier_names:
