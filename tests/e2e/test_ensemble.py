@@ -91,7 +91,7 @@ def test_ensemble_folds_raw_ids_and_truncates_history_when_request_is_unusual(
     raw = dict(demo_holdout_set(pipeline.spec).request(0))
     raw["ad_dense"], raw["ad_sparse"] = raw["ad_dense"][:1], raw["ad_sparse"][:1]
     raw["user_history"] = np.tile(raw["user_history"], (1, 5))
-    raw["user_sparse"] = raw["user_sparse"] + np.int64(1) << np.int64(40)
+    raw["user_sparse"] = raw["user_sparse"] % np.int64(1 << 40) + np.int64(1 << 61)
     ranking = client.rank(tier="xl", **raw)
     assert ranking.scores.shape == (1,)
     assert np.max(np.abs(ranking.scores - local.score(raw, "xl"))) <= 1e-5

@@ -100,6 +100,16 @@ def translate_error(exc: Exception, model: str) -> ClientError:
     return ClientError(text, status)
 
 
+def _settle(
+    client: Any, grpc: Any, url: str, model: str, timeout_s: float, tier_names: tuple[str, ...]
+) -> None:
+    client._grpc = grpc
+    client.url = url
+    client.model = model
+    client.timeout_s = timeout_s
+    client.tier_names = tuple(tier_names)
+
+
 def _infer_inputs(grpc: Any, arrays: dict[str, np.ndarray]) -> list[Any]:
     inputs = []
     for name, dtype, _ in _REQUEST:
@@ -140,11 +150,7 @@ class RankingClient:
     ) -> None:
         import tritonclient.grpc as grpcclient
 
-        self._grpc = grpcclient
-        self.url = url
-        self.model = model
-        self.timeout_s = timeout_s
-        self.tier_names = tuple(tier_names)
+        _settle(self, grpcclient, url, model, timeout_s, tier_names)
         self._client = grpcclient.InferenceServerClient(url)
 
     def __enter__(self) -> RankingClient:
@@ -227,11 +233,7 @@ class AsyncRankingClient:
         import tritonclient.grpc as grpcclient
         import tritonclient.grpc.aio as aioclient
 
-        self._grpc = grpcclient
-        self.url = url
-        self.model = model
-        self.timeout_s = timeout_s
-        self.tier_names = tuple(tier_names)
+        _settle(self, grpcclient, url, model, timeout_s, tier_names)
         self._client = aioclient.InferenceServerClient(url)
 
     async def __aenter__(self) -> AsyncRankingClient:

@@ -21,7 +21,7 @@ from toolkit.errors import ExportError, ParityError
 from toolkit.evaluate.metrics import normalized_entropy, roc_auc
 from toolkit.export.manifest import FORMAT, FP32, file_entries, read_manifest, sha256_file, write_manifest
 from toolkit.export.onnx_export import PREPROCESSED, SCORE, export_preprocess, export_tier
-from toolkit.export.parity import check_parity, cpu_session, time_session
+from toolkit.export.parity import ParityReport, check_parity, cpu_session, time_session
 from toolkit.models.base import RankingModel
 from toolkit.models.preprocess import Preprocess
 from toolkit.spec.schema import Spec
@@ -84,15 +84,7 @@ class _Exporter:
         self.step(f"{name}: check against PyTorch")
         report = check_parity(session, reference, self.parity, self.spec.export.tolerance, name)
         latency = time_session(session, self.timing_inputs, self.spec.export.timing_candidates)
-        return {
-            "status": "OK",
-            "reason": "",
-            "export_seconds": round(time.perf_counter() - started, 3),
-            "parity_requests": report.requests,
-            "max_abs_error": report.max_abs_error,
-            "max_rel_error": report.max_rel_error,
-            "latency_ms": {str(k): round(v, 4) for k, v in latency.items()},
-        }
+        return _entry(started, report, latency)
 
     def export_tier(self, name: str) -> dict[str, Any]:
         model: RankingModel = load_tier(self.checkpoints, self.spec, name)
@@ -117,16 +109,7 @@ class _Exporter:
         latency = time_session(
             session, lambda n: self.preprocessed(self.timing_inputs(n)), self.spec.export.timing_candidates
         )
-        return {
-            "status": "OK",
-            "reason": "",
-            "export_seconds": round(time.perf_counter() - started, 3),
-            "parity_requests": report.requests,
-            "max_abs_error": report.max_abs_error,
-            "max_rel_error": report.max_rel_error,
-            "quality": quality,
-            "latency_ms": {str(k): round(v, 4) for k, v in latency.items()},
-        }
+        return _entry(started, report, latency, quality)
 
     def quality(self, model: RankingModel, session: Any) -> dict[str, float]:
         """NE and AUC of the ONNX model and of PyTorch on every held-out request."""
@@ -150,6 +133,24 @@ class _Exporter:
             "ne_delta_rel": (ne - tne) / tne,
             "auc_ratio": auc / tauc,
         }
+
+
+def _entry(
+    started: float, report: ParityReport, latency: dict[int, float], quality: dict[str, float] | None = None
+) -> dict[str, Any]:
+    """A passed variant's manifest entry (files are added once the folder is in place)."""
+    entry: dict[str, Any] = {
+        "status": "OK",
+        "reason": "",
+        "export_seconds": round(time.perf_counter() - started, 3),
+        "parity_requests": report.requests,
+        "max_abs_error": report.max_abs_error,
+        "max_rel_error": report.max_rel_error,
+    }
+    if quality is not None:
+        entry["quality"] = quality
+    entry["latency_ms"] = {str(k): round(v, 4) for k, v in latency.items()}
+    return entry
 
 
 def _as_torch(inputs: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
