@@ -100,16 +100,6 @@ def translate_error(exc: Exception, model: str) -> ClientError:
     return ClientError(text, status)
 
 
-def _settle(
-    client: Any, grpc: Any, url: str, model: str, timeout_s: float, tier_names: tuple[str, ...]
-) -> None:
-    client._grpc = grpc
-    client.url = url
-    client.model = model
-    client.timeout_s = timeout_s
-    client.tier_names = tuple(tier_names)
-
-
 def _infer_inputs(grpc: Any, arrays: dict[str, np.ndarray]) -> list[Any]:
     inputs = []
     for name, dtype, _ in _REQUEST:
@@ -126,7 +116,30 @@ def _ranking(result: Any, tier_names: tuple[str, ...]) -> Ranking:
     return Ranking(scores=scores, tiers=tiers, tier_names=names)
 
 
-class RankingClient:
+class _Client:
+    """Settings shared by the sync and asyncio clients; subclasses open the gRPC channel."""
+
+    def __init__(
+        self,
+        url: str = "127.0.0.1:8001",
+        model: str = "ads_ranking",
+        timeout_s: float = 10.0,
+        tier_names: tuple[str, ...] = (),
+    ) -> None:
+        import tritonclient.grpc as grpcclient
+
+        self._grpc = grpcclient
+        self.url = url
+        self.model = model
+        self.timeout_s = timeout_s
+        self.tier_names = tuple(tier_names)
+        self._client = self._connect(url)
+
+    def _connect(self, url: str) -> Any:
+        raise NotImplementedError
+
+
+class RankingClient(_Client):
     """Synchronous client of a deployed ensemble.
 
     Example:
@@ -141,17 +154,8 @@ class RankingClient:
         tier_names: Tier names in spec order, to name the ``tier`` output (optional).
     """
 
-    def __init__(
-        self,
-        url: str = "127.0.0.1:8001",
-        model: str = "ads_ranking",
-        timeout_s: float = 10.0,
-        tier_names: tuple[str, ...] = (),
-    ) -> None:
-        import tritonclient.grpc as grpcclient
-
-        _settle(self, grpcclient, url, model, timeout_s, tier_names)
-        self._client = grpcclient.InferenceServerClient(url)
+    def _connect(self, url: str) -> Any:
+        return self._grpc.InferenceServerClient(url)
 
     def __enter__(self) -> RankingClient:
         return self
@@ -217,24 +221,16 @@ class RankingClient:
         return _ranking(result, self.tier_names)
 
 
-class AsyncRankingClient:
+class AsyncRankingClient(_Client):
     """Asyncio client of a deployed ensemble (``tritonclient.grpc.aio``).
 
     Takes the same arguments as :class:`RankingClient`.
     """
 
-    def __init__(
-        self,
-        url: str = "127.0.0.1:8001",
-        model: str = "ads_ranking",
-        timeout_s: float = 10.0,
-        tier_names: tuple[str, ...] = (),
-    ) -> None:
-        import tritonclient.grpc as grpcclient
+    def _connect(self, url: str) -> Any:
         import tritonclient.grpc.aio as aioclient
 
-        _settle(self, grpcclient, url, model, timeout_s, tier_names)
-        self._client = aioclient.InferenceServerClient(url)
+        return aioclient.InferenceServerClient(url)
 
     async def __aenter__(self) -> AsyncRankingClient:
         return self
