@@ -57,6 +57,22 @@ class _Exporter:
         self.preprocess: Preprocess = load_preprocess(checkpoints, spec)
         self.holdout = demo_holdout_set(spec)
         self.parity = _parity_requests(self.holdout, spec.export.parity_requests)
+        self._parity_pre: list[dict[str, np.ndarray]] | None = None
+        self._holdout_pre: list[dict[str, np.ndarray]] | None = None
+
+    def parity_preprocessed(self) -> list[dict[str, np.ndarray]]:
+        """The parity requests after the preprocess step, computed once for all tiers."""
+        if self._parity_pre is None:
+            self._parity_pre = [self.preprocessed(raw) for raw in self.parity]
+        return self._parity_pre
+
+    def holdout_preprocessed(self) -> list[dict[str, np.ndarray]]:
+        """Every held-out request after the preprocess step, computed once for all tiers."""
+        if self._holdout_pre is None:
+            self._holdout_pre = [
+                self.preprocessed(self.holdout.request(r)) for r in range(self.holdout.num_requests)
+            ]
+        return self._holdout_pre
 
     def preprocessed(self, raw: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         with torch.no_grad():
@@ -92,7 +108,7 @@ class _Exporter:
         self.step(f"{name}: export to ONNX")
         started = time.perf_counter()
         export_tier(
-            model, _as_torch(self.preprocessed(self.parity[0])), folder / "model.onnx", self.spec.export.opset
+            model, _as_torch(self.parity_preprocessed()[0]), folder / "model.onnx", self.spec.export.opset
         )
         session = cpu_session(str(folder / "model.onnx"))
 
@@ -101,8 +117,9 @@ class _Exporter:
                 return {SCORE: model(*_torch_inputs(pre)).numpy()}
 
         self.step(f"{name}: check against PyTorch")
-        pre_parity = [self.preprocessed(raw) for raw in self.parity]
-        report = check_parity(session, reference, pre_parity, self.spec.export.tolerance, name)
+        report = check_parity(
+            session, reference, self.parity_preprocessed(), self.spec.export.tolerance, name
+        )
         self.step(f"{name}: held-out quality")
         quality = self.quality(model, session)
         self.step(f"{name}: timing")
@@ -114,8 +131,7 @@ class _Exporter:
     def quality(self, model: RankingModel, session: Any) -> dict[str, float]:
         """NE and AUC of the ONNX model and of PyTorch on every held-out request."""
         onnx_scores, torch_scores = [], []
-        for r in range(self.holdout.num_requests):
-            pre = self.preprocessed(self.holdout.request(r))
+        for pre in self.holdout_preprocessed():
             onnx_scores.append(session.run([SCORE], pre)[0])
             with torch.no_grad():
                 torch_scores.append(model(*_torch_inputs(pre)).numpy())
