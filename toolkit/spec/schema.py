@@ -12,6 +12,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from toolkit.router.policy import REQUEST_FEATURES
+
 NAME_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
 """Names of ensembles, tiers and tables: Triton-legal model names, no path separators."""
 
@@ -221,8 +223,8 @@ class ExportSpec:
 
 
 RuleOp = Literal["<", "<=", ">", ">=", "==", "!="]
-RULE_FEATURES = ("history_length", "num_candidates")
-"""Request-level features a rule may test; the router computes them (``toolkit.router.REQUEST_FEATURES``)."""
+RULE_FEATURES = REQUEST_FEATURES
+"""Request-level features a rule may test: those the router computes."""
 
 
 @dataclass(frozen=True)

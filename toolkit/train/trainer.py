@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -201,8 +200,6 @@ def train(
         holdout_requests=holdout.num_requests,
         train_requests=train_set.num_requests,
     )
-    threads = torch.get_num_threads()
-    torch.set_num_threads(max(1, min(threads, os.cpu_count() or 1)))
     for name in tiers or spec.tier_names:
         torch.manual_seed(spec.seed)
         model = build_tier(spec, spec.tier(name))
