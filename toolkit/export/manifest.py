@@ -9,10 +9,12 @@ from pathlib import Path
 from typing import Any
 
 from toolkit.errors import ExportError
+from toolkit.spec.variants import FP32
 
-FORMAT = 1
+__all__ = ["FORMAT", "FP32", "MANIFEST", "file_entries", "read_manifest", "sha256_file", "write_manifest"]
+
+FORMAT = 2
 MANIFEST = "manifest.json"
-FP32 = "onnx-fp32"
 
 
 def sha256_file(path: Path) -> str:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from toolkit.router.policy import REQUEST_FEATURES
+from toolkit.spec.variants import FP32, TARGETS, VARIANTS, check_variant
 
 NAME_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
 """Names of ensembles, tiers and tables: Triton-legal model names, no path separators."""
@@ -200,26 +201,110 @@ class Tolerance:
 
 
 @dataclass(frozen=True)
+class GateSpec:
+    """Accuracy gate every exported variant must pass on the held-out requests to be deployable.
+
+    Both bounds compare the variant under ONNX Runtime (or TensorRT) with the fp32 PyTorch model on
+    the same requests. They are one-sided: a variant that scores better than fp32 passes.
+
+    Attributes:
+        max_ne_increase: Largest relative rise in normalized entropy (0.001 = 0.1%).
+        min_auc_ratio: Smallest AUC as a share of fp32's (0.999 = the MLPerf DLRM "99.9%" gate).
+    """
+
+    max_ne_increase: float = 0.001
+    min_auc_ratio: float = 0.999
+
+    def __post_init__(self) -> None:
+        if not math.isfinite(self.max_ne_increase) or self.max_ne_increase < 0:
+            raise KeyedValueError("max_ne_increase", f"must be a number >= 0, got {self.max_ne_increase}")
+        if not math.isfinite(self.min_auc_ratio) or not 0 < self.min_auc_ratio <= 1:
+            raise KeyedValueError("min_auc_ratio", f"must lie in (0, 1], got {self.min_auc_ratio}")
+
+
+@dataclass(frozen=True)
+class TensorRTSpec:
+    """How TensorRT engines are built (on machines with a GPU and the ``tensorrt`` package).
+
+    The optimization profile covers the candidate dimension N from 1 to ``max_candidates``, tuned
+    for ``opt_candidates``.
+
+    Attributes:
+        opt_candidates: N the kernels are tuned for.
+        max_candidates: Largest N the engine accepts; 0 means ``triton.max_candidates``.
+        workspace_mb: Builder workspace limit in MiB.
+    """
+
+    opt_candidates: int = 64
+    max_candidates: int = 0
+    workspace_mb: int = 1024
+
+    def __post_init__(self) -> None:
+        if self.opt_candidates < 1:
+            raise KeyedValueError("opt_candidates", f"must be positive, got {self.opt_candidates}")
+        if self.max_candidates < 0:
+            raise KeyedValueError("max_candidates", f"must be >= 0, got {self.max_candidates}")
+        if self.max_candidates and self.max_candidates < self.opt_candidates:
+            raise KeyedValueError(
+                "max_candidates",
+                f"must be at least opt_candidates ({self.opt_candidates}), got {self.max_candidates}",
+            )
+        if self.workspace_mb < 16:
+            raise KeyedValueError("workspace_mb", f"must be at least 16, got {self.workspace_mb}")
+
+
+@dataclass(frozen=True)
 class ExportSpec:
-    """ONNX export settings.
+    """Export settings.
 
     Attributes:
         opset: ONNX opset version.
         parity_requests: Held-out requests each exported model is checked on.
-        tolerance: Allowed difference against PyTorch (|onnx - torch| <= atol + rtol * |torch|).
-        timing_candidates: Candidate counts at which each exported model is timed.
+        tolerance: Allowed difference of the fp32 ONNX model against PyTorch
+            (|onnx - torch| <= atol + rtol * |torch|).
+        timing_candidates: Candidate counts at which each exported variant is timed.
+        precisions: Variants to build per tier (``onnx-fp32`` is always built: the others are made
+            from it).
+        required: Variants that must pass for ``toolkit export`` to succeed; any other variant may
+            be FAILED or SKIPPED and the run still exits 0.
+        calibration_requests: Generated requests (from the training distribution) that calibrate
+            ``onnx-int8-static`` and the TensorRT int8/fp8 engines.
+        gate: Accuracy gate on the held-out requests.
+        tensorrt: TensorRT engine settings.
     """
 
     opset: int = 18
     parity_requests: int = 32
     tolerance: Tolerance = field(default_factory=Tolerance)
     timing_candidates: tuple[int, ...] = (16, 64, 256)
+    precisions: tuple[str, ...] = tuple(VARIANTS)
+    required: tuple[str, ...] = (FP32,)
+    calibration_requests: int = 256
+    gate: GateSpec = field(default_factory=GateSpec)
+    tensorrt: TensorRTSpec = field(default_factory=TensorRTSpec)
 
     def __post_init__(self) -> None:
         if self.parity_requests < 1:
             raise KeyedValueError("parity_requests", "must be positive")
-        if any(n < 1 for n in self.timing_candidates):
-            raise KeyedValueError("timing_candidates", "must be positive")
+        if not self.timing_candidates or any(n < 1 for n in self.timing_candidates):
+            raise KeyedValueError("timing_candidates", "must be a non-empty list of positive counts")
+        if self.calibration_requests < 1:
+            raise KeyedValueError("calibration_requests", f"must be positive, got {self.calibration_requests}")
+        for key in ("precisions", "required"):
+            for i, name in enumerate(getattr(self, key)):
+                try:
+                    check_variant(name)
+                except ValueError as exc:
+                    raise KeyedValueError(f"{key}[{i}]", str(exc)) from None
+        missing = [v for v in self.required if v not in self.built_variants]
+        if missing:
+            raise KeyedValueError("required", f"{missing[0]!r} is required but not listed in precisions")
+
+    @property
+    def built_variants(self) -> tuple[str, ...]:
+        """Variants export builds, in catalogue order: ``precisions`` plus ``onnx-fp32``."""
+        wanted = {FP32, *self.precisions}
+        return tuple(v for v in VARIANTS if v in wanted)
 
 
 RuleOp = Literal["<", "<=", ">", ">=", "==", "!="]
@@ -283,6 +368,10 @@ class TritonSpec:
         grpc_port: gRPC port.
         http_port: HTTP port.
         metrics_port: Metrics port.
+        target: Hardware the deployed tiers run on: ``cpu`` (ONNX variants on CPU instances) or
+            ``gpu`` (TensorRT engines, or ONNX Runtime with the TensorRT accelerator, on GPU
+            instances of an NGC tritonserver).
+        pin: Variant to deploy per tier, instead of the fastest one that passed the gate.
     """
 
     backend: Literal["auto", "onnxruntime", "python"] = "auto"
@@ -293,8 +382,19 @@ class TritonSpec:
     grpc_port: int = 8001
     http_port: int = 8000
     metrics_port: int = 8002
+    target: Literal["cpu", "gpu"] = "cpu"
+    pin: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if self.target not in TARGETS:
+            raise KeyedValueError("target", f"expected one of {', '.join(TARGETS)}, got {self.target!r}")
+        for tier, variant in self.pin.items():
+            if not isinstance(variant, str):
+                raise KeyedValueError(f"pin.{tier}", f"expected a variant name, got {variant!r}")
+            try:
+                check_variant(variant)
+            except ValueError as exc:
+                raise KeyedValueError(f"pin.{tier}", str(exc)) from None
         if self.max_candidates < 1:
             raise KeyedValueError("max_candidates", f"must be positive, got {self.max_candidates}")
         if self.router_instances < 2:
@@ -368,6 +468,11 @@ class Spec:
                 "routing.default_tier",
                 f"expected one of the tiers ({', '.join(names)}), got {self.routing.default_tier!r}",
             )
+        for tier in self.triton.pin:
+            if tier not in names:
+                raise KeyedValueError(
+                    f"triton.pin.{tier}", f"expected one of the tiers ({', '.join(names)}) as key"
+                )
         for i, rule in enumerate(self.routing.rules):
             if rule.tier not in names:
                 raise KeyedValueError(
