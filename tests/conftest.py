@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 from helpers import run_cli, tiny_spec_dict, write_spec
 
+from toolkit.export import FP32, read_manifest
 from toolkit.spec import Spec, load_spec
+from toolkit.spec.variants import VARIANTS
 
 
 @dataclass(frozen=True)
@@ -21,6 +23,7 @@ class Pipeline:
     artifacts: Path
     repository: Path
     outputs: dict[str, str]
+    pins: dict[str, str]
 
 
 @pytest.fixture(scope="session")
@@ -28,9 +31,12 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Pipeline:
     folder = tmp_path_factory.mktemp("pipeline")
     spec_path = write_spec(folder / "tiny.yaml", tiny_spec_dict(folder))
     outputs = {}
-    for command in ("train", "export", "deploy"):
+    for command in ("train", "export"):
         outputs[command] = run_cli(command, "--spec", str(spec_path)).stdout
     spec = load_spec(spec_path)
+    pins = quantized_pins(read_manifest(Path(spec.paths.artifacts)))
+    pin_args = [arg for tier, variant in pins.items() for arg in ("--pin", f"{tier}={variant}")]
+    outputs["deploy"] = run_cli("deploy", "--spec", str(spec_path), *pin_args).stdout
     return Pipeline(
         spec_path=spec_path,
         spec=spec,
@@ -38,4 +44,21 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Pipeline:
         artifacts=Path(spec.paths.artifacts),
         repository=Path(spec.paths.repository),
         outputs=outputs,
+        pins=pins,
     )
+
+
+def quantized_pins(manifest: dict) -> dict[str, str]:
+    """Per tier, a variant other than onnx-fp32 that passed the gate on the CPU, a different one per tier.
+
+    The session deploys these, so the end-to-end tests serve quantized and fp16 models, not only
+    the fp32 export.
+    """
+    order = [v for v, info in VARIANTS.items() if v != FP32 and "cpu" in info.targets]
+    pins = {}
+    for i, (tier, entry) in enumerate(manifest["tiers"].items()):
+        rotated = order[2 * i :] + order[: 2 * i]
+        passed = [v for v in rotated if entry["variants"].get(v, {}).get("status") == "OK"]
+        if passed:
+            pins[tier] = passed[0]
+    return pins

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,7 @@ from tritonclient.utils import InferenceServerException
 from toolkit.client import InvalidRequestError, RankingClient
 from toolkit.data import REQUEST_TENSORS, demo_holdout_set, generate_requests
 from toolkit.export import FP32, cpu_session
-from toolkit.repository import router_settings
+from toolkit.repository import MARKER, router_settings
 from toolkit.router import RequestContext, decide, request_features
 
 pytestmark = pytest.mark.e2e
@@ -22,9 +23,12 @@ pytestmark = pytest.mark.e2e
 class LocalModels:
     """The exported ONNX models run here with ONNX Runtime, as the reference for the server."""
 
-    def __init__(self, artifacts: Path, preprocess: str, tiers: tuple[str, ...]) -> None:
+    def __init__(self, artifacts: Path, preprocess: str, variants: dict[str, str]) -> None:
         self.preprocess = cpu_session(str(artifacts / preprocess / FP32 / "model.onnx"))
-        self.tiers = {name: cpu_session(str(artifacts / name / FP32 / "model.onnx")) for name in tiers}
+        self.tiers = {
+            name: cpu_session(str(artifacts / name / variant / "model.onnx"))
+            for name, variant in variants.items()
+        }
 
     def preprocessed(self, raw: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         outputs = self.preprocess.run(None, raw)
@@ -36,7 +40,8 @@ class LocalModels:
 
 @pytest.fixture(scope="module")
 def local(pipeline) -> LocalModels:
-    return LocalModels(pipeline.artifacts, pipeline.spec.preprocess_model, pipeline.spec.tier_names)
+    deployed = json.loads((pipeline.repository / MARKER).read_text())["variants"]
+    return LocalModels(pipeline.artifacts, pipeline.spec.preprocess_model, deployed)
 
 
 @pytest.fixture(scope="module")

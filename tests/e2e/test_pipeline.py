@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -15,8 +16,10 @@ from helpers import run_cli, tiny_spec_dict, write_spec
 from tritonclient.grpc import model_config_pb2 as mc
 
 from toolkit.export import read_manifest
-from toolkit.export.manifest import sha256_file
+from toolkit.export.manifest import sha256_file, write_manifest
 from toolkit.repository import MARKER
+from toolkit.repository.select import NOISE, mean_latency
+from toolkit.spec.variants import VARIANTS
 
 pytestmark = pytest.mark.e2e
 
@@ -49,11 +52,114 @@ def test_export_writes_manifest_with_checked_variants_when_run(pipeline) -> None
         assert variant["status"] == "OK"
         assert variant["max_abs_error"]["score"] <= tolerance.atol + tolerance.rtol
         assert abs(variant["quality"]["ne_delta_rel"]) < 1e-4
-        assert set(variant["latency_ms"]) == {"8"}
+        assert set(variant["latency_ms"]["cpu"]) == {"8"}
         for entry in variant["files"]:
             path = pipeline.artifacts / entry["path"]
             assert path.stat().st_size == entry["bytes"] and sha256_file(path) == entry["sha256"]
         assert tier["checkpoint"]["sha256"] == sha256_file(pipeline.checkpoints / f"{name}.pt")
+
+
+def test_export_status_matrix_covers_every_tier_and_variant_when_run(pipeline) -> None:
+    manifest = read_manifest(pipeline.artifacts)
+    gate = pipeline.spec.export.gate
+    statuses = set()
+    for name, tier in manifest["tiers"].items():
+        assert list(tier["variants"]) == list(VARIANTS)
+        for variant, entry in tier["variants"].items():
+            statuses.add(entry["status"])
+            assert entry["status"] in ("OK", "FAILED", "SKIPPED"), (name, variant)
+            if entry["status"] == "OK":
+                assert abs(entry["quality"]["ne_delta_rel"]) <= gate.max_ne_change
+                assert entry["quality"]["auc_ratio"] >= gate.min_auc_ratio
+                assert entry["files"] and entry["bytes"] == sum(f["bytes"] for f in entry["files"])
+                assert all(ms > 0 for ms in entry["latency_ms"]["cpu"].values())
+            else:
+                assert entry["reason"] and "files" not in entry
+                assert not (pipeline.artifacts / name / variant).exists()
+            if entry["status"] == "FAILED" and entry.get("quality"):
+                q = entry["quality"]
+                assert abs(q["ne_delta_rel"]) > gate.max_ne_change or q["auc_ratio"] < gate.min_auc_ratio
+        for variant in ("onnx-emb-int8", "onnx-emb-int4"):
+            emb = tier["variants"][variant].get("embeddings")
+            assert emb and 0 < emb["quantized_bytes"] < emb["fp32_bytes"]
+        assert (
+            tier["variants"]["onnx-emb-int4"]["embeddings"]["quantized_bytes"]
+            < tier["variants"]["onnx-emb-int8"]["embeddings"]["quantized_bytes"]
+        )
+    assert "OK" in statuses
+    out = pipeline.outputs["export"]
+    assert "status matrix" in out and "onnx-int8-static" in out
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None, reason="tensorrt is installed here")
+def test_export_skips_tensorrt_variants_with_the_reason_when_tensorrt_is_missing(pipeline) -> None:
+    manifest = read_manifest(pipeline.artifacts)
+    for tier in manifest["tiers"].values():
+        for variant in ("trt-fp16", "trt-int8", "trt-fp8"):
+            entry = tier["variants"][variant]
+            assert entry["status"] == "SKIPPED" and "tensorrt" in entry["reason"]
+    assert "tensorrt" in pipeline.outputs["export"]
+
+
+def test_export_reuses_unchanged_variants_and_rebuilds_when_inputs_change(pipeline, tmp_path) -> None:
+    artifacts = tmp_path / "artifacts"
+    shutil.copytree(pipeline.artifacts, artifacts)
+    before = _tree_digest(artifacts)
+    data = tiny_spec_dict(tmp_path)
+    data["paths"]["checkpoints"] = str(pipeline.checkpoints)
+    data["paths"]["artifacts"] = str(artifacts)
+    spec = write_spec(tmp_path / "same.yaml", data)
+    run_cli("export", "--spec", str(spec), "--tier", "lite")
+    manifest = read_manifest(artifacts)
+    lite = manifest["tiers"]["lite"]["variants"]
+    assert all(e["reused"] for e in lite.values() if e["status"] != "SKIPPED")
+    after = _tree_digest(artifacts)
+    assert {k: v for k, v in after.items() if k != "manifest.json"} == {
+        k: v for k, v in before.items() if k != "manifest.json"
+    }
+    data["export"]["gate"] = {"max_ne_change": 0.5, "min_auc_ratio": 0.5}
+    spec = write_spec(tmp_path / "loose.yaml", data)
+    run_cli("export", "--spec", str(spec), "--tier", "lite", "--precision", "onnx-int8-dynamic")
+    lite = read_manifest(artifacts)["tiers"]["lite"]["variants"]
+    assert lite["onnx-int8-dynamic"]["reused"] is False and lite["onnx-int8-dynamic"]["status"] == "OK"
+    assert lite["onnx-fp32"]["reused"] is False
+
+
+def test_deploy_serves_the_fastest_passing_variant_or_the_pinned_one(pipeline, tmp_path) -> None:
+    manifest = read_manifest(pipeline.artifacts)
+    marker = json.loads((pipeline.repository / MARKER).read_text())
+    for tier, variant in pipeline.pins.items():
+        assert marker["variants"][tier] == variant
+        assert f"tier {variant}: pinned" in pipeline.outputs["deploy"]
+    repo = tmp_path / "repo"
+    run_cli("deploy", "--spec", str(pipeline.spec_path), "--out", str(repo))
+    chosen = json.loads((repo / MARKER).read_text())["variants"]
+    for tier, variant in chosen.items():
+        entries = manifest["tiers"][tier]["variants"]
+        assert entries[variant]["status"] == "OK"
+        passing = [mean_latency(e, "cpu") for e in entries.values() if e["status"] == "OK"]
+        assert mean_latency(entries[variant], "cpu") <= min(passing) * (1 + NOISE)
+        onnx = (repo / tier / "1" / "model.onnx").read_bytes()
+        assert hashlib.sha256(onnx).hexdigest() == entries[variant]["files"][0]["sha256"]
+
+
+def test_deploy_refuses_a_pinned_variant_that_did_not_pass(pipeline, tmp_path) -> None:
+    artifacts = tmp_path / "artifacts"
+    shutil.copytree(pipeline.artifacts, artifacts)
+    manifest = read_manifest(artifacts)
+    entry = manifest["tiers"]["xl"]["variants"]["onnx-emb-int8"]
+    entry.update(status="FAILED", reason="NE +0.5% against fp32 PyTorch")
+    write_manifest(artifacts, manifest)
+    repo = tmp_path / "repo"
+    args = ("--artifacts", str(artifacts), "--out", str(repo), "--pin", "xl=onnx-emb-int8")
+    proc = run_cli("deploy", "--spec", str(pipeline.spec_path), *args, check=False)
+    assert proc.returncode == 1
+    assert "xl=onnx-emb-int8" in proc.stderr and "FAILED" in proc.stderr and "not deployed" in proc.stderr
+    assert not repo.exists()
+    proc = run_cli(
+        "deploy", "--spec", str(pipeline.spec_path), *args[:4], "--pin", "xl=trt-fp16", check=False
+    )
+    assert proc.returncode == 1 and "cannot run on cpu" in proc.stderr
 
 
 def test_deploy_writes_every_model_with_parseable_configs_when_run(pipeline) -> None:
@@ -90,7 +196,7 @@ def test_deploy_fails_and_keeps_previous_repository_when_artifact_changed(pipeli
     repo = tmp_path / "repo"
     shutil.copytree(pipeline.repository, repo)
     before = _tree_digest(repo)
-    tampered = artifacts / "xl" / "onnx-fp32" / "model.onnx"
+    tampered = artifacts / pipeline.spec.preprocess_model / "onnx-fp32" / "model.onnx"
     tampered.write_bytes(tampered.read_bytes() + b"\0")
     args = ("deploy", "--spec", str(pipeline.spec_path), "--artifacts", str(artifacts), "--out", str(repo))
     proc = run_cli(*args, check=False)

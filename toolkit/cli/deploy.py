@@ -35,27 +35,75 @@ from toolkit.cli.common import folder, load, spec_option
     help="With --backend auto: the tritonserver binary the repository is for (default: the one "
     "`toolkit serve` would find).",
 )
+@click.option(
+    "--target",
+    type=click.Choice(["cpu", "gpu"]),
+    help="Hardware the tiers run on: cpu (ONNX variants on CPU instances) or gpu (TensorRT engines, "
+    "or ONNX Runtime with the TensorRT accelerator, on GPU instances of an NGC tritonserver; needs "
+    "--backend onnxruntime). Default: the spec's triton.target.",
+)
+@click.option(
+    "--pin",
+    "pins",
+    multiple=True,
+    metavar="TIER=VARIANT",
+    help="Deploy this variant of the tier instead of the fastest passing one; repeat for several. "
+    "Beats the spec's triton.pin.",
+)
 def command(
-    spec_path: Path, artifacts: Path | None, out: Path | None, backend: str | None, tritonserver: Path | None
+    spec_path: Path,
+    artifacts: Path | None,
+    out: Path | None,
+    backend: str | None,
+    tritonserver: Path | None,
+    target: str | None,
+    pins: tuple[str, ...],
 ) -> None:
     """Write the Triton model repository: the ensemble, preprocess, router and one model per tier.
 
     The ensemble (named after the spec) is the entry point clients call. Its two steps are the
     preprocess model (the exported feature transforms) and the BLS router (python backend), which
     picks a tier per request with the spec's routing policy and calls it. Every config.pbtxt is built
-    as a protobuf message. The repository is written beside --out and renamed into place, so a
-    failed deploy leaves the previous one as it was; a folder that deploy did not write is never
-    replaced.
+    as a protobuf message.
+
+    Per tier, the variant deployed is the one pinned (--pin, then the spec's triton.pin) or the
+    fastest on the target that passed export's accuracy gate (mean latency over the timed candidate
+    counts); a FAILED or SKIPPED variant is never deployed.
+
+    The repository is written beside --out and renamed into place, so a failed deploy leaves the
+    previous one as it was; a folder that deploy did not write is never replaced.
     """
     from toolkit.repository import deploy
     from toolkit.repository.backend import resolve_backend
 
     spec = load(spec_path)
-    chosen = resolve_backend(backend or spec.triton.backend, tritonserver)
-    result = deploy(spec, folder(artifacts, spec.paths.artifacts), folder(out, spec.paths.repository), chosen)
-    click.echo(f"{'replaced' if result.replaced else 'wrote'} {result.repository}/ (tier backend: {chosen})")
+    target = target or spec.triton.target
+    chosen = "onnxruntime" if target == "gpu" and backend is None else None
+    chosen = chosen or resolve_backend(backend or spec.triton.backend, tritonserver)
+    result = deploy(
+        spec,
+        folder(artifacts, spec.paths.artifacts),
+        folder(out, spec.paths.repository),
+        chosen,
+        target,
+        _pins(pins),
+    )
+    click.echo(
+        f"{'replaced' if result.replaced else 'wrote'} {result.repository}/ "
+        f"(target {result.target}, tier backend: {chosen})"
+    )
     click.echo(f"  {spec.name:<28} ensemble entry point: preprocess -> router")
     click.echo(f"  {spec.preprocess_model:<28} feature transforms (ONNX)")
     click.echo(f"  {spec.router_model:<28} BLS router, policy {spec.routing.policy!r}")
-    for name, variant in result.variants.items():
-        click.echo(f"  {name:<28} tier ({variant})")
+    for name, selection in result.selections.items():
+        click.echo(f"  {name:<28} tier {selection.variant}: {selection.reason}")
+
+
+def _pins(values: tuple[str, ...]) -> dict[str, str]:
+    pins: dict[str, str] = {}
+    for value in values:
+        tier, sep, variant = value.partition("=")
+        if not sep or not tier.strip() or not variant.strip():
+            raise click.BadParameter(f"{value!r} is not TIER=VARIANT", param_hint="--pin")
+        pins[tier.strip()] = variant.strip()
+    return pins

@@ -1,15 +1,24 @@
-"""``toolkit export``: tiers and the preprocess step to ONNX, checked against PyTorch."""
+"""``toolkit export``: every tier in every precision, checked against PyTorch, gated and timed."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
 from toolkit.cli.common import fmt, folder, load, output_console, results_table, spec_option
+from toolkit.spec.variants import VARIANTS
+
+_VARIANT_HELP = "; ".join(f"{name}: {info.description}" for name, info in VARIANTS.items())
 
 
-@click.command("export")
+def _split(values: tuple[str, ...]) -> tuple[str, ...] | None:
+    out = tuple(v.strip() for value in values for v in value.split(",") if v.strip())
+    return out or None
+
+
+@click.command("export", epilog=f"Variants: {_VARIANT_HELP}.")
 @spec_option
 @click.option(
     "--checkpoints",
@@ -26,55 +35,122 @@ from toolkit.cli.common import fmt, folder, load, output_console, results_table,
     "tiers",
     multiple=True,
     metavar="NAME",
-    help="Export only this tier; repeat for several. The manifest keeps the other tiers' entries.",
+    help="Export only this tier; repeat or comma-separate for several. The manifest keeps the other "
+    "tiers' entries.",
 )
+@click.option(
+    "--precision",
+    "precisions",
+    multiple=True,
+    metavar="VARIANT",
+    help="Build only this variant (onnx-fp32 is always built: the others are made from it); repeat "
+    "or comma-separate. Default: the spec's export.precisions.",
+)
+@click.option("--force", is_flag=True, help="Rebuild every variant, even those whose inputs did not change.")
 def command(
-    spec_path: Path, checkpoints: Path | None, artifacts: Path | None, tiers: tuple[str, ...]
+    spec_path: Path,
+    checkpoints: Path | None,
+    artifacts: Path | None,
+    tiers: tuple[str, ...],
+    precisions: tuple[str, ...],
+    force: bool,
 ) -> None:
-    """Export every tier and the preprocess step to ONNX (fp32, dynamic candidate dimension).
+    """Export every tier to ONNX and TensorRT variants; check, gate and time each one.
 
-    Each exported model is checked against PyTorch on held-out requests (plus a one-candidate
-    request and a short history): output names, then shapes, then values within the spec's
-    export.tolerance; a model over it fails the export with the max difference per output, and
-    nothing in the artifacts folder is changed. Each tier's held-out NE and AUC under ONNX Runtime
-    and its latency per request at export.timing_candidates are recorded, with file sizes and
-    sha256, in <artifacts>/manifest.json.
+    onnx-fp32 is exported from PyTorch and must match it on held-out requests (plus a
+    one-candidate request and a short history) within export.tolerance. Every other variant is
+    made from it, scored on all held-out requests and compared with fp32 PyTorch: a variant whose
+    NE changes more than export.gate.max_ne_change (either way), or whose AUC falls below
+    export.gate.min_auc_ratio of fp32's, is FAILED with the numbers and never deployed. A variant
+    this machine cannot build (no GPU, no tensorrt package, an unsupported operator) is SKIPPED with
+    the reason. Passing variants are timed (ONNX Runtime CPU, 1 thread; GPU providers where
+    present) at export.timing_candidates until three windows agree within 10%.
+
+    The status matrix (tier x variant -> OK / FAILED / SKIPPED, reason, errors, NE and AUC
+    deltas, latency, size, sha256) is written to <artifacts>/manifest.json and printed. Variants
+    whose inputs (checkpoints, spec sections, toolkit and library versions) did not change are
+    reused. The command exits 1, changing nothing, only when a variant in export.required did
+    not pass.
     """
     from rich.console import Console
 
-    from toolkit.export import FP32, run_export
+    from toolkit.export import run_export
+    from toolkit.export.pipeline import RequiredVariantError
 
     spec = load(spec_path)
     out = folder(artifacts, spec.paths.artifacts)
     console = Console(stderr=True)
-    with console.status("exporting") as status:
+    try:
+        with console.status("exporting") as status:
 
-        def on_step(message: str) -> None:
-            status.update(message)
-            console.log(message)
+            def on_step(message: str) -> None:
+                status.update(message)
+                console.log(message)
 
-        manifest = run_export(spec, folder(checkpoints, spec.paths.checkpoints), out, tiers or None, on_step)
-    counts = [str(n) for n in spec.export.timing_candidates]
+            manifest = run_export(
+                spec,
+                folder(checkpoints, spec.paths.checkpoints),
+                out,
+                _split(tiers),
+                _split(precisions),
+                force,
+                on_step,
+            )
+    except RequiredVariantError as exc:
+        print_matrix(exc.manifest, spec.export.timing_candidates, f"status matrix (NOT written to {out}/)")
+        raise
+    print_matrix(manifest, spec.export.timing_candidates, f"status matrix, written to {out}/manifest.json")
+
+
+def _row(model: str, variant: str, entry: dict[str, Any], counts: list[str], targets: list[str]) -> list[str]:
+    quality = entry.get("quality", {})
+    errors = entry.get("max_abs_error", {})
+    embeddings = entry.get("embeddings")
+    delta = quality.get("ne_delta_rel")
+    status = entry.get("status", "?")
+    cells = [
+        model,
+        variant,
+        f"{status}*" if entry.get("reused") else status,
+        f"{delta:+.3%}" if delta is not None else "-",
+        fmt(quality.get("auc_ratio"), 4),
+        f"{max(errors.values()):.1e}" if errors else "-",
+    ]
+    for target in targets:
+        latency = entry.get("latency_ms", {}).get(target, {})
+        cells += [fmt(latency.get(n), 3) for n in counts]
+    size = entry.get("bytes")
+    cells += [f"{size / 1e6:.2f}" if size else "-", f"{embeddings['ratio']:.1%}" if embeddings else "-"]
+    return cells
+
+
+def print_matrix(manifest: dict[str, Any], timing_candidates: tuple[int, ...], title: str) -> None:
+    """Print the manifest's status matrix as a table on stdout, with the reasons below it."""
+    counts = [str(n) for n in timing_candidates]
+    rows = [(manifest["preprocess"]["model"], v, e) for v, e in manifest["preprocess"]["variants"].items()]
+    rows += [(t, v, e) for t, tier in manifest["tiers"].items() for v, e in tier["variants"].items()]
+    targets = [t for t in ("cpu", "gpu") if any(t in e.get("latency_ms", {}) for _, _, e in rows)] or ["cpu"]
+    latency_columns = [f"{t} N={n}" for t in targets for n in counts]
     table = results_table(
-        f"exported to {out}/ (latency: ONNX Runtime CPU, 1 thread, ms per request)",
-        ["model", "variant", "status", "max abs err", "NE", "AUC", *[f"N={n}" for n in counts], "MB"],
+        f"{title}\nΔNE and AUC/fp32 against fp32 PyTorch on the held-out requests; latency in ms per "
+        "request; emb = embedding bytes against fp32; * = reused, inputs unchanged",
+        ["model", "variant", "status", "ΔNE", "AUC/fp32", "max err", *latency_columns, "MB", "emb"],
         left=3,
     )
-    pre = manifest["preprocess"]["variants"][FP32]
-    entries = [(spec.preprocess_model, pre)] + [
-        (name, tier["variants"][FP32]) for name, tier in manifest["tiers"].items()
-    ]
-    for name, v in entries:
-        quality = v.get("quality", {})
-        size = sum(f["bytes"] for f in v.get("files", [])) / 1e6
-        table.add_row(
-            name,
-            FP32,
-            v["status"],
-            f"{max(v['max_abs_error'].values(), default=0.0):.1e}",
-            fmt(quality.get("ne")),
-            fmt(quality.get("auc")),
-            *[fmt(v["latency_ms"].get(n), 3) for n in counts],
-            f"{size:.2f}",
+    for model, variant, entry in rows:
+        table.add_row(*_row(model, variant, entry, counts, targets))
+    console = output_console()
+    console.print(table)
+    reasons: dict[tuple[str, str], list[str]] = {}
+    for model, variant, entry in rows:
+        if entry.get("reason"):
+            reasons.setdefault((entry["status"], entry["reason"]), []).append(f"{model} {variant}")
+    for (status, reason), where in reasons.items():
+        console.print(f"{status} {', '.join(where)}: {reason}", highlight=False, soft_wrap=True)
+    gate = manifest.get("gate", {})
+    if gate:
+        console.print(
+            f"gate: NE within ±{gate['max_ne_change']:.2%}, AUC >= "
+            f"{gate['min_auc_ratio']:.2%} of fp32 PyTorch",
+            highlight=False,
         )
-    output_console().print(table)

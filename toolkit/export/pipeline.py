@@ -1,8 +1,17 @@
-"""``toolkit export``: every tier and the preprocess step to ONNX, checked against PyTorch and timed."""
+"""``toolkit export``: every tier in every precision, each checked against PyTorch, gated and timed.
+
+The fp32 ONNX model of a tier is exported from PyTorch and must match it within
+``export.tolerance``; every other variant is made from that file, scored on the held-out requests
+and kept only when it passes ``export.gate``. Results go to a status matrix (tier x variant ->
+OK / FAILED / SKIPPED) in ``manifest.json``.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
+import hashlib
+import json
 import logging
 import os
 import shutil
@@ -16,25 +25,56 @@ import torch
 
 from toolkit import __version__
 from toolkit.data.demo import demo_holdout_set
+from toolkit.data.generator import generate_requests
 from toolkit.data.requests import REQUEST_TENSORS, RequestSet
 from toolkit.errors import ExportError, ParityError
-from toolkit.evaluate.metrics import normalized_entropy, roc_auc
+from toolkit.export.build import (
+    ONNX_FILE,
+    BuildContext,
+    Runner,
+    VariantUnavailableError,
+    build_variant,
+    runners,
+)
+from toolkit.export.gate import GateResult, Reference, gate_dict, judge
 from toolkit.export.manifest import FORMAT, FP32, file_entries, read_manifest, sha256_file, write_manifest
+from toolkit.export.manifest import verify_files as _verify_files
 from toolkit.export.onnx_export import PREPROCESSED, SCORE, export_preprocess, export_tier
-from toolkit.export.parity import ParityReport, check_parity, cpu_session, time_session
+from toolkit.export.parity import check_parity, cpu_session
+from toolkit.export.timing import Timing, measure_counts
+from toolkit.machine import machine_facts
 from toolkit.models.base import RankingModel
 from toolkit.models.preprocess import Preprocess
 from toolkit.spec.schema import Spec
-from toolkit.train.checkpoints import load_preprocess, load_tier, tier_path
+from toolkit.spec.variants import VARIANTS
+from toolkit.train.checkpoints import PREPROCESS_FILE, load_preprocess, load_tier, tier_path
 
 log = logging.getLogger(__name__)
 
 StepFn = Callable[[str], None]
 """Called with a short description as each export step starts."""
 
+OK, FAILED, SKIPPED = "OK", "FAILED", "SKIPPED"
+
+
+class RequiredVariantError(ExportError):
+    """A variant the spec requires did not pass; nothing was changed.
+
+    Attributes:
+        manifest: The status matrix the run would have written, for display.
+    """
+
+    def __init__(self, message: str, manifest: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.manifest = manifest
+
 
 def _torch_inputs(inputs: dict[str, np.ndarray]) -> tuple[torch.Tensor, ...]:
     return tuple(torch.from_numpy(np.ascontiguousarray(inputs[name])) for name in REQUEST_TENSORS)
+
+
+def _as_torch(inputs: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+    return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in inputs.items()}
 
 
 def _parity_requests(holdout: RequestSet, count: int) -> list[dict[str, np.ndarray]]:
@@ -48,7 +88,55 @@ def _parity_requests(holdout: RequestSet, count: int) -> list[dict[str, np.ndarr
     return [*requests, single, short]
 
 
+def fingerprint(spec: Spec, tier: str | None, variant: str, checkpoints: dict[str, str]) -> str:
+    """Hash of everything a variant's result depends on; an unchanged hash means it can be reused.
+
+    Covers the toolkit and library versions, the variant, the tier's spec entry, the request
+    schema, the data and export settings (but not which variants are listed or required), and the
+    sha256 of the checkpoints used.
+    """
+    import onnx
+    import onnxruntime
+
+    export = dataclasses.asdict(spec.export)
+    export.pop("precisions")
+    export.pop("required")
+    payload = {
+        "versions": [__version__, torch.__version__, onnx.__version__, onnxruntime.__version__],
+        "variant": variant,
+        "tier": dataclasses.asdict(spec.tier(tier)) if tier else None,
+        "features": dataclasses.asdict(spec.features),
+        "data": dataclasses.asdict(spec.data),
+        "seed": spec.seed,
+        "export": export,
+        "max_candidates": spec.triton.max_candidates,
+        "checkpoints": checkpoints,
+    }
+    blob = json.dumps(payload, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _files_intact(artifacts: Path, entry: dict[str, Any]) -> bool:
+    try:
+        _verify_files(artifacts, entry, "variant")
+    except ExportError:
+        return False
+    return True
+
+
+def _latency(timings: dict[int, Timing]) -> tuple[dict[str, float], dict[str, Any]]:
+    latency = {str(n): round(t.median_ms, 4) for n, t in timings.items()}
+    detail = {
+        "stable": all(t.stable for t in timings.values()),
+        "windows": {str(n): t.windows for n, t in timings.items()},
+        "spread": {str(n): t.spread for n, t in timings.items()},
+    }
+    return latency, detail
+
+
 class _Exporter:
+    """One export run: the shared inputs (held-out, parity, calibration requests) and the steps."""
+
     def __init__(self, spec: Spec, checkpoints: Path, staging: Path, step: StepFn) -> None:
         self.spec = spec
         self.checkpoints = checkpoints
@@ -57,32 +145,54 @@ class _Exporter:
         self.preprocess: Preprocess = load_preprocess(checkpoints, spec)
         self.holdout = demo_holdout_set(spec)
         self.parity = _parity_requests(self.holdout, spec.export.parity_requests)
-        self._parity_pre: list[dict[str, np.ndarray]] | None = None
-        self._holdout_pre: list[dict[str, np.ndarray]] | None = None
+        self._cache: dict[str, Any] = {}
 
-    def parity_preprocessed(self) -> list[dict[str, np.ndarray]]:
-        """The parity requests after the preprocess step, computed once for all tiers."""
-        if self._parity_pre is None:
-            self._parity_pre = [self.preprocessed(raw) for raw in self.parity]
-        return self._parity_pre
-
-    def holdout_preprocessed(self) -> list[dict[str, np.ndarray]]:
-        """Every held-out request after the preprocess step, computed once for all tiers."""
-        if self._holdout_pre is None:
-            self._holdout_pre = [
-                self.preprocessed(self.holdout.request(r)) for r in range(self.holdout.num_requests)
-            ]
-        return self._holdout_pre
+    def _cached(self, key: str, make: Callable[[], Any]) -> Any:
+        if key not in self._cache:
+            self._cache[key] = make()
+        return self._cache[key]
 
     def preprocessed(self, raw: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         with torch.no_grad():
             out = self.preprocess(*_torch_inputs(raw))
         return {name: t.numpy() for name, t in zip(REQUEST_TENSORS, out, strict=True)}
 
-    def timing_inputs(self, n: int) -> dict[str, np.ndarray]:
-        base = self.holdout.request(0)
-        rows = np.arange(n) % base["ad_dense"].shape[0]
-        return {**base, "ad_dense": base["ad_dense"][rows], "ad_sparse": base["ad_sparse"][rows]}
+    def parity_preprocessed(self) -> list[dict[str, np.ndarray]]:
+        """The parity requests after the preprocess step, computed once for all tiers."""
+        return self._cached("parity", lambda: [self.preprocessed(raw) for raw in self.parity])
+
+    def holdout_preprocessed(self) -> list[dict[str, np.ndarray]]:
+        """Every held-out request after the preprocess step, computed once for all tiers."""
+        return self._cached(
+            "holdout",
+            lambda: [self.preprocessed(self.holdout.request(r)) for r in range(self.holdout.num_requests)],
+        )
+
+    def calibration(self) -> list[dict[str, np.ndarray]]:
+        """Calibration requests: fresh traffic from the training distribution, preprocessed."""
+
+        def make() -> list[dict[str, np.ndarray]]:
+            spec = self.spec
+            requests = generate_requests(
+                spec.features,
+                spec.export.calibration_requests,
+                (spec.data.candidates.min, spec.data.candidates.max),
+                spec.data.informative_share,
+                seed=spec.seed * 1000 + 3,
+                world_seed=spec.seed,
+            )
+            return [self.preprocessed(requests.request(r)) for r in range(requests.num_requests)]
+
+        return self._cached("calibration", make)
+
+    def timing_inputs(self, n: int, preprocessed: bool = True) -> dict[str, np.ndarray]:
+        def make() -> dict[str, np.ndarray]:
+            base = self.holdout.request(0)
+            rows = np.arange(n) % base["ad_dense"].shape[0]
+            raw = {**base, "ad_dense": base["ad_dense"][rows], "ad_sparse": base["ad_sparse"][rows]}
+            return self.preprocessed(raw) if preprocessed else raw
+
+        return self._cached(f"timing-{n}-{preprocessed}", make)
 
     def export_preprocess(self) -> dict[str, Any]:
         name = self.spec.preprocess_model
@@ -90,99 +200,123 @@ class _Exporter:
         self.step(f"{name}: export to ONNX")
         started = time.perf_counter()
         export_preprocess(
-            self.preprocess, _as_torch(self.parity[0]), folder / "model.onnx", self.spec.export.opset
+            self.preprocess, _as_torch(self.parity[0]), folder / ONNX_FILE, self.spec.export.opset
         )
-        session = cpu_session(str(folder / "model.onnx"))
+        session = cpu_session(str(folder / ONNX_FILE))
 
         def reference(raw: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
             return {PREPROCESSED[k]: v for k, v in self.preprocessed(raw).items()}
 
         self.step(f"{name}: check against PyTorch")
         report = check_parity(session, reference, self.parity, self.spec.export.tolerance, name)
-        latency = time_session(session, self.timing_inputs, self.spec.export.timing_candidates)
-        return _entry(started, report, latency)
-
-    def export_tier(self, name: str) -> dict[str, Any]:
-        model: RankingModel = load_tier(self.checkpoints, self.spec, name)
-        folder = self.staging / name / FP32
-        self.step(f"{name}: export to ONNX")
-        started = time.perf_counter()
-        export_tier(
-            model, _as_torch(self.parity_preprocessed()[0]), folder / "model.onnx", self.spec.export.opset
+        self.step(f"{name}: timing")
+        timings = measure_counts(
+            lambda inputs: session.run(None, inputs),
+            lambda n: self.timing_inputs(n, preprocessed=False),
+            self.spec.export.timing_candidates,
         )
-        session = cpu_session(str(folder / "model.onnx"))
+        latency, detail = _latency(timings)
+        return {
+            "status": OK,
+            "reason": "",
+            "export_seconds": round(time.perf_counter() - started, 3),
+            "parity_requests": report.requests,
+            "max_abs_error": report.max_abs_error,
+            "max_rel_error": report.max_rel_error,
+            "latency_ms": {"cpu": latency},
+            "timing": {"cpu": detail},
+        }
+
+    def reference(self, tier: str, model: RankingModel) -> Reference:
+        """fp32 PyTorch scores of ``tier`` on every held-out request."""
+
+        def make() -> Reference:
+            self.step(f"{tier}: PyTorch fp32 reference on {self.holdout.num_requests} held-out requests")
+            with torch.no_grad():
+                scores = [model(*_torch_inputs(pre)).numpy() for pre in self.holdout_preprocessed()]
+            return Reference.from_scores(self.holdout.labels, np.concatenate(scores))
+
+        return self._cached(f"reference-{tier}", make)
+
+    def known_reference(self, tier: str) -> Reference | None:
+        """The reference of ``tier`` if this run computed it."""
+        return self._cache.get(f"reference-{tier}")
+
+    def export_fp32(self, tier: str, model: RankingModel) -> dict[str, Any]:
+        """Export from PyTorch and check parity on the parity requests (strict tolerance)."""
+        folder = self.staging / tier / FP32
+        self.step(f"{tier}: export to ONNX")
+        export_tier(
+            model, _as_torch(self.parity_preprocessed()[0]), folder / ONNX_FILE, self.spec.export.opset
+        )
+        session = cpu_session(str(folder / ONNX_FILE))
 
         def reference(pre: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
             with torch.no_grad():
                 return {SCORE: model(*_torch_inputs(pre)).numpy()}
 
-        self.step(f"{name}: check against PyTorch")
+        self.step(f"{tier}: check against PyTorch")
         report = check_parity(
-            session, reference, self.parity_preprocessed(), self.spec.export.tolerance, name
+            session, reference, self.parity_preprocessed(), self.spec.export.tolerance, tier
         )
-        self.step(f"{name}: held-out quality")
-        quality = self.quality(model, session)
-        self.step(f"{name}: timing")
-        latency = time_session(
-            session, lambda n: self.preprocessed(self.timing_inputs(n)), self.spec.export.timing_candidates
-        )
-        return _entry(started, report, latency, quality)
+        return {"parity_requests": report.requests}
 
-    def quality(self, model: RankingModel, session: Any) -> dict[str, float]:
-        """NE and AUC of the ONNX model and of PyTorch on every held-out request."""
-        onnx_scores, torch_scores = [], []
-        for pre in self.holdout_preprocessed():
-            onnx_scores.append(session.run([SCORE], pre)[0])
-            with torch.no_grad():
-                torch_scores.append(model(*_torch_inputs(pre)).numpy())
-        labels = self.holdout.labels
-        ctr = float(labels.mean())
-        ox, tx = np.concatenate(onnx_scores), np.concatenate(torch_scores)
-        ne, auc = normalized_entropy(labels, ox, ctr), roc_auc(labels, ox)
-        tne, tauc = normalized_entropy(labels, tx, ctr), roc_auc(labels, tx)
-        return {
-            "requests": self.holdout.num_requests,
-            "ne": ne,
-            "auc": auc,
-            "torch_ne": tne,
-            "torch_auc": tauc,
-            "ne_delta_rel": (ne - tne) / tne,
-            "auc_ratio": auc / tauc,
+    def evaluate(self, tier: str, variant: str, folder: Path, model: RankingModel) -> dict[str, Any]:
+        """Score the held-out requests with a built variant, apply the gate, time it."""
+        available = runners(variant, folder)
+        first: Runner = available[0]
+        self.step(f"{tier} {variant}: held-out quality ({first.target})")
+        scores = np.concatenate([first.run(pre) for pre in self.holdout_preprocessed()])
+        result: GateResult = judge(self.reference(tier, model), scores, self.spec.export.gate, SCORE)
+        entry: dict[str, Any] = {
+            "status": OK if result.passed else FAILED,
+            "reason": "; ".join(result.failures),
+            "max_abs_error": result.max_abs_error,
+            "max_rel_error": result.max_rel_error,
+            "quality": result.quality,
+            "latency_ms": {},
+            "timing": {},
         }
+        if not result.quality:
+            return entry
+        for runner in available:
+            self.step(f"{tier} {variant}: timing ({runner.target})")
+            timings = measure_counts(runner.run, self.timing_inputs, self.spec.export.timing_candidates)
+            entry["latency_ms"][runner.target], entry["timing"][runner.target] = _latency(timings)
+        return entry
 
 
-def _entry(
-    started: float, report: ParityReport, latency: dict[int, float], quality: dict[str, float] | None = None
-) -> dict[str, Any]:
-    """A passed variant's manifest entry (files are added once the folder is in place)."""
-    entry: dict[str, Any] = {
-        "status": "OK",
-        "reason": "",
-        "export_seconds": round(time.perf_counter() - started, 3),
-        "parity_requests": report.requests,
-        "max_abs_error": report.max_abs_error,
-        "max_rel_error": report.max_rel_error,
-    }
-    if quality is not None:
-        entry["quality"] = quality
-    entry["latency_ms"] = {str(k): round(v, 4) for k, v in latency.items()}
-    return entry
+def _entry_failed(status: str, reason: str) -> dict[str, Any]:
+    return {"status": status, "reason": reason}
 
 
-def _as_torch(inputs: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
-    return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in inputs.items()}
+def _promote(staging: Path, artifacts: Path, model: str, variant: str) -> None:
+    """Move ``staging/<model>/<variant>`` over the live folder with one rename."""
+    source = staging / model / variant
+    live = artifacts / model / variant
+    live.parent.mkdir(parents=True, exist_ok=True)
+    old = live.with_name(f".{variant}.old-{os.getpid()}")
+    if live.exists():
+        os.replace(live, old)
+    os.replace(source, live)
+    shutil.rmtree(old, ignore_errors=True)
 
 
-def _promote(staging: Path, artifacts: Path, model: str) -> None:
-    """Move ``staging/<model>/<variant>`` folders over the live ones, one rename each."""
-    for variant in sorted((staging / model).iterdir()):
-        live = artifacts / model / variant.name
-        live.parent.mkdir(parents=True, exist_ok=True)
-        old = live.with_name(f".{variant.name}.old-{os.getpid()}")
-        if live.exists():
-            os.replace(live, old)
-        os.replace(variant, live)
-        shutil.rmtree(old, ignore_errors=True)
+def _previous(artifacts: Path, spec: Spec) -> dict[str, Any]:
+    try:
+        previous = read_manifest(artifacts)
+    except ExportError:
+        return {}
+    return previous if previous.get("ensemble") == spec.name else {}
+
+
+def _selected_variants(spec: Spec, precisions: tuple[str, ...] | None) -> list[str]:
+    if precisions is None:
+        return list(spec.export.built_variants)
+    unknown = [p for p in precisions if p not in VARIANTS]
+    if unknown:
+        raise ExportError(f"--precision {unknown[0]!r} is not a known variant; known: {', '.join(VARIANTS)}")
+    return [v for v in VARIANTS if v == FP32 or v in precisions]
 
 
 def run_export(
@@ -190,19 +324,25 @@ def run_export(
     checkpoints: Path,
     artifacts: Path,
     tiers: tuple[str, ...] | None = None,
+    precisions: tuple[str, ...] | None = None,
+    force: bool = False,
     step: StepFn | None = None,
 ) -> dict[str, Any]:
-    """Export the preprocess step and the tiers, verify and time each, write the manifest.
+    """Export the preprocess step and every variant of the tiers; write the status matrix.
 
-    Everything is written to a staging folder first; only when every model passed its checks are the
-    new variant folders moved into ``artifacts`` and the manifest replaced. A failed export leaves
-    the previous artifacts as they were.
+    A variant whose inputs (checkpoints, spec sections, toolkit and library versions) did not
+    change since the last run, and whose files are intact, is reused as it is. Everything new is
+    written to a staging folder first and moved into ``artifacts`` only when every required
+    variant passed, so a failed run leaves the previous artifacts and manifest as they were.
 
     Args:
         spec: The ensemble spec.
         checkpoints: Folder with the trained checkpoints.
         artifacts: Output folder (``<model>/<variant>/`` and ``manifest.json``).
-        tiers: Tiers to export (default: all); the manifest keeps earlier entries of the others.
+        tiers: Tiers to export (default: all); the manifest keeps the other tiers' entries.
+        precisions: Variants to build (default: the spec's ``export.precisions``); ``onnx-fp32``
+            is always built, the others are made from it.
+        force: Rebuild even variants that could be reused.
         step: Optional callback told about each step.
 
     Returns:
@@ -210,57 +350,165 @@ def run_export(
 
     Raises:
         CheckpointError: A checkpoint is missing or does not match the spec.
-        ExportError: Export failed; a :class:`ParityError` when a model disagrees with PyTorch.
+        RequiredVariantError: A variant in ``export.required`` is FAILED or SKIPPED.
+        ExportError: The preprocess step failed, or an option names an unknown tier or variant.
     """
     step = step or (lambda _msg: None)
     names = tiers or spec.tier_names
     unknown = [t for t in names if t not in spec.tier_names]
     if unknown:
-        raise ExportError(f"unknown tier {unknown[0]!r}; the spec's tiers are {', '.join(spec.tier_names)}")
+        raise ExportError(f"--tier {unknown[0]!r} is not a tier of the spec ({', '.join(spec.tier_names)})")
+    variants = _selected_variants(spec, precisions)
     artifacts.mkdir(parents=True, exist_ok=True)
-    try:
-        previous = read_manifest(artifacts)
-        if previous.get("ensemble") != spec.name:
-            previous = {}
-    except ExportError:
-        previous = {}
+    previous = _previous(artifacts, spec)
     staging = artifacts / f".staging-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
+    promote: list[tuple[str, str]] = []
+    remove: list[tuple[str, str]] = []
     try:
         exporter = _Exporter(spec, checkpoints, staging, step)
-        pre_entry = exporter.export_preprocess()
-        entries: dict[str, dict[str, Any]] = {}
-        failures: list[str] = []
+        pre_sha = sha256_file(checkpoints / PREPROCESS_FILE)
+        pre_fp = fingerprint(spec, None, FP32, {"preprocess": pre_sha})
+        pre_prev = previous.get("preprocess", {}).get("variants", {}).get(FP32, {})
+        if not force and pre_prev.get("fingerprint") == pre_fp and _files_intact(artifacts, pre_prev):
+            pre_entry = {**pre_prev, "reused": True}
+        else:
+            pre_entry = {**exporter.export_preprocess(), "fingerprint": pre_fp, "reused": False}
+            promote.append((spec.preprocess_model, FP32))
+        tier_entries = dict(previous.get("tiers", {}))
         for name in names:
-            try:
-                entries[name] = exporter.export_tier(name)
-            except ParityError as exc:
-                failures.append(str(exc))
-        if failures:
-            raise ExportError("; ".join(failures) + f". Nothing in {artifacts} was changed.")
-        for model in [spec.preprocess_model, *names]:
-            _promote(staging, artifacts, model)
+            ckpt = tier_path(checkpoints, name)
+            hashes = {"tier": sha256_file(ckpt), "preprocess": pre_sha}
+            old = tier_entries.get(name, {})
+            entries, moves, drops = _export_tier(
+                exporter, artifacts, name, variants, old.get("variants", {}), hashes, force, step
+            )
+            promote += moves
+            remove += drops
+            reference = exporter.known_reference(name)
+            tier_entries[name] = {
+                "architecture": spec.tier(name).architecture,
+                "checkpoint": {"path": str(ckpt), "sha256": hashes["tier"]},
+                "reference": (
+                    {"ne": reference.ne, "auc": reference.auc} if reference else old.get("reference", {})
+                ),
+                "variants": entries,
+            }
+        manifest = {
+            "format": FORMAT,
+            "toolkit_version": __version__,
+            "ensemble": spec.name,
+            "spec": spec.source,
+            "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            "machine": machine_facts(),
+            "gate": gate_dict(spec.export.gate),
+            "preprocess": {"model": spec.preprocess_model, "variants": {FP32: pre_entry}},
+            "tiers": {t: tier_entries[t] for t in spec.tier_names if t in tier_entries},
+        }
+        missing = [
+            f"{name} {v} is {manifest['tiers'][name]['variants'].get(v, {}).get('status', 'missing')}"
+            f" ({manifest['tiers'][name]['variants'].get(v, {}).get('reason', '')})"
+            for name in names
+            for v in spec.export.required
+            if manifest["tiers"][name]["variants"].get(v, {}).get("status") != OK
+        ]
+        if missing:
+            raise RequiredVariantError(
+                f"required variants did not pass: {'; '.join(missing)}. Nothing in {artifacts} was changed.",
+                manifest,
+            )
+        for model, variant in promote:
+            _promote(staging, artifacts, model, variant)
+        for model, variant in remove:
+            shutil.rmtree(artifacts / model / variant, ignore_errors=True)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    pre_entry["files"] = file_entries(artifacts, artifacts / spec.preprocess_model / FP32)
-    manifest = {
-        "format": FORMAT,
-        "toolkit_version": __version__,
-        "ensemble": spec.name,
-        "spec": spec.source,
-        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "preprocess": {"model": spec.preprocess_model, "variants": {FP32: pre_entry}},
-        "tiers": dict(previous.get("tiers", {})),
-    }
-    for name in names:
-        ckpt = tier_path(checkpoints, name)
-        entries[name]["files"] = file_entries(artifacts, artifacts / name / FP32)
-        manifest["tiers"][name] = {
-            "architecture": spec.tier(name).architecture,
-            "checkpoint": {"path": str(ckpt), "sha256": sha256_file(ckpt)},
-            "variants": {FP32: entries[name]},
-        }
-    manifest["tiers"] = {t: manifest["tiers"][t] for t in spec.tier_names if t in manifest["tiers"]}
+    for model, variant in promote:
+        entry = (
+            manifest["preprocess"]["variants"][FP32]
+            if model == spec.preprocess_model
+            else manifest["tiers"][model]["variants"][variant]
+        )
+        entry["files"] = file_entries(artifacts, artifacts / model / variant)
+        entry["bytes"] = sum(f["bytes"] for f in entry["files"])
     write_manifest(artifacts, manifest)
     return manifest
+
+
+def _export_tier(
+    exporter: _Exporter,
+    artifacts: Path,
+    name: str,
+    variants: list[str],
+    old: dict[str, dict[str, Any]],
+    hashes: dict[str, str],
+    force: bool,
+    step: StepFn,
+) -> tuple[dict[str, dict[str, Any]], list[tuple[str, str]], list[tuple[str, str]]]:
+    """Process one tier's variants; returns the entries, folders to promote and folders to remove."""
+    spec = exporter.spec
+    entries: dict[str, dict[str, Any]] = {}
+    promote: list[tuple[str, str]] = []
+    remove: list[tuple[str, str]] = []
+    model: RankingModel | None = None
+    fp32_folder: Path | None = None
+    ctx: BuildContext | None = None
+    for variant in variants:
+        fp = fingerprint(spec, name, variant, hashes)
+        prev = old.get(variant, {})
+        reusable = prev.get("status") in (OK, FAILED) and prev.get("fingerprint") == fp
+        if not force and reusable and _files_intact(artifacts, prev):
+            step(f"{name} {variant}: unchanged, reused")
+            entries[variant] = {**prev, "reused": True}
+            if variant == FP32 and prev["status"] == OK:
+                fp32_folder = artifacts / name / FP32
+            continue
+        if model is None:
+            model = load_tier(exporter.checkpoints, spec, name)
+        started = time.perf_counter()
+        folder = exporter.staging / name / variant
+        if variant == FP32:
+            try:
+                entry = exporter.export_fp32(name, model)
+                entry |= exporter.evaluate(name, variant, folder, model)
+                fp32_folder = folder if entry["status"] == OK else None
+            except ParityError as exc:
+                entry = _entry_failed(FAILED, str(exc))
+                entry["max_abs_error"] = exc.max_abs_error
+        elif fp32_folder is None:
+            entry = _entry_failed(SKIPPED, "onnx-fp32 did not pass, and every other variant is made from it")
+        else:
+            if ctx is None:
+                ctx = BuildContext(
+                    spec, name, fp32_folder / ONNX_FILE, exporter.staging / ".scratch", exporter.calibration
+                )
+                ctx.scratch.mkdir(parents=True, exist_ok=True)
+            step(f"{name} {variant}: build")
+            try:
+                info = build_variant(ctx, variant, folder)
+                entry = exporter.evaluate(name, variant, folder, model) | info
+            except VariantUnavailableError as exc:
+                entry = _entry_failed(SKIPPED, str(exc))
+            except ExportError as exc:
+                entry = _entry_failed(FAILED, str(exc))
+        entry["fingerprint"] = fp
+        entry["reused"] = False
+        entry["targets"] = list(VARIANTS[variant].targets)
+        entry["export_seconds"] = round(time.perf_counter() - started, 3)
+        entries[variant] = entry
+        if entry["status"] == OK:
+            promote.append((name, variant))
+        else:
+            shutil.rmtree(folder, ignore_errors=True)
+            remove.append((name, variant))
+        log.info("%s %s: %s %s", name, variant, entry["status"], entry.get("reason", ""))
+    for variant, prev in old.items():
+        if variant in entries:
+            continue
+        if variant in VARIANTS and prev.get("fingerprint") == fingerprint(spec, name, variant, hashes):
+            entries[variant] = {**prev, "reused": True}
+        else:
+            remove.append((name, variant))
+    ordered = {v: entries[v] for v in VARIANTS if v in entries}
+    return ordered, promote, remove

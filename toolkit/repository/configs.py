@@ -5,8 +5,11 @@ from __future__ import annotations
 from tritonclient.grpc import model_config_pb2 as mc
 
 from toolkit.data.requests import REQUEST_TENSORS
+from toolkit.errors import RepositoryError
 from toolkit.export.onnx_export import PREPROCESSED, SCORE
+from toolkit.export.tensorrt import tensorrt_profile
 from toolkit.spec.schema import Features, Spec
+from toolkit.spec.variants import GPU, VARIANTS
 
 TIER_OUTPUT = "tier"
 """Second output of the router and the ensemble: index of the tier that scored each candidate."""
@@ -123,4 +126,131 @@ def ensemble_config(spec: Spec) -> mc.ModelConfig:
         route.input_map[key] = f"{key}__preprocessed"
     route.output_map[SCORE] = SCORE
     route.output_map[TIER_OUTPUT] = TIER_OUTPUT
+    return config
+
+
+# --- GPU targets: TensorRT plans, or ONNX Runtime with its TensorRT execution accelerator ---------
+# ``tensorrt_profile`` (imported above from toolkit.export.tensorrt) is the one source of the
+# (min, opt, max) candidate range for both the engines export builds and these configs.
+
+ENGINE_CACHE_ROOT = "/tmp/triton_trt_cache"
+"""Default root of ONNX Runtime's TensorRT engine caches, on the server.
+
+Triton's onnxruntime backend passes ``trt_engine_cache_path`` to ONNX Runtime as it is, so a relative
+path would resolve against the server's working directory, not the model's folder; and a cache
+written inside the model folder would look like a model change to a polling server. Each model gets
+its own folder below the root: ``<root>/<tier>/<variant>[/<sha256 prefix>]``.
+"""
+
+_ORT_PRECISION = {"onnx-fp32": "FP32", "onnx-fp16": "FP16", "onnx-int8-static": "INT8"}
+"""``precision_mode`` of the TensorRT accelerator per ONNX variant (int8-static is QDQ: no calibration
+table may be given)."""
+
+GPU_VARIANTS = tuple(
+    name
+    for name, info in VARIANTS.items()
+    if GPU in info.targets and (info.engine == "tensorrt" or name in _ORT_PRECISION)
+)
+"""Variants :func:`gpu_tier_config` can deploy, in catalogue order."""
+
+
+def candidate_inputs(features: Features) -> tuple[str, ...]:
+    """Tier inputs whose first dimension is the candidate count N (the others are [1, D])."""
+    return tuple(k for k, (_, shape) in request_dims(features, raw=False).items() if shape[0] == -1)
+
+
+def _profile_shapes(dims: dict[str, tuple[str, list[int]]], names: tuple[str, ...], n: int) -> str:
+    return ",".join(f"{k}:{'x'.join(str(d) for d in [n, *dims[k][1][1:]])}" for k in names)
+
+
+def _warmup(config: mc.ModelConfig, dims: dict[str, tuple[str, list[int]]], n: int) -> None:
+    """One warmup request with N = ``n``: random FP32 features, all-zero ids.
+
+    Random ids would fall outside the embedding tables (tiers see preprocessed ids only); id 0 is
+    every table's "missing" row.
+    """
+    sample = config.model_warmup.add(name=f"candidates_{n}", batch_size=1)  # 1: no batching
+    for key, (dtype, shape) in dims.items():
+        tensor = sample.inputs[key]
+        tensor.data_type = _DTYPES[dtype]
+        tensor.dims.extend(n if i == 0 and d == -1 else d for i, d in enumerate(shape))
+        if dtype == "FP32":
+            tensor.random_data = True
+        else:
+            tensor.zero_data = True
+
+
+def _check_gpu(spec: Spec, tier: str, variant: str) -> None:
+    if tier not in spec.tier_names:
+        raise RepositoryError(f"unknown tier {tier!r}; the spec has {', '.join(spec.tier_names)}.")
+    if variant not in GPU_VARIANTS:
+        what = "is not a known variant" if variant not in VARIANTS else "cannot run on a GPU"
+        raise RepositoryError(
+            f"variant {variant!r} of tier {tier!r} {what}; variants that can: {', '.join(GPU_VARIANTS)}."
+        )
+
+
+def gpu_tier_config(
+    spec: Spec,
+    tier: str,
+    variant: str,
+    *,
+    model_sha256: str = "",
+    engine_cache_root: str = ENGINE_CACHE_ROOT,
+) -> mc.ModelConfig:
+    """Config of one tier on GPU instances: a TensorRT plan, or ONNX Runtime with TensorRT.
+
+    ``trt-*`` variants run ``model.plan`` on the ``tensorrt_plan`` platform. ``onnx-fp32``,
+    ``onnx-fp16`` and ``onnx-int8-static`` run ``model.onnx`` on the onnxruntime backend with its
+    TensorRT execution accelerator (precision FP32, FP16 or INT8), the workspace limit of
+    ``export.tensorrt.workspace_mb``, an engine cache, and the optimization profile of
+    :func:`tensorrt_profile` over the candidate inputs (ONNX Runtime requires every dynamic input in
+    an explicit profile; the tier's only dynamic inputs are the candidate ones). Both kinds warm up
+    with one request at N = the profile's opt.
+
+    Args:
+        spec: The ensemble spec.
+        tier: Tier name (the Triton model name).
+        variant: A variant in :data:`GPU_VARIANTS`.
+        model_sha256: sha256 of the deployed ``model.onnx``; when given, its first 16 hex digits name
+            the engine cache folder, so a re-exported model never picks up an engine built from the
+            old one (ONNX Runtime only rebuilds when the graph, not the weights, changes).
+        engine_cache_root: Absolute folder on the server under which engine caches go.
+
+    Raises:
+        RepositoryError: The tier is unknown or the variant cannot run on a GPU.
+    """
+    _check_gpu(spec, tier, variant)
+    if not engine_cache_root.startswith("/") or not engine_cache_root.strip("/"):
+        raise RepositoryError(
+            f"engine_cache_root must be an absolute folder below /, got {engine_cache_root!r}."
+        )
+    dims = request_dims(spec.features, raw=False)
+    low, opt, high = tensorrt_profile(spec)
+    if VARIANTS[variant].engine == "tensorrt":
+        config = mc.ModelConfig(
+            name=tier, platform="tensorrt_plan", max_batch_size=0, default_model_filename="model.plan"
+        )
+    else:
+        config = mc.ModelConfig(
+            name=tier, backend="onnxruntime", max_batch_size=0, default_model_filename="model.onnx"
+        )
+        names = candidate_inputs(spec.features)
+        cache = "/".join(p for p in (engine_cache_root.rstrip("/"), tier, variant, model_sha256[:16]) if p)
+        accelerators = config.optimization.execution_accelerators
+        accelerator = accelerators.gpu_execution_accelerator.add(name="tensorrt")
+        for key, value in {
+            "precision_mode": _ORT_PRECISION[variant],
+            "max_workspace_size_bytes": str(spec.export.tensorrt.workspace_mb << 20),
+            "trt_engine_cache_enable": "1",
+            "trt_engine_cache_path": cache,
+            "trt_profile_min_shapes": _profile_shapes(dims, names, low),
+            "trt_profile_opt_shapes": _profile_shapes(dims, names, opt),
+            "trt_profile_max_shapes": _profile_shapes(dims, names, high),
+        }.items():
+            accelerator.parameters[key] = value
+    _inputs(config, dims, {})
+    config.output.add(name=SCORE, data_type=mc.TYPE_FP32, dims=[-1])
+    config.instance_group.add(count=spec.triton.tier_instances, kind=mc.ModelInstanceGroup.KIND_GPU)
+    _warmup(config, dims, opt)
     return config

@@ -17,8 +17,10 @@ from toolkit import __version__
 from toolkit.errors import ExportError, RepositoryError
 from toolkit.export.manifest import FP32, read_manifest, verify_files
 from toolkit.repository import configs
+from toolkit.repository.select import Selection, select_variants
 from toolkit.router.policy import RouterConfig, RuleConfig
 from toolkit.spec.schema import Spec
+from toolkit.spec.variants import GPU
 
 MARKER = "toolkit-repository.json"
 """File at the repository's top level that says the toolkit wrote it (Triton ignores top-level files)."""
@@ -37,15 +39,22 @@ class DeployResult:
         repository: The repository folder.
         backend: Backend of the tiers and the preprocess step.
         models: Model names written, entry point first.
-        variants: Variant deployed per tier.
+        selections: Variant deployed per tier, and why.
         replaced: Whether an earlier repository was replaced.
+        target: ``cpu`` or ``gpu``.
     """
 
     repository: Path
     backend: str
     models: tuple[str, ...]
-    variants: dict[str, str]
+    selections: dict[str, Selection]
     replaced: bool
+    target: str = "cpu"
+
+    @property
+    def variants(self) -> dict[str, str]:
+        """Variant name deployed per tier."""
+        return {tier: s.variant for tier, s in self.selections.items()}
 
 
 def router_settings(spec: Spec) -> RouterConfig:
@@ -65,18 +74,7 @@ def write_config(folder: Path, config: mc.ModelConfig) -> None:
     (folder / "config.pbtxt").write_text(text_format.MessageToString(config), encoding="utf-8")
 
 
-def _variant_entry(manifest: dict[str, Any], spec: Spec, name: str) -> dict[str, Any]:
-    source = f"{spec.source or 'the spec'}"
-    tier = manifest.get("tiers", {}).get(name)
-    if tier is None:
-        raise RepositoryError(f"tier {name!r} of {source} is not in the manifest; run `toolkit export`")
-    variant = tier.get("variants", {}).get(FP32)
-    if variant is None or variant.get("status") != "OK":
-        raise RepositoryError(f"tier {name!r} has no exported {FP32} variant that passed its checks")
-    return variant
-
-
-def _copy_onnx(artifacts: Path, variant: dict[str, Any], dest: Path) -> None:
+def _copy_files(artifacts: Path, variant: dict[str, Any], dest: Path) -> None:
     dest.mkdir(parents=True, exist_ok=True)
     for entry in variant["files"]:
         shutil.copy2(artifacts / entry["path"], dest / Path(entry["path"]).name)
@@ -87,7 +85,7 @@ def _write_onnx_model(
 ) -> None:
     folder = staging / config.name
     write_config(folder, config)
-    _copy_onnx(artifacts, variant, folder / "1")
+    _copy_files(artifacts, variant, folder / "1")
     if backend == "python":
         shutil.copy2(_PYTHON_MODELS / "onnx_runner.py", folder / "1" / "model.py")
 
@@ -116,24 +114,41 @@ def _check_replaceable(out: Path) -> bool:
     return bool(entries)
 
 
-def deploy(spec: Spec, artifacts: Path, out: Path, backend: str) -> DeployResult:
+def deploy(
+    spec: Spec,
+    artifacts: Path,
+    out: Path,
+    backend: str,
+    target: str | None = None,
+    pins: dict[str, str] | None = None,
+) -> DeployResult:
     """Write the model repository for ``spec`` from the exported artifacts.
 
-    The repository is written beside ``out`` and renamed into place, so a failed deploy leaves the
-    previous repository as it was.
+    Per tier, the variant deployed is the one pinned (``pins``, then the spec's ``triton.pin``) or
+    the fastest on ``target`` that passed the accuracy gate (see
+    :func:`~toolkit.repository.select.select_variant`). The repository is written beside ``out``
+    and renamed into place, so a failed deploy leaves the previous repository as it was.
 
     Args:
         spec: The ensemble spec.
         artifacts: Export output (with ``manifest.json``).
         out: Repository folder to (re)place.
-        backend: ``onnxruntime`` or ``python`` for the tiers and the preprocess step.
+        backend: ``onnxruntime`` or ``python`` for the tiers and the preprocess step (the GPU
+            target needs ``onnxruntime``).
+        target: ``cpu`` or ``gpu`` (default: the spec's ``triton.target``).
+        pins: Variant per tier that overrides the choice.
 
     Raises:
-        RepositoryError: The manifest lacks a tier, a file changed since export, or ``out`` holds
-            something the toolkit did not write.
+        RepositoryError: The manifest lacks a tier or a passing variant, a pin is invalid, a file
+            changed since export, or ``out`` holds something the toolkit did not write.
     """
+    target = target or spec.triton.target
     if backend not in BACKENDS:
         raise RepositoryError(f"backend {backend!r} is not one of {', '.join(BACKENDS)}")
+    if target == GPU and backend != "onnxruntime":
+        raise RepositoryError(
+            f"--target gpu needs --backend onnxruntime (an NGC tritonserver with TensorRT), not {backend!r}"
+        )
     try:
         manifest = read_manifest(artifacts)
         if manifest.get("ensemble") != spec.name:
@@ -142,9 +157,10 @@ def deploy(spec: Spec, artifacts: Path, out: Path, backend: str) -> DeployResult
             )
         pre_variant = manifest["preprocess"]["variants"][FP32]
         verify_files(artifacts, pre_variant, spec.preprocess_model)
-        variants = {name: _variant_entry(manifest, spec, name) for name in spec.tier_names}
-        for name, variant in variants.items():
-            verify_files(artifacts, variant, f"tier {name!r}")
+        selections = select_variants(spec, manifest, target, pins)
+        entries = {name: manifest["tiers"][name]["variants"][s.variant] for name, s in selections.items()}
+        for name, entry in entries.items():
+            verify_files(artifacts, entry, f"tier {name!r} ({selections[name].variant})")
     except ExportError as exc:
         raise RepositoryError(str(exc)) from None
     out = out.resolve()
@@ -154,8 +170,15 @@ def deploy(spec: Spec, artifacts: Path, out: Path, backend: str) -> DeployResult
     shutil.rmtree(staging, ignore_errors=True)
     try:
         staging.mkdir()
-        for name, variant in variants.items():
-            _write_onnx_model(staging, artifacts, variant, configs.tier_config(spec, name, backend), backend)
+        for name, entry in entries.items():
+            if target == GPU:
+                digest = entry["files"][0]["sha256"] if entry.get("files") else ""
+                config = configs.gpu_tier_config(spec, name, selections[name].variant, model_sha256=digest)
+                write_config(staging / name, config)
+                _copy_files(artifacts, entry, staging / name / "1")
+            else:
+                config = configs.tier_config(spec, name, backend)
+                _write_onnx_model(staging, artifacts, entry, config, backend)
         _write_onnx_model(staging, artifacts, pre_variant, configs.preprocess_config(spec, backend), backend)
         _write_router(staging, spec)
         write_config(staging / spec.name, configs.ensemble_config(spec))
@@ -166,7 +189,9 @@ def deploy(spec: Spec, artifacts: Path, out: Path, backend: str) -> DeployResult
             "ensemble": spec.name,
             "spec": spec.source,
             "backend": backend,
-            "variants": dict.fromkeys(spec.tier_names, FP32),
+            "target": target,
+            "variants": {name: s.variant for name, s in selections.items()},
+            "selection": {name: s.reason for name, s in selections.items()},
             "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         }
         (staging / MARKER).write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
@@ -180,4 +205,4 @@ def deploy(spec: Spec, artifacts: Path, out: Path, backend: str) -> DeployResult
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     models = (spec.name, spec.preprocess_model, spec.router_model, *spec.tier_names)
-    return DeployResult(out, backend, models, dict.fromkeys(spec.tier_names, FP32), replacing)
+    return DeployResult(out, backend, models, selections, replacing, target)

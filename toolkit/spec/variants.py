@@ -38,7 +38,10 @@ VARIANTS: dict[str, VariantInfo] = {
             "onnx-fp16", "onnx", (CPU, GPU), "fp16 weights and compute; inputs and outputs stay fp32"
         ),
         VariantInfo(
-            "onnx-int8-dynamic", "onnx", (CPU,), "int8 weights, activations quantized per request (MatMul/Gemm)"
+            "onnx-int8-dynamic",
+            "onnx",
+            (CPU,),
+            "int8 weights, activations quantized per request",
         ),
         VariantInfo(
             "onnx-int8-static",

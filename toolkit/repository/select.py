@@ -1,0 +1,149 @@
+"""Which exported variant of each tier to deploy: pinned, or the fastest that passed the gate."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from toolkit.errors import RepositoryError
+from toolkit.spec.schema import Spec
+from toolkit.spec.variants import GPU, GPU_PREFERENCE, VARIANTS
+
+NOISE = 0.05
+"""Variants whose latency lies within this share of the fastest count as equally fast; the most
+precise of them (earliest in the catalogue) is chosen."""
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The variant chosen for one tier.
+
+    Attributes:
+        tier: Tier name.
+        variant: Variant deployed.
+        reason: Why it was chosen, in words.
+        latency_ms: Its mean latency over the timed candidate counts on the target (None if untimed).
+    """
+
+    tier: str
+    variant: str
+    reason: str
+    latency_ms: float | None
+
+
+def mean_latency(entry: dict[str, Any], target: str) -> float | None:
+    """Mean of a variant's median latencies over the timed candidate counts on ``target``."""
+    values = list(entry.get("latency_ms", {}).get(target, {}).values())
+    return sum(values) / len(values) if values else None
+
+
+def _eligible(variants: dict[str, dict[str, Any]], target: str) -> dict[str, dict[str, Any]]:
+    return {
+        name: entry
+        for name, entry in variants.items()
+        if entry.get("status") == "OK" and name in VARIANTS and target in VARIANTS[name].targets
+    }
+
+
+def _pinned(tier: str, variant: str, variants: dict[str, dict[str, Any]], target: str, how: str) -> Selection:
+    entry = variants.get(variant)
+    if variant not in VARIANTS:
+        raise RepositoryError(f"{how} {tier}={variant}: unknown variant; known: {', '.join(VARIANTS)}")
+    if target not in VARIANTS[variant].targets:
+        able = ", ".join(v for v, info in VARIANTS.items() if target in info.targets)
+        raise RepositoryError(
+            f"{how} {tier}={variant}: {variant} cannot run on {target}; variants that can: {able}"
+        )
+    if entry is None:
+        raise RepositoryError(
+            f"{how} {tier}={variant}: the manifest has no {variant} for tier {tier!r}; "
+            f"run `toolkit export --tier {tier} --precision {variant}`"
+        )
+    if entry.get("status") != "OK":
+        raise RepositoryError(
+            f"{how} {tier}={variant}: that variant is {entry.get('status')} in the manifest "
+            f"({entry.get('reason') or 'no reason recorded'}); it is not deployed"
+        )
+    return Selection(tier, variant, f"pinned ({how})", mean_latency(entry, target))
+
+
+def select_variant(
+    tier: str, variants: dict[str, dict[str, Any]], target: str, pin: str | None = None, how: str = ""
+) -> Selection:
+    """Choose the variant of one tier to deploy on ``target``.
+
+    A pinned variant is used if it passed; otherwise the fastest variant that passed the gate and
+    can run on the target, by mean latency on that target over the timed candidate counts (within
+    :data:`NOISE` of the fastest, the most precise variant wins). For the
+    GPU target, variants without a GPU timing (an export run on a machine without a GPU) are
+    ranked after timed ones, in :data:`~toolkit.spec.variants.GPU_PREFERENCE` order.
+
+    Args:
+        tier: Tier name.
+        variants: The tier's manifest entries by variant name.
+        target: ``cpu`` or ``gpu``.
+        pin: Variant to deploy instead of choosing.
+        how: Where the pin came from, for messages (``--pin`` or the spec key).
+
+    Raises:
+        RepositoryError: The pin is unknown, failed or cannot run on the target, or no variant passed.
+    """
+    if pin:
+        return _pinned(tier, pin, variants, target, how)
+    eligible = _eligible(variants, target)
+    if not eligible:
+        summary = ", ".join(f"{v} {e.get('status')}" for v, e in variants.items()) or "none exported"
+        raise RepositoryError(
+            f"tier {tier!r} has no variant that passed the gate and runs on {target} ({summary}); "
+            "run `toolkit export` and see its status matrix"
+        )
+    timed = {v: mean_latency(e, target) for v, e in eligible.items()}
+    measured = {v: t for v, t in timed.items() if t is not None}
+    if measured:
+        fastest = min(measured.values())
+        close = [v for v in VARIANTS if v in measured and measured[v] <= fastest * (1 + NOISE)]
+        best = close[0]
+        others = sorted((t, v) for v, t in measured.items() if v != best)
+        versus = f"; next {others[0][1]} {others[0][0]:.3f} ms" if others else ""
+        reason = f"fastest passing on {target}: {measured[best]:.3f} ms mean{versus}"
+        if measured[best] > fastest:
+            reason = (
+                f"within {NOISE:.0%} of the fastest on {target} and more precise: "
+                f"{measured[best]:.3f} ms mean{versus}"
+            )
+        return Selection(tier, best, reason, measured[best])
+    if target == GPU:
+        for variant in GPU_PREFERENCE:
+            if variant in eligible:
+                return Selection(
+                    tier, variant, "no GPU timings in the manifest; first in GPU preference", None
+                )
+    variant = next(v for v in VARIANTS if v in eligible)
+    return Selection(tier, variant, f"no {target} timings in the manifest; first passing variant", None)
+
+
+def select_variants(
+    spec: Spec, manifest: dict[str, Any], target: str, pins: dict[str, str] | None = None
+) -> dict[str, Selection]:
+    """Choose a variant for every tier of ``spec``; ``pins`` (from ``--pin``) beat the spec's.
+
+    Raises:
+        RepositoryError: A tier is missing from the manifest, or :func:`select_variant` refused.
+    """
+    pins = pins or {}
+    unknown = sorted(set(pins) - set(spec.tier_names))
+    if unknown:
+        raise RepositoryError(
+            f"--pin {unknown[0]}=...: not a tier of the spec ({', '.join(spec.tier_names)})"
+        )
+    out = {}
+    for tier in spec.tier_names:
+        entry = manifest.get("tiers", {}).get(tier)
+        if entry is None:
+            raise RepositoryError(f"tier {tier!r} is not in the manifest; run `toolkit export`")
+        if tier in pins:
+            pin, how = pins[tier], "--pin"
+        else:
+            pin, how = spec.triton.pin.get(tier), f"spec key triton.pin.{tier}"
+        out[tier] = select_variant(tier, entry.get("variants", {}), target, pin, how)
+    return out
