@@ -5,11 +5,12 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 SPEC ?= ensembles/ads_ranking.yaml
 
-.PHONY: install demo test lint format clean help
+.PHONY: install demo test lint format clean help bench bench-precision
 
 help:
 	@echo "make demo   - install, train, export, deploy, serve, send gRPC traffic, print a summary, stop"
 	@echo "make test   - install, then ruff and the whole test suite (starts the real embedded tritonserver)"
+	@echo "make bench  - run the benchmarks in benchmarks/ (results in benchmarks/results/)"
 	@echo "make lint   - ruff check and format check"
 	@echo "make clean  - remove generated checkpoints, artifacts and model repository"
 
@@ -26,16 +27,21 @@ demo: install
 	$(BIN)/toolkit deploy --spec $(SPEC)
 	$(BIN)/toolkit demo --spec $(SPEC)
 
+bench: bench-precision
+
+bench-precision: install
+	$(BIN)/python benchmarks/precision.py --spec $(SPEC)
+
 lint: install
-	$(BIN)/ruff check toolkit tests
-	$(BIN)/ruff format --check toolkit tests
+	$(BIN)/ruff check toolkit tests benchmarks
+	$(BIN)/ruff format --check toolkit tests benchmarks
 
 test: lint
 	$(BIN)/pytest -p no:cacheprovider
 
 format: install
-	$(BIN)/ruff format toolkit tests
-	$(BIN)/ruff check --fix toolkit tests
+	$(BIN)/ruff format toolkit tests benchmarks
+	$(BIN)/ruff check --fix toolkit tests benchmarks
 
 clean:
 	rm -rf checkpoints artifacts model_repository

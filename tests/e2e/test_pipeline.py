@@ -162,6 +162,33 @@ def test_deploy_refuses_a_pinned_variant_that_did_not_pass(pipeline, tmp_path) -
     assert proc.returncode == 1 and "cannot run on cpu" in proc.stderr
 
 
+def test_deploy_for_the_gpu_target_writes_gpu_tiers_with_the_tensorrt_accelerator(pipeline, tmp_path) -> None:
+    repo = tmp_path / "gpu_repo"
+    args = ("--out", str(repo), "--target", "gpu")
+    out = run_cli("deploy", "--spec", str(pipeline.spec_path), *args).stdout
+    marker = json.loads((repo / MARKER).read_text())
+    assert marker["target"] == "gpu" and marker["backend"] == "onnxruntime"
+    manifest = read_manifest(pipeline.artifacts)
+    for tier in pipeline.spec.tier_names:
+        variant = marker["variants"][tier]
+        assert manifest["tiers"][tier]["variants"][variant]["status"] == "OK"
+        assert "gpu" in VARIANTS[variant].targets
+        config = text_format.Parse((repo / tier / "config.pbtxt").read_text(), mc.ModelConfig())
+        assert config.backend == "onnxruntime"
+        assert [g.kind for g in config.instance_group] == [mc.ModelInstanceGroup.KIND_GPU]
+        accelerators = config.optimization.execution_accelerators.gpu_execution_accelerator
+        assert [a.name for a in accelerators] == ["tensorrt"]
+        assert config.model_warmup
+        assert (repo / tier / "1" / "model.onnx").is_file()
+        assert "preference" in out
+    pre = text_format.Parse(
+        (repo / pipeline.spec.preprocess_model / "config.pbtxt").read_text(), mc.ModelConfig()
+    )
+    assert [g.kind for g in pre.instance_group] == [mc.ModelInstanceGroup.KIND_CPU]
+    proc = run_cli("deploy", "--spec", str(pipeline.spec_path), *args, "--backend", "python", check=False)
+    assert proc.returncode == 1 and "--target gpu needs --backend onnxruntime" in proc.stderr
+
+
 def test_deploy_writes_every_model_with_parseable_configs_when_run(pipeline) -> None:
     spec = pipeline.spec
     repo = pipeline.repository

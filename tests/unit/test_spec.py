@@ -170,6 +170,32 @@ INVALID = {
     "tier_not_mapping": (_set("tiers[0]", "lite"), "tiers[0]", "mapping"),
     "learning_rate_nan": (_set("training.learning_rate", float("nan")), "training.learning_rate", "positive"),
     "tolerance_negative": (_set("export.tolerance", {"atol": -1.0}), "export.tolerance.atol", ">= 0"),
+    "unknown_precision": (
+        _set("export.precisions", ["onnx-fp32", "onnx-int3"]),
+        "export.precisions[1]",
+        "int3",
+    ),
+    "required_not_built": (
+        lambda data: data["export"].update(precisions=["onnx-fp32"], required=["onnx-fp16"]),
+        "export.required",
+        "not listed in precisions",
+    ),
+    "unknown_required": (_set("export.required", ["trt-int2"]), "export.required[0]", "trt-int2"),
+    "gate_auc_above_one": (
+        _set("export.gate", {"min_auc_ratio": 1.5}),
+        "export.gate.min_auc_ratio",
+        "(0, 1]",
+    ),
+    "gate_negative_ne": (_set("export.gate", {"max_ne_change": -0.1}), "export.gate.max_ne_change", ">= 0"),
+    "calibration_zero": (_set("export.calibration_requests", 0), "export.calibration_requests", "positive"),
+    "trt_max_below_opt": (
+        _set("export.tensorrt", {"opt_candidates": 64, "max_candidates": 8}),
+        "export.tensorrt.max_candidates",
+        "opt_candidates",
+    ),
+    "bad_target": (_set("triton.target", "tpu"), "triton.target", "tpu"),
+    "pin_unknown_variant": (_set("triton.pin", {"xl": "onnx-int3"}), "triton.pin.xl", "onnx-int3"),
+    "pin_unknown_tier": (_set("triton.pin", {"gold": "onnx-fp32"}), "triton.pin.gold", "tiers"),
 }
 
 

@@ -45,13 +45,13 @@ def fmt(value: float | None, digits: int = 4) -> str:
     return f"{value:.{digits}f}"
 
 
-def output_console() -> Any:
-    """A rich console for results on stdout: 120 columns wide when stdout is not a terminal."""
+def output_console(width: int = 120) -> Any:
+    """A rich console for results on stdout: ``width`` columns wide when stdout is not a terminal."""
     import sys
 
     from rich.console import Console
 
-    return Console(width=None if sys.stdout.isatty() else 120)
+    return Console(width=None if sys.stdout.isatty() else width)
 
 
 def results_table(title: str, columns: list[str], left: int = 1) -> Any:

@@ -139,7 +139,7 @@ def print_matrix(manifest: dict[str, Any], timing_candidates: tuple[int, ...], t
     )
     for model, variant, entry in rows:
         table.add_row(*_row(model, variant, entry, counts, targets))
-    console = output_console()
+    console = output_console(width=170)
     console.print(table)
     reasons: dict[tuple[str, str], list[str]] = {}
     for model, variant, entry in rows:

@@ -66,12 +66,18 @@ class RankingModel(nn.Module):
         """
         user = self.user_side(user_dense, user_sparse, user_history)
         candidate = self.candidate_side(ad_dense, ad_sparse)
-        n = ad_dense.shape[0]
+        return self.head(self.broadcast(user, ad_dense.shape[0], request_index), candidate)
+
+    def broadcast(self, user: Parts, n: int, request_index: torch.Tensor | None) -> Parts:
+        """The user parts for ``head``: one row per candidate.
+
+        With one request (``request_index`` None) by ``expand``, which is free; with many by
+        ``index_select``. A tier whose ``head`` can use one request's parts as they are (leading
+        dim 1) overrides this to skip the expand.
+        """
         if request_index is None:
-            user = tuple(t.expand(n, *t.shape[1:]) for t in user)
-        else:
-            user = tuple(t.index_select(0, request_index) for t in user)
-        return self.head(user, candidate)
+            return tuple(t.expand(n, *t.shape[1:]) for t in user)
+        return tuple(t.index_select(0, request_index) for t in user)
 
     def forward(
         self,

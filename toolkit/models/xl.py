@@ -129,16 +129,49 @@ class XL(RankingModel):
         query = self.query(item).reshape(n, self.heads, 1, d // self.heads)
         return torch.cat([self.ad_embeddings(ad_sparse), ad_dense], dim=1), query, item
 
+    def broadcast(self, user: Parts, n: int, request_index: torch.Tensor | None) -> Parts:
+        """One request's parts stay as they are: ``head`` attends with one GEMM per head."""
+        if request_index is None:
+            return user
+        return super().broadcast(user, n, request_index)
+
     def head(self, user: Parts, candidate: Parts) -> torch.Tensor:
-        """Target attention over the history, then the MLP."""
+        """Target attention over the history, then the MLP.
+
+        With one request (user parts of leading dim 1, serving) the N queries of a head attend to
+        the one history as a single [N, dh] x [dh, L] product; with per-candidate user parts
+        (training batches of many requests) each candidate attends to its own request's history.
+        """
         user_proj, keys, values, key_bias = user
         features, query, item = candidate
+        n, heads, _, dh = query.shape
+        if keys.shape[0] == 1:
+            attended = self._attend_one_request(query, keys[0], values[0], key_bias[0])
+        else:
+            attended = self._attend_per_candidate(query, keys, values, key_bias)
+        joined = torch.cat([features, attended, attended * item], dim=1)
+        hidden = torch.relu(user_proj + self.first.candidate(joined))
+        return self.out(self.mlp(hidden)).squeeze(-1)
+
+    def _attend_one_request(
+        self, query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, key_bias: torch.Tensor
+    ) -> torch.Tensor:
+        """``query`` [N, h, 1, dh]; ``keys``/``values`` [h, L, dh]; ``key_bias`` [L] -> [N, h * dh]."""
+        n, heads, _, dh = query.shape
+        q = query.squeeze(2).transpose(0, 1)
+        scores = q @ keys.transpose(-1, -2) / math.sqrt(dh) + key_bias
+        null_score = (q * self.null_key[:, None, :]).sum(-1, keepdim=True) / math.sqrt(dh)
+        weights = torch.softmax(torch.cat([null_score, scores], dim=-1), dim=-1)
+        attended = weights[..., 1:] @ values + weights[..., :1] * self.null_value[:, None, :]
+        return attended.transpose(0, 1).reshape(n, heads * dh)
+
+    def _attend_per_candidate(
+        self, query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, key_bias: torch.Tensor
+    ) -> torch.Tensor:
+        """``query`` [N, h, 1, dh]; ``keys``/``values`` [N, h, L, dh]; ``key_bias`` [N, L]."""
         n, heads, _, dh = query.shape
         scores = (query @ keys.transpose(-1, -2)).squeeze(2) / math.sqrt(dh) + key_bias[:, None, :]
         null_score = (query.squeeze(2) * self.null_key).sum(-1, keepdim=True) / math.sqrt(dh)
         weights = torch.softmax(torch.cat([null_score, scores], dim=-1), dim=-1)
         attended = (weights[..., 1:, None] * values).sum(2) + weights[..., :1] * self.null_value
-        attended = attended.reshape(n, heads * dh)
-        joined = torch.cat([features, attended, attended * item], dim=1)
-        hidden = torch.relu(user_proj + self.first.candidate(joined))
-        return self.out(self.mlp(hidden)).squeeze(-1)
+        return attended.reshape(n, heads * dh)

@@ -1,0 +1,49 @@
+"""Stable timing: windows repeat until three agree within the spread, at most max_windows."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from toolkit.export.timing import TimingPolicy, measure, measure_counts
+
+FAST = TimingPolicy(window_ms=5.0, warmup=1)
+
+
+def _busy(seconds: float) -> None:
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+
+
+def test_measure_stops_after_three_windows_when_calls_take_constant_time() -> None:
+    timing = measure(lambda: _busy(0.0005), FAST)
+    assert timing.stable and timing.spread <= FAST.spread
+    assert FAST.stable_windows <= timing.windows < FAST.max_windows
+    assert 0.4 <= timing.median_ms <= 5.0
+
+
+def test_measure_reports_unstable_after_max_windows_when_calls_keep_slowing_down() -> None:
+    calls = [0]
+
+    def slower_each_time() -> None:
+        calls[0] += 1
+        _busy(0.00005 * 1.08 ** (calls[0] // 5))
+
+    policy = TimingPolicy(window_ms=1.0, min_calls=5, warmup=0, max_windows=6)
+    timing = measure(slower_each_time, policy)
+    assert not timing.stable and timing.windows == policy.max_windows
+    assert timing.spread > policy.spread
+
+
+def test_measure_counts_times_each_candidate_count_with_its_own_inputs() -> None:
+    seen = []
+
+    def run(inputs: dict[str, np.ndarray]) -> None:
+        seen.append(inputs["ad_dense"].shape[0])
+        _busy(0.00002 * inputs["ad_dense"].shape[0])
+
+    out = measure_counts(run, lambda n: {"ad_dense": np.zeros((n, 4))}, [4, 64], FAST)
+    assert set(out) == {4, 64} and set(seen) == {4, 64}
+    assert out[64].median_ms > out[4].median_ms
