@@ -24,7 +24,7 @@ def tiny_spec_dict(folder: Path) -> dict:
     data["tiers"][0]["params"] = {"embedding_dim": 4, "hidden": [16]}
     data["tiers"][1]["params"] = {"embedding_dim": 8, "cross_layers": 1, "hidden": [16]}
     data["tiers"][2]["params"] = {"embedding_dim": 8, "heads": 2, "layers": 1, "hidden": [32]}
-    data["export"] = {"parity_requests": 8, "timing_candidates": [8], "opset": 18}
+    data["export"] = {"parity_requests": 8, "timing_candidates": [8], "timing_rounds": 1, "opset": 18}
     data["paths"] = {
         "checkpoints": str(folder / "checkpoints"),
         "artifacts": str(folder / "artifacts"),

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
@@ -57,8 +58,18 @@ def run(path: Path, requests: list[Arrays]) -> np.ndarray:
     return np.concatenate([session.run([SCORE], inputs)[0] for inputs in requests])
 
 
-def max_diff(path: Path, tier: Tier) -> float:
-    got = run(path, tier.requests)
+def run_unoptimized(path: Path, requests: list[Arrays]) -> np.ndarray:
+    """The graph as written: ONNX Runtime's optimizer would move float8 Q/DQ around Transposes,
+    which its CPU kernels cannot run (TensorRT, the fp8 model's consumer, does its own fusion)."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.log_severity_level = 3
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return np.concatenate([session.run([SCORE], inputs)[0] for inputs in requests])
+
+
+def max_diff(path: Path, tier: Tier, runner: Callable[[Path, list[Arrays]], np.ndarray] = run) -> float:
+    got = runner(path, tier.requests)
     assert got.shape == tier.scores.shape and got.dtype == np.float32
     assert np.isfinite(got).all()
     return float(np.abs(got - tier.scores).max())
@@ -208,7 +219,7 @@ def test_qdq_fp8_writes_a_valid_model_with_float8_qdq_when_calibrated(tier: Tier
     assert len(qdq) >= 2 * weighted_linear(onnx.load(tier.path))
     assert {inits[n.input[2]].data_type for n in qdq} == {TensorProto.FLOAT8E4M3FN}
     assert_tables_untouched(onnx.load(tier.path), fp8)
-    assert max_diff(out, tier) < 0.15  # ONNX Runtime 1.32 CPU does run float8 Q/DQ (E4M3: ~6% steps)
+    assert max_diff(out, tier, run_unoptimized) < 0.15  # E4M3 steps are ~6% of the value
 
 
 @pytest.mark.parametrize("transform", [int8_static, qdq_fp8])

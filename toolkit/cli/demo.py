@@ -116,7 +116,7 @@ def command(
     ctr = float(requests.labels.mean())
     table = results_table(
         f"{requests.num_requests} held-out requests ({requests.num_candidates} candidates, CTR {ctr:.2%}) "
-        f"through {spec.name}, policy {spec.routing.policy!r}",
+        f"through {spec.name}, policy {spec.routing.policy!r}{_variants(repo)}",
         ["", "requests", "share", "NE", "AUC", "NE informative", "NE other", "p50 ms", "p99 ms", "failed"],
     )
     for row in rows:
@@ -139,3 +139,16 @@ def command(
     click.echo(f"server log: {server.log_path}")
     if any(row.failed for row in rows):
         raise click.ClickException("some requests failed; see the server log")
+
+
+def _variants(repo: Path) -> str:
+    """``; tiers: lite onnx-fp32, ...`` from the repository's marker, or nothing if unreadable."""
+    import json
+
+    from toolkit.repository import MARKER
+
+    try:
+        variants = json.loads((repo / MARKER).read_text(encoding="utf-8"))["variants"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return ""
+    return "; tiers served as " + ", ".join(f"{t} {v}" for t, v in variants.items())

@@ -320,6 +320,15 @@ def _export_tier(
             shutil.rmtree(folder, ignore_errors=True)
             remove.append((name, variant))
         log.info("%s %s: %s %s", name, variant, entry["status"], entry.get("reason", ""))
+    rebuilt = [v for v, e in entries.items() if not e["reused"] and e["status"] == OK]
+    if rebuilt:
+        passing = {
+            v: (exporter.staging if not e["reused"] else artifacts) / name / v
+            for v, e in entries.items()
+            if e["status"] == OK
+        }
+        for variant, timing in exporter.time_variants(name, passing).items():
+            entries[variant] = {**entries[variant], **timing}
     for variant, prev in old.items():
         if variant in entries:
             continue

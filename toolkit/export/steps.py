@@ -191,25 +191,48 @@ class Exporter:
         return {"parity_requests": report.requests}
 
     def evaluate(self, tier: str, variant: str, folder: Path, model: RankingModel) -> dict[str, Any]:
-        """Score the held-out requests with a built variant, apply the gate, time it."""
-        available = runners(variant, folder)
-        first: Runner = available[0]
+        """Score the held-out requests with a built variant and apply the gate (timing comes later)."""
+        first: Runner = runners(variant, folder)[0]
         self.step(f"{tier} {variant}: held-out quality ({first.target})")
         scores = np.concatenate([first.run(pre) for pre in self.holdout_preprocessed()])
         result: GateResult = judge(self.reference(tier, model), scores, self.spec.export.gate, SCORE)
-        entry: dict[str, Any] = {
+        return {
             "status": OK if result.passed else FAILED,
             "reason": "; ".join(result.failures),
             "max_abs_error": result.max_abs_error,
             "max_rel_error": result.max_rel_error,
             "quality": result.quality,
-            "latency_ms": {},
-            "timing": {},
         }
-        if not result.quality:
-            return entry
-        for runner in available:
-            self.step(f"{tier} {variant}: timing ({runner.target})")
-            timings = measure_counts(runner.run, self.timing_inputs, self.spec.export.timing_candidates)
-            entry["latency_ms"][runner.target], entry["timing"][runner.target] = _latency(timings)
-        return entry
+
+    def time_variants(self, tier: str, folders: dict[str, Path]) -> dict[str, Any]:
+        """Time a tier's variants in interleaved rounds, so drift of a shared machine hits all alike.
+
+        In each of ``export.timing_rounds`` rounds every variant is timed at every candidate count
+        until stable (see :mod:`toolkit.export.timing`); a variant's figure is the median over the
+        rounds.
+
+        Returns:
+            Per variant: ``latency_ms`` and ``timing`` entries for the manifest, by target.
+        """
+        rounds = self.spec.export.timing_rounds
+        available = {variant: runners(variant, folder) for variant, folder in folders.items()}
+        samples: dict[tuple[str, str, int], list[Timing]] = {}
+        for r in range(rounds):
+            self.step(f"{tier}: timing {len(folders)} variants, round {r + 1} of {rounds}")
+            for variant, variant_runners in available.items():
+                for runner in variant_runners:
+                    timings = measure_counts(
+                        runner.run, self.timing_inputs, self.spec.export.timing_candidates
+                    )
+                    for n, timing in timings.items():
+                        samples.setdefault((variant, runner.target, n), []).append(timing)
+        out: dict[str, Any] = {v: {"latency_ms": {}, "timing": {}} for v in folders}
+        for (variant, target, n), timings in samples.items():
+            entry = out[variant]
+            entry["latency_ms"].setdefault(target, {})[str(n)] = round(
+                float(np.median([t.median_ms for t in timings])), 4
+            )
+            detail = entry["timing"].setdefault(target, {"stable": True, "rounds": rounds, "windows": {}})
+            detail["stable"] = detail["stable"] and all(t.stable for t in timings)
+            detail["windows"][str(n)] = [t.windows for t in timings]
+        return out

@@ -265,6 +265,8 @@ class ExportSpec:
         tolerance: Allowed difference of the fp32 ONNX model against PyTorch
             (|onnx - torch| <= atol + rtol * |torch|).
         timing_candidates: Candidate counts at which each exported variant is timed.
+        timing_rounds: Interleaved rounds in which a tier's variants are timed (the median counts),
+            so that drift of a shared machine affects every variant alike.
         precisions: Variants to build per tier (``onnx-fp32`` is always built: the others are made
             from it).
         required: Variants that must pass for ``toolkit export`` to succeed; any other variant may
@@ -279,6 +281,7 @@ class ExportSpec:
     parity_requests: int = 32
     tolerance: Tolerance = field(default_factory=Tolerance)
     timing_candidates: tuple[int, ...] = (16, 64, 256)
+    timing_rounds: int = 3
     precisions: tuple[str, ...] = tuple(VARIANTS)
     required: tuple[str, ...] = (FP32,)
     calibration_requests: int = 256
@@ -290,6 +293,8 @@ class ExportSpec:
             raise KeyedValueError("parity_requests", "must be positive")
         if not self.timing_candidates or any(n < 1 for n in self.timing_candidates):
             raise KeyedValueError("timing_candidates", "must be a non-empty list of positive counts")
+        if self.timing_rounds < 1:
+            raise KeyedValueError("timing_rounds", f"must be positive, got {self.timing_rounds}")
         if self.calibration_requests < 1:
             raise KeyedValueError(
                 "calibration_requests", f"must be positive, got {self.calibration_requests}"
