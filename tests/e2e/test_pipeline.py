@@ -189,6 +189,15 @@ def test_deploy_for_the_gpu_target_writes_gpu_tiers_with_the_tensorrt_accelerato
     assert proc.returncode == 1 and "--target gpu needs --backend onnxruntime" in proc.stderr
 
 
+@pytest.mark.parametrize(
+    ("flag", "value"), [("--precision", "onnx-int3"), ("--tier", "gold")], ids=["precision", "tier"]
+)
+def test_export_exits_1_naming_the_flag_when_a_tier_or_variant_is_unknown(pipeline, flag, value) -> None:
+    proc = run_cli("export", "--spec", str(pipeline.spec_path), flag, value, check=False)
+    assert proc.returncode == 1
+    assert f"{flag} {value!r}" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
 def test_deploy_writes_every_model_with_parseable_configs_when_run(pipeline) -> None:
     spec = pipeline.spec
     repo = pipeline.repository

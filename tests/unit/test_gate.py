@@ -101,3 +101,27 @@ def test_gate_fails_a_damaged_variant_and_deploy_never_selects_it(pipeline, tmp_
     with pytest.raises(RepositoryError, match=f"xl={name}.*FAILED"):
         deploy(spec, artifacts, tmp_path / "repo", "python", pins={"xl": name})
     assert not (tmp_path / "repo").exists()
+
+
+def test_export_records_a_crashing_variant_as_failed_and_carries_on(pipeline, tmp_path, monkeypatch) -> None:
+    name = "onnx-crashes"
+
+    def crash(ctx: build.BuildContext, folder: Path) -> dict:
+        raise RuntimeError("kernel exploded\nsecond line")
+
+    monkeypatch.setitem(VARIANTS, name, VariantInfo(name, "onnx", (CPU,), "test: always crashes"))
+    monkeypatch.setitem(build.BUILDERS, name, crash)
+    artifacts = tmp_path / "artifacts"
+    shutil.copytree(pipeline.artifacts, artifacts)
+    data = tiny_spec_dict(tmp_path)
+    data["paths"]["checkpoints"] = str(pipeline.checkpoints)
+    data["paths"]["artifacts"] = str(artifacts)
+    data["export"]["precisions"] = ["onnx-fp32", name, "onnx-emb-int8"]
+    spec = spec_from_dict(data)
+
+    manifest = run_export(spec, pipeline.checkpoints, artifacts, tiers=("lite",))
+
+    variants = manifest["tiers"]["lite"]["variants"]
+    assert variants[name]["status"] == "FAILED"
+    assert variants[name]["reason"] == "RuntimeError: kernel exploded"
+    assert variants["onnx-emb-int8"]["status"] == "OK"

@@ -309,6 +309,10 @@ def _export_tier(
                 entry = _entry_failed(SKIPPED, str(exc))
             except ExportError as exc:
                 entry = _entry_failed(FAILED, str(exc))
+            except Exception as exc:  # noqa: BLE001 - one variant's crash must not end the run
+                log.debug("%s %s failed", name, variant, exc_info=True)
+                detail = str(exc).strip().splitlines()
+                entry = _entry_failed(FAILED, f"{type(exc).__name__}: {detail[0] if detail else ''}")
         entry["fingerprint"] = fp
         entry["reused"] = False
         entry["targets"] = list(VARIANTS[variant].targets)

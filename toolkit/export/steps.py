@@ -208,8 +208,8 @@ class Exporter:
         """Time a tier's variants in interleaved rounds, so drift of a shared machine hits all alike.
 
         In each of ``export.timing_rounds`` rounds every variant is timed at every candidate count
-        until stable (see :mod:`toolkit.export.timing`); a variant's figure is the median over the
-        rounds.
+        until stable (see :mod:`toolkit.export.timing`), starting each round with the next variant so
+        that none is always timed first; a variant's figure is the median over the rounds.
 
         Returns:
             Per variant: ``latency_ms`` and ``timing`` entries for the manifest, by target.
@@ -219,8 +219,10 @@ class Exporter:
         samples: dict[tuple[str, str, int], list[Timing]] = {}
         for r in range(rounds):
             self.step(f"{tier}: timing {len(folders)} variants, round {r + 1} of {rounds}")
-            for variant, variant_runners in available.items():
-                for runner in variant_runners:
+            order = list(available)
+            order = order[r % len(order) :] + order[: r % len(order)]
+            for variant in order:
+                for runner in available[variant]:
                     timings = measure_counts(
                         runner.run, self.timing_inputs, self.spec.export.timing_candidates
                     )
