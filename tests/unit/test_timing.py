@@ -6,7 +6,7 @@ import time
 
 import numpy as np
 
-from toolkit.export.timing import TimingPolicy, measure, measure_counts
+from toolkit.export.timing import TimingPolicy, measure, measure_counts, measure_interleaved
 
 FAST = TimingPolicy(window_ms=5.0, warmup=1)
 
@@ -47,3 +47,21 @@ def test_measure_counts_times_each_candidate_count_with_its_own_inputs() -> None
     out = measure_counts(run, lambda n: {"ad_dense": np.zeros((n, 4))}, [4, 64], FAST)
     assert set(out) == {4, 64} and set(seen) == {4, 64}
     assert out[64].median_ms > out[4].median_ms
+
+
+def test_measure_interleaved_ranks_calls_by_duration_and_runs_them_window_for_window() -> None:
+    order = []
+
+    def call(name: str, seconds: float):
+        def run() -> None:
+            order.append(name)
+            _busy(seconds)
+
+        return run
+
+    timed = measure_interleaved({"slow": call("slow", 0.0008), "fast": call("fast", 0.0002)}, FAST)
+    assert timed["fast"].median_ms < timed["slow"].median_ms
+    assert timed["fast"].stable and timed["slow"].stable
+    assert timed["fast"].windows == timed["slow"].windows >= FAST.stable_windows
+    switches = sum(1 for a, b in zip(order, order[1:], strict=False) if a != b)
+    assert switches >= 2 * timed["fast"].windows - 1

@@ -18,7 +18,7 @@ from toolkit.export.gate import GateResult, Reference, judge
 from toolkit.export.manifest import FP32
 from toolkit.export.onnx_export import PREPROCESSED, SCORE, export_preprocess, export_tier
 from toolkit.export.parity import check_parity, cpu_session
-from toolkit.export.timing import Timing, measure_counts
+from toolkit.export.timing import Timing, measure_counts, measure_interleaved
 from toolkit.models.base import RankingModel
 from toolkit.models.preprocess import Preprocess
 from toolkit.spec.schema import Spec
@@ -205,29 +205,31 @@ class Exporter:
         }
 
     def time_variants(self, tier: str, folders: dict[str, Path]) -> dict[str, Any]:
-        """Time a tier's variants in interleaved rounds, so drift of a shared machine hits all alike.
+        """Time a tier's variants side by side, so that drift of a shared machine hits all alike.
 
-        In each of ``export.timing_rounds`` rounds every variant is timed at every candidate count
-        until stable (see :mod:`toolkit.export.timing`), starting each round with the next variant so
-        that none is always timed first; a variant's figure is the median over the rounds.
+        At each candidate count, the variants' timing windows are interleaved (see
+        :func:`~toolkit.export.timing.measure_interleaved`); this is repeated in
+        ``export.timing_rounds`` rounds and a variant's figure is the median over the rounds.
 
         Returns:
             Per variant: ``latency_ms`` and ``timing`` entries for the manifest, by target.
         """
         rounds = self.spec.export.timing_rounds
-        available = {variant: runners(variant, folder) for variant, folder in folders.items()}
+        calls: dict[tuple[str, str], Callable[[dict[str, np.ndarray]], Any]] = {
+            (variant, runner.target): runner.run
+            for variant, folder in folders.items()
+            for runner in runners(variant, folder)
+        }
         samples: dict[tuple[str, str, int], list[Timing]] = {}
         for r in range(rounds):
-            self.step(f"{tier}: timing {len(folders)} variants, round {r + 1} of {rounds}")
-            order = list(available)
-            order = order[r % len(order) :] + order[: r % len(order)]
-            for variant in order:
-                for runner in available[variant]:
-                    timings = measure_counts(
-                        runner.run, self.timing_inputs, self.spec.export.timing_candidates
-                    )
-                    for n, timing in timings.items():
-                        samples.setdefault((variant, runner.target, n), []).append(timing)
+            self.step(f"{tier}: timing {len(folders)} variants side by side, round {r + 1} of {rounds}")
+            for n in self.spec.export.timing_candidates:
+                inputs = self.timing_inputs(n)
+                timed = measure_interleaved(
+                    {f"{v}|{t}": (lambda run=run, feed=inputs: run(feed)) for (v, t), run in calls.items()}
+                )
+                for (variant, target), _ in calls.items():
+                    samples.setdefault((variant, target, n), []).append(timed[f"{variant}|{target}"])
         out: dict[str, Any] = {v: {"latency_ms": {}, "timing": {}} for v in folders}
         for (variant, target, n), timings in samples.items():
             entry = out[variant]

@@ -115,3 +115,59 @@ def measure_counts(
         inputs = make_inputs(int(n))
         out[int(n)] = measure(lambda inputs=inputs: run(inputs), policy)
     return out
+
+
+def measure_interleaved(
+    calls: dict[str, Callable[[], Any]], policy: TimingPolicy | None = None
+) -> dict[str, Timing]:
+    """Time several calls with their windows interleaved, so that drift of the machine hits all alike.
+
+    Window ``w`` of every call runs before window ``w + 1`` of any (the order rotates each time);
+    windows are added until every call's last ``stable_windows`` medians agree within ``spread``, or
+    ``max_windows`` were run.
+
+    Args:
+        calls: Name -> a callable running one request.
+        policy: Stability rule (default :class:`TimingPolicy`).
+    """
+    policy = policy or TimingPolicy()
+    sizes = {}
+    for name, call in calls.items():
+        for _ in range(policy.warmup):
+            call()
+        started = time.perf_counter()
+        call()
+        one = max(time.perf_counter() - started, 1e-7) * 1000.0
+        sizes[name] = int(min(max(policy.window_ms / one, policy.min_calls), 10_000))
+    windows: dict[str, list[np.ndarray]] = {name: [] for name in calls}
+    names = list(calls)
+    for w in range(policy.max_windows):
+        for name in names[w % len(names) :] + names[: w % len(names)]:
+            call = calls[name]
+            samples = np.empty(sizes[name])
+            for i in range(sizes[name]):
+                started = time.perf_counter()
+                call()
+                samples[i] = (time.perf_counter() - started) * 1000.0
+            windows[name].append(samples)
+        spreads = {name: _spread(ws, policy.stable_windows) for name, ws in windows.items()}
+        if all(sp <= policy.spread for sp in spreads.values()):
+            break
+    out = {}
+    for name, ws in windows.items():
+        spread = _spread(ws, policy.stable_windows)
+        out[name] = Timing(
+            median_ms=float(np.median(np.concatenate(ws[-policy.stable_windows :]))),
+            windows=len(ws),
+            calls=sizes[name],
+            stable=spread <= policy.spread,
+            spread=round(spread, 4) if np.isfinite(spread) else float("nan"),
+        )
+    return out
+
+
+def _spread(windows: list[np.ndarray], last: int) -> float:
+    if len(windows) < last:
+        return float("inf")
+    medians = [float(np.median(w)) for w in windows[-last:]]
+    return (max(medians) - min(medians)) / max(min(medians), 1e-9)
