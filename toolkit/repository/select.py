@@ -9,9 +9,10 @@ from toolkit.errors import RepositoryError
 from toolkit.spec.schema import Spec
 from toolkit.spec.variants import GPU, GPU_PREFERENCE, VARIANTS
 
-NOISE = 0.05
+NOISE = 0.10
 """Variants whose latency lies within this share of the fastest count as equally fast; the most
-precise of them (earliest in the catalogue) is chosen."""
+precise of them (earliest in the catalogue) is chosen. It matches the timing's own resolution:
+a measurement is stable when its windows agree within 10%."""
 
 
 @dataclass(frozen=True)
