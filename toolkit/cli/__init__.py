@@ -15,7 +15,10 @@ from toolkit import __version__
 
 _COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("toolkit.cli.train", "Train the demo tiers on generated data and save checkpoints."),
-    "export": ("toolkit.cli.export", "Export every tier to ONNX and check it against PyTorch."),
+    "export": (
+        "toolkit.cli.export",
+        "Export every tier in every precision; gate each against PyTorch and time it.",
+    ),
     "deploy": (
         "toolkit.cli.deploy",
         "Write the Triton model repository: tiers, preprocess, router, ensemble.",
@@ -23,6 +26,10 @@ _COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("toolkit.cli.serve", "Start Triton on a model repository and wait until it is ready."),
     "infer": ("toolkit.cli.infer", "Send one generated request through the ensemble over gRPC."),
     "demo": ("toolkit.cli.demo", "Serve the repository, send demo traffic, print what happened, stop."),
+    "evaluate": (
+        "toolkit.cli.evaluate",
+        "Routing policies on held-out requests: quality against cost, JSON, markdown and a plot.",
+    ),
 }
 
 
