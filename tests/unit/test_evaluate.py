@@ -38,6 +38,10 @@ def test_evaluate_writes_report_whose_tier_quality_matches_export_and_policy_poi
     assert np.isclose(oracle["ne"][-1], points[f"{spec.tier_names[-1]} alone"]["ne"])
     assert min(oracle["ne"]) <= min(p["ne"] for p in points.values()) + 1e-12
     assert abs(result["summary"]["random"]["apgr"] - 0.5) < 1e-6
+    learned = next(c for c in result["curves"] if c["label"] == "learned gate")
+    assert np.isclose(learned["ne"][0], oracle["ne"][0]) and np.isclose(learned["ne"][-1], oracle["ne"][-1])
+    assert all(o <= g + 1e-12 for o, g in zip(oracle["ne"], learned["ne"], strict=True))
+    assert "learned gate: APGR" in proc.stdout
 
 
 def test_evaluate_exits_1_naming_the_manifest_when_nothing_was_exported(pipeline, tmp_path) -> None:

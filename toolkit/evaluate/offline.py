@@ -104,6 +104,7 @@ class HeldOutScores:
         scores: FP32 [T, C]: tier t's score of candidate c.
         features: Per request, the features the router computes.
         decisions: Per request, the index of the tier the spec's policy picks.
+        user_dense: FP32 [R, Du], the preprocessed dense user features the router sees.
     """
 
     requests: RequestSet
@@ -112,6 +113,7 @@ class HeldOutScores:
     scores: np.ndarray
     features: list[dict[str, float]]
     decisions: np.ndarray
+    user_dense: np.ndarray
 
 
 def score_requests(
@@ -121,8 +123,10 @@ def score_requests(
     tiers = ensemble.spec.tier_names
     scores = np.empty((len(tiers), requests.num_candidates), dtype=np.float32)
     features, decisions = [], np.empty(requests.num_requests, dtype=np.int64)
+    user_dense = np.empty(requests.user_dense.shape, dtype=np.float32)
     for r in range(requests.num_requests):
         pre = ensemble.preprocessed(requests.request(r))
+        user_dense[r] = pre["user_dense"][0]
         lo, hi = requests.offsets[r], requests.offsets[r + 1]
         for t, tier in enumerate(tiers):
             scores[t, lo:hi] = ensemble.score(pre, tier)
@@ -131,4 +135,13 @@ def score_requests(
         decisions[r] = decide(ensemble.settings, RequestContext(features=feats)).index
         if progress is not None:
             progress(r)
-    return HeldOutScores(requests, tiers, dict(ensemble.variants), scores, features, decisions)
+    return HeldOutScores(requests, tiers, dict(ensemble.variants), scores, features, decisions, user_dense)
+
+
+def features_array(held: HeldOutScores) -> np.ndarray:
+    """The learned gate's inputs for every request of ``held`` (see ``toolkit.train.gate``)."""
+    from toolkit.train.gate import gate_features
+
+    history = np.array([f["history_length"] for f in held.features])
+    candidates = np.array([f["num_candidates"] for f in held.features])
+    return gate_features(held.user_dense, history, candidates)

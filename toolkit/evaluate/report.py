@@ -20,6 +20,7 @@ import numpy as np
 
 from toolkit import __version__
 from toolkit.data.demo import demo_holdout_set
+from toolkit.data.generator import generate_requests
 from toolkit.evaluate.flops import flops_model
 from toolkit.evaluate.frontier import (
     RequestLosses,
@@ -30,9 +31,16 @@ from toolkit.evaluate.frontier import (
     oracle_curve,
     pgr,
     random_curve,
+    score_curve,
 )
 from toolkit.evaluate.metrics import roc_auc
-from toolkit.evaluate.offline import HeldOutScores, OfflineEnsemble, deployed_variants, score_requests
+from toolkit.evaluate.offline import (
+    HeldOutScores,
+    OfflineEnsemble,
+    deployed_variants,
+    features_array,
+    score_requests,
+)
 from toolkit.export.manifest import read_manifest
 from toolkit.machine import machine_facts
 from toolkit.spec.schema import Spec
@@ -102,6 +110,27 @@ def _curve_points(
     return {"label": label, **out}
 
 
+def _learned_scores(spec: Spec, ensemble: OfflineEnsemble, held: HeldOutScores, count: int) -> np.ndarray:
+    """Fit the gate on a separate generated split and predict the largest tier's gain on ``held``.
+
+    The split is fresh traffic from the same world (its own seed), scored by every tier offline; it
+    never overlaps the held-out requests the curve is measured on.
+    """
+    from toolkit.train.gate import gate_targets, predict, train_gate
+
+    split = generate_requests(
+        spec.features,
+        count,
+        (spec.data.candidates.min, spec.data.candidates.max),
+        spec.data.informative_share,
+        seed=spec.seed * 1000 + 4,
+        world_seed=spec.seed,
+    )
+    fit = score_requests(ensemble, split)
+    gate = train_gate(features_array(fit), gate_targets(fit.scores, split.offsets), seed=spec.seed)
+    return predict(gate, features_array(held))[:, -1]
+
+
 def evaluate(
     spec: Spec,
     artifacts: Path,
@@ -146,11 +175,18 @@ def evaluate(
     points.append(policy)
     gain = losses.loss[:, weak] - losses.loss[:, strong]
     rng = np.random.default_rng(spec.seed)
+    step(f"learned gate: scoring {requests.num_requests} separate requests to fit it on")
+    learned = _learned_scores(spec, ensemble, held, requests.num_requests)
     curves = [
         _curve_points("oracle", gain, losses, costs),
+        _curve_points("learned gate", learned, losses, costs),
         _curve_points("random", rng.permutation(requests.num_requests).astype(float), losses, costs),
     ]
-    exact = {"oracle": oracle_curve(losses, SHARES), "random": random_curve(losses, SHARES)}
+    exact = {
+        "oracle": oracle_curve(losses, SHARES),
+        "learned gate": score_curve(losses, learned, SHARES, label="learned gate"),
+        "random": random_curve(losses, SHARES),
+    }
     summary: dict[str, Any] = {"weak": spec.tier_names[weak], "strong": spec.tier_names[strong]}
     if ne_weak > ne_strong:
         for name, curve in exact.items():
@@ -221,7 +257,7 @@ def render_markdown(result: dict[str, Any]) -> str:
         )
     summary = result["summary"]
     lines.append("")
-    for name in ("oracle", "random"):
+    for name in ("oracle", "learned gate", "random"):
         if name in summary:
             s = summary[name]
             lines.append(
@@ -251,7 +287,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
         (axes[1], "ms_per_request", "ms per request (ONNX Runtime CPU, 1 thread)"),
     ):
         scale = 1e6 if key == "flops_per_request" else 1.0
-        for curve, style in zip(result["curves"], ("-", "--"), strict=False):
+        for curve, style in zip(result["curves"], ("-", "--", ":", "-."), strict=False):
             ax.plot(np.array(curve[key]) / scale, curve["ne"], style, label=curve["label"])
         for p in result["points"]:
             marker = "*" if "policy" in p["policy"] else "o"
