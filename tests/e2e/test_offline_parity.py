@@ -25,8 +25,9 @@ def test_offline_path_makes_the_servers_choices_and_scores_on_500_requests(pipel
             for r in range(requests.num_requests):
                 raw = requests.request(r)
                 served = client.rank(**raw)
-                decision, scores = offline.route(raw)
+                decision, scores, tiers = offline.route(raw)
                 assert set(served.tier_names) == {decision.tier}, f"request {r}"
+                np.testing.assert_array_equal(served.tiers, tiers)
                 np.testing.assert_allclose(served.scores, scores, atol=1e-5, rtol=0)
                 chosen.add(decision.tier)
     assert len(chosen) >= 2

@@ -18,9 +18,11 @@ from toolkit.router import (
     RouterConfig,
     RoutingError,
     RuleConfig,
+    cascade_scores,
     decide,
     parse_parameters,
     request_features,
+    top_candidates,
 )
 
 ROUTER_DIR = Path(toolkit.router.__file__).resolve().parent
@@ -229,3 +231,41 @@ def test_request_context_holds_the_budget_when_one_is_parsed() -> None:
     assert ctx.forced_tier == "medium"
     assert ctx.latency_budget_ms is not None and math.isclose(ctx.latency_budget_ms, 40.0)
     assert decide(config(), ctx).reason == "forced"
+
+
+def test_decide_scores_with_the_default_tier_and_names_the_rescore_tier_when_the_policy_is_cascade() -> None:
+    cascade = config("cascade", rules=(), cascade_tier="large", cascade_top_k=3)
+    decision = decide(cascade, context(history=30))
+    assert (decision.tier, decision.index, decision.reason) == ("small", 0, "cascade")
+    assert (decision.rescore_tier, decision.rescore_index, decision.top_k) == ("large", 2, 3)
+    assert decide(cascade, context(forced="medium")).rescore_tier is None
+    assert RouterConfig.from_json(cascade.to_json()) == cascade
+
+
+def test_top_candidates_gives_the_k_best_first_and_keeps_candidate_order_on_ties() -> None:
+    scores = np.array([0.2, 0.9, 0.5, 0.9, 0.1], dtype=np.float32)
+    assert top_candidates(scores, 3).tolist() == [1, 3, 2]
+    assert top_candidates(scores, 10).tolist() == [1, 3, 2, 0, 4]
+    assert top_candidates(scores, 0).tolist() == []
+
+
+def test_cascade_scores_replaces_exactly_the_top_k_with_the_rescore_tier() -> None:
+    decision = decide(config("cascade", rules=(), cascade_tier="medium", cascade_top_k=2), context())
+    first = np.array([0.3, 0.8, 0.1, 0.6], dtype=np.float32)
+    asked = []
+
+    def rescore(top: np.ndarray) -> np.ndarray:
+        asked.append(top.tolist())
+        return np.array([0.05, 0.95], dtype=np.float32)
+
+    scores, tiers = cascade_scores(first, decision, rescore)
+    assert asked == [[1, 3]]
+    assert scores.tolist() == pytest.approx([0.3, 0.05, 0.1, 0.95])
+    assert tiers.tolist() == [0, 1, 0, 1]
+    assert first.tolist() == pytest.approx([0.3, 0.8, 0.1, 0.6])
+
+
+@pytest.mark.parametrize(("tier", "k"), [("small", 3), ("nope", 3), ("large", 0)])
+def test_router_config_refuses_a_cascade_without_a_distinct_tier_or_a_positive_k(tier: str, k: int) -> None:
+    with pytest.raises(ValueError, match="cascade"):
+        config("cascade", rules=(), cascade_tier=tier, cascade_top_k=k)

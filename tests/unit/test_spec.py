@@ -196,6 +196,16 @@ INVALID = {
     "bad_target": (_set("triton.target", "tpu"), "triton.target", "tpu"),
     "pin_unknown_variant": (_set("triton.pin", {"xl": "onnx-int3"}), "triton.pin.xl", "onnx-int3"),
     "pin_unknown_tier": (_set("triton.pin", {"gold": "onnx-fp32"}), "triton.pin.gold", "tiers"),
+    "cascade_tier_is_default": (
+        _set("routing", {"policy": "cascade", "default_tier": "lite", "cascade": {"tier": "lite"}}),
+        "routing.cascade.tier",
+        "other than the default",
+    ),
+    "cascade_top_k_zero": (
+        _set("routing", {"policy": "cascade", "cascade": {"tier": "xl", "top_k": 0}}),
+        "routing.cascade.top_k",
+        "positive",
+    ),
 }
 
 

@@ -20,7 +20,7 @@ from toolkit.export.onnx_export import SCORE
 from toolkit.export.parity import cpu_session
 from toolkit.repository.select import select_variants
 from toolkit.repository.writer import MARKER, router_settings
-from toolkit.router.policy import Decision, RequestContext, decide, request_features
+from toolkit.router.policy import Decision, RequestContext, cascade_scores, decide, request_features
 from toolkit.spec.schema import Spec
 
 Inputs = dict[str, np.ndarray]
@@ -85,12 +85,21 @@ class OfflineEnsemble:
         """Scores [N] of ``tier`` for one preprocessed request."""
         return self._tiers[tier].run([SCORE], pre)[0]
 
-    def route(self, raw: Inputs, forced_tier: str | None = None) -> tuple[Decision, np.ndarray]:
-        """The router's decision for one raw request and the scores it returns."""
+    def route(self, raw: Inputs, forced_tier: str | None = None) -> tuple[Decision, np.ndarray, np.ndarray]:
+        """The router's decision for one raw request, the scores it returns and each one's tier index."""
         pre = self.preprocessed(raw)
         features = request_features(pre["user_history"], int(pre["ad_dense"].shape[0]))
         decision = decide(self.settings, RequestContext(features=features, forced_tier=forced_tier))
-        return decision, self.score(pre, decision.tier)
+        scores = self.score(pre, decision.tier)
+        if decision.rescore_tier is None:
+            return decision, scores, np.full(scores.shape, decision.index, dtype=np.int32)
+
+        def rescore(top: np.ndarray) -> np.ndarray:
+            subset = {**pre, "ad_dense": pre["ad_dense"][top], "ad_sparse": pre["ad_sparse"][top]}
+            return self.score(subset, decision.rescore_tier)
+
+        scores, tiers = cascade_scores(scores, decision, rescore)
+        return decision, scores, tiers
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,7 @@ from toolkit.evaluate.frontier import (
     random_curve,
     score_curve,
 )
-from toolkit.evaluate.metrics import roc_auc
+from toolkit.evaluate.metrics import normalized_entropy, roc_auc
 from toolkit.evaluate.offline import (
     HeldOutScores,
     OfflineEnsemble,
@@ -43,6 +43,7 @@ from toolkit.evaluate.offline import (
 )
 from toolkit.export.manifest import read_manifest
 from toolkit.machine import machine_facts
+from toolkit.router.policy import top_candidates
 from toolkit.spec.schema import Spec
 
 SHARES = np.linspace(0.0, 1.0, 101)
@@ -51,18 +52,64 @@ SHARES = np.linspace(0.0, 1.0, 101)
 StepFn = Callable[[str], None]
 
 
-def _costs(spec: Spec, artifacts: Path, variants: dict[str, str], n: np.ndarray) -> dict[str, np.ndarray]:
-    """Cost of each request on each tier [R, T]: FLOPs from the graph, ms from export's timing."""
+CostFn = Callable[[np.ndarray], np.ndarray]
+
+
+def _cost_functions(spec: Spec, artifacts: Path, variants: dict[str, str]) -> dict[str, list[CostFn]]:
+    """Per tier, cost of a request as a function of N: FLOPs from the graph, ms from export's timing."""
     manifest = read_manifest(artifacts)
-    flops = np.empty((len(n), len(spec.tier_names)))
-    ms = np.full((len(n), len(spec.tier_names)), np.nan)
-    for t, tier in enumerate(spec.tier_names):
-        flops[:, t] = flops_model(artifacts / tier / variants[tier] / "model.onnx").at(n)
+    out: dict[str, list[CostFn]] = {"flops": [], "ms": []}
+    for tier in spec.tier_names:
+        model = flops_model(artifacts / tier / variants[tier] / "model.onnx")
+        out["flops"].append(lambda n, model=model: np.asarray(model.at(n), dtype=np.float64))
         timed = manifest["tiers"][tier]["variants"][variants[tier]].get("latency_ms", {}).get("cpu", {})
-        if timed:
-            counts = sorted(int(k) for k in timed)
-            ms[:, t] = np.interp(n, counts, [timed[str(c)] for c in counts])
-    return {"flops": flops, "ms": ms}
+        counts = sorted(int(k) for k in timed)
+        values = [timed[str(c)] for c in counts]
+        out["ms"].append(
+            (lambda n, c=counts, v=values: np.interp(n, c, v))
+            if counts
+            else (lambda n: np.full(np.shape(n), np.nan))
+        )
+    return out
+
+
+def _costs(functions: dict[str, list[CostFn]], n: np.ndarray) -> dict[str, np.ndarray]:
+    """Cost of each request on each tier [R, T]."""
+    return {key: np.stack([f(n) for f in fns], axis=1) for key, fns in functions.items()}
+
+
+def _cascade_point(spec: Spec, held: HeldOutScores, functions: dict[str, list[CostFn]]) -> dict[str, Any]:
+    """Quality and cost of the cascade policy: every tier's scores are known, so it is exact."""
+    tiers = list(spec.tier_names)
+    first, second = tiers.index(spec.default_tier), tiers.index(spec.routing.cascade.tier)
+    k = spec.routing.cascade.top_k
+    offsets = held.requests.offsets
+    final = held.scores[first].astype(np.float64)
+    rescored = np.zeros(final.shape, dtype=bool)
+    for r in range(held.requests.num_requests):
+        lo, hi = offsets[r], offsets[r + 1]
+        top = top_candidates(held.scores[first, lo:hi], k) + lo
+        final[top] = held.scores[second, top]
+        rescored[top] = True
+    labels = held.requests.labels
+    n = np.diff(offsets)
+    share = float(rescored.mean())
+    return {
+        "policy": f"cascade policy (top {k} re-scored by {tiers[second]})",
+        "shares": {
+            t: (1.0 - share if i == first else share if i == second else 0.0) for i, t in enumerate(tiers)
+        },
+        "strong_share": share if second == len(tiers) - 1 else 0.0,
+        "ne": normalized_entropy(labels, np.clip(final, 1e-7, 1 - 1e-7), float(labels.mean())),
+        "auc": roc_auc(labels, final),
+        "flops_per_request": float(
+            (functions["flops"][first](n) + functions["flops"][second](np.minimum(n, k))).mean()
+        ),
+        "ms_per_request": float(
+            (functions["ms"][first](n) + functions["ms"][second](np.minimum(n, k))).mean()
+        ),
+        "note": "shares are of candidates, not requests",
+    }
 
 
 def _point(
@@ -164,14 +211,18 @@ def evaluate(
     losses = RequestLosses.from_scores(requests.labels, held.scores.astype(np.float64), requests.offsets)
     n = np.diff(requests.offsets)
     step("counting FLOPs per request")
-    costs = _costs(spec, artifacts, variants, n)
+    functions = _cost_functions(spec, artifacts, variants)
+    costs = _costs(functions, n)
     weak, strong = 0, len(spec.tier_names) - 1
     ne_weak, ne_strong = losses.ne_of_tier(weak), losses.ne_of_tier(strong)
     points = [
         _point(f"{tier} alone", np.full(requests.num_requests, t), held, losses, costs)
         for t, tier in enumerate(spec.tier_names)
     ]
-    policy = _point(f"{spec.routing.policy} policy", held.decisions, held, losses, costs)
+    if spec.routing.policy == "cascade":
+        policy = _cascade_point(spec, held, functions)
+    else:
+        policy = _point(f"{spec.routing.policy} policy", held.decisions, held, losses, costs)
     points.append(policy)
     gain = losses.loss[:, weak] - losses.loss[:, strong]
     rng = np.random.default_rng(spec.seed)

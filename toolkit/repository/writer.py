@@ -65,6 +65,8 @@ def router_settings(spec: Spec) -> RouterConfig:
         default_tier=spec.default_tier,
         rules=tuple(RuleConfig(r.feature, r.op, r.value, r.tier) for r in spec.routing.rules),
         max_candidates=spec.triton.max_candidates,
+        cascade_tier=spec.routing.cascade.tier if spec.routing.policy == "cascade" else "",
+        cascade_top_k=spec.routing.cascade.top_k if spec.routing.policy == "cascade" else 0,
     )
 
 

@@ -2,26 +2,32 @@
 
 from .policy import (
     KNOWN_PARAMETERS,
+    POLICIES,
     REQUEST_FEATURES,
     Decision,
     RequestContext,
     RouterConfig,
     RoutingError,
     RuleConfig,
+    cascade_scores,
     decide,
     parse_parameters,
     request_features,
+    top_candidates,
 )
 
 __all__ = [
     "KNOWN_PARAMETERS",
+    "POLICIES",
     "REQUEST_FEATURES",
     "Decision",
     "RequestContext",
     "RouterConfig",
     "RoutingError",
     "RuleConfig",
+    "cascade_scores",
     "decide",
     "parse_parameters",
     "request_features",
+    "top_candidates",
 ]

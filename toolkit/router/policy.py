@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import operator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +27,9 @@ _OPS = {
 
 KNOWN_PARAMETERS = ("tier", "latency_budget_ms")
 """Request parameters the router reads."""
+
+POLICIES = ("static", "rules", "cascade")
+"""Routing policies the router runs."""
 
 REQUEST_FEATURES = ("history_length", "num_candidates")
 """Request-level features rules may test (see :func:`request_features`)."""
@@ -60,6 +64,9 @@ class RouterConfig:
         default_tier: Tier when no rule matches (the only tier of ``static``).
         rules: Ordered rules, first match wins.
         max_candidates: Largest N accepted.
+        cascade_tier: With ``cascade``: the bigger tier that re-scores the top candidates (the
+            default tier scores all of them first).
+        cascade_top_k: With ``cascade``: how many of the default tier's top candidates it re-scores.
     """
 
     tiers: tuple[str, ...]
@@ -67,10 +74,17 @@ class RouterConfig:
     default_tier: str
     rules: tuple[RuleConfig, ...] = field(default_factory=tuple)
     max_candidates: int = 1024
+    cascade_tier: str = ""
+    cascade_top_k: int = 0
 
     def __post_init__(self) -> None:
-        if self.policy not in ("static", "rules"):
+        if self.policy not in POLICIES:
             raise ValueError(f"unknown routing policy {self.policy!r}")
+        if self.policy == "cascade":
+            if self.cascade_tier not in self.tiers or self.cascade_tier == self.default_tier:
+                raise ValueError(f"cascade tier {self.cascade_tier!r} must be a tier other than the default")
+            if self.cascade_top_k < 1:
+                raise ValueError(f"cascade_top_k must be positive, got {self.cascade_top_k}")
         if self.default_tier not in self.tiers:
             raise ValueError(f"default tier {self.default_tier!r} is not one of {self.tiers}")
         for rule in self.rules:
@@ -87,6 +101,8 @@ class RouterConfig:
             "default_tier": self.default_tier,
             "rules": [vars(r) for r in self.rules],
             "max_candidates": self.max_candidates,
+            "cascade_tier": self.cascade_tier,
+            "cascade_top_k": self.cascade_top_k,
         }
         return json.dumps(data, indent=2) + "\n"
 
@@ -103,14 +119,20 @@ class Decision:
     """The tier chosen for a request and why.
 
     Attributes:
-        tier: Tier model name.
+        tier: Tier model name (with ``cascade``, the tier that scores every candidate first).
         index: Its position in ``RouterConfig.tiers``.
-        reason: ``forced`` (request parameter), ``rule:<i>``, ``default`` or ``static``.
+        reason: ``forced`` (request parameter), ``rule:<i>``, ``default``, ``static`` or ``cascade``.
+        rescore_tier: With ``cascade``: the tier that re-scores the top candidates, else None.
+        rescore_index: Its position in ``RouterConfig.tiers`` (-1 without cascade).
+        top_k: How many top candidates it re-scores (0 without cascade).
     """
 
     tier: str
     index: int
     reason: str
+    rescore_tier: str | None = None
+    rescore_index: int = -1
+    top_k: int = 0
 
 
 @dataclass(frozen=True)
@@ -170,14 +192,49 @@ def parse_parameters(parameters: dict[str, Any], config: RouterConfig) -> tuple[
 def decide(config: RouterConfig, context: RequestContext) -> Decision:
     """Pick the tier for one request.
 
-    A forced tier (request parameter ``tier``) always wins; then ``static`` serves the default tier
-    and ``rules`` the tier of the first matching rule, else the default tier.
+    A forced tier (request parameter ``tier``) always wins; then ``static`` serves the default tier,
+    ``rules`` the tier of the first matching rule, else the default tier, and ``cascade`` scores
+    with the default tier and re-scores its top candidates with the cascade tier (see
+    :func:`top_candidates`).
     """
     if context.forced_tier is not None:
         return Decision(context.forced_tier, config.tiers.index(context.forced_tier), "forced")
+    if config.policy == "cascade":
+        return Decision(
+            config.default_tier,
+            config.tiers.index(config.default_tier),
+            "cascade",
+            config.cascade_tier,
+            config.tiers.index(config.cascade_tier),
+            config.cascade_top_k,
+        )
     if config.policy == "rules":
         for i, rule in enumerate(config.rules):
             if rule.matches(context.features):
                 return Decision(rule.tier, config.tiers.index(rule.tier), f"rule:{i}")
         return Decision(config.default_tier, config.tiers.index(config.default_tier), "default")
     return Decision(config.default_tier, config.tiers.index(config.default_tier), "static")
+
+
+def top_candidates(scores: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the ``k`` highest scores, best first; equal scores keep candidate order."""
+    return np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable")[: max(int(k), 0)]
+
+
+def cascade_scores(
+    first: np.ndarray, decision: Decision, rescore: Callable[[np.ndarray], np.ndarray]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Final scores and per-candidate tier index of a cascade decision.
+
+    Args:
+        first: Scores [N] of ``decision.tier`` for every candidate.
+        decision: A cascade decision.
+        rescore: Scores of ``decision.rescore_tier`` for the candidates at the given indices.
+    """
+    scores = np.array(first, dtype=np.float32, copy=True)
+    tiers = np.full(scores.shape, decision.index, dtype=np.int32)
+    top = top_candidates(scores, decision.top_k)
+    if len(top):
+        scores[top] = np.asarray(rescore(top), dtype=np.float32)
+        tiers[top] = decision.rescore_index
+    return scores, tiers

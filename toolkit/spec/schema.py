@@ -346,20 +346,40 @@ class Rule:
 
 
 @dataclass(frozen=True)
+class CascadeSpec:
+    """The ``cascade`` policy: the default tier scores every candidate, ``tier`` re-scores the top.
+
+    Attributes:
+        tier: The bigger tier that re-scores the default tier's top candidates.
+        top_k: How many top candidates it re-scores (all of them when N is smaller).
+    """
+
+    tier: str = ""
+    top_k: int = 8
+
+    def __post_init__(self) -> None:
+        if self.top_k < 1:
+            raise KeyedValueError("top_k", f"must be positive, got {self.top_k}")
+
+
+@dataclass(frozen=True)
 class RoutingSpec:
     """The routing policy and its knobs.
 
     Attributes:
         policy: ``static`` serves ``default_tier`` always; ``rules`` serves the tier of the first
-            matching rule, else ``default_tier``. With either, the request parameter ``tier``
-            forces a tier by name.
+            matching rule, else ``default_tier``; ``cascade`` scores every candidate with
+            ``default_tier`` and re-scores the top ``cascade.top_k`` with ``cascade.tier``. With
+            any policy, the request parameter ``tier`` forces a tier by name.
         default_tier: Tier used when no rule matches (and the only tier of ``static``).
         rules: Ordered rules; the first that matches wins.
+        cascade: Settings of the ``cascade`` policy.
     """
 
-    policy: Literal["static", "rules"] = "rules"
+    policy: Literal["static", "rules", "cascade"] = "rules"
     default_tier: str = ""
     rules: tuple[Rule, ...] = ()
+    cascade: CascadeSpec = field(default_factory=CascadeSpec)
 
 
 @dataclass(frozen=True)
@@ -481,6 +501,14 @@ class Spec:
             if tier not in names:
                 raise KeyedValueError(
                     f"triton.pin.{tier}", f"expected one of the tiers ({', '.join(names)}) as key"
+                )
+        if self.routing.policy == "cascade":
+            others = [n for n in names if n != self.default_tier]
+            if self.routing.cascade.tier not in others:
+                raise KeyedValueError(
+                    "routing.cascade.tier",
+                    f"expected a tier other than the default tier ({', '.join(others) or 'none'}), "
+                    f"got {self.routing.cascade.tier!r}",
                 )
         for i, rule in enumerate(self.routing.rules):
             if rule.tier not in names:

@@ -21,13 +21,23 @@ from toolkit_router import (  # noqa: E402
     RequestContext,
     RouterConfig,
     RoutingError,
+    cascade_scores,
     decide,
     parse_parameters,
     request_features,
 )
 
 INPUTS = ("user_dense", "user_sparse", "user_history", "ad_dense", "ad_sparse")
+CANDIDATE_INPUTS = ("ad_dense", "ad_sparse")
 _LOG_EVERY = 1000
+
+
+class _TierError(Exception):
+    """A tier's BLS call failed."""
+
+    def __init__(self, tier: str, message: str) -> None:
+        super().__init__(message)
+        self.tier = tier
 
 
 class TritonPythonModel:
@@ -65,27 +75,42 @@ class TritonPythonModel:
             return pb_utils.InferenceResponse(
                 error=pb_utils.TritonError(str(exc), pb_utils.TritonError.INVALID_ARG)
             )
+        try:
+            score = self._score(decision.tier, [tensors[name] for name in INPUTS])
+            tiers = np.full(score.shape, decision.index, dtype=np.int32)
+            if decision.rescore_tier is not None:
+                score, tiers = cascade_scores(
+                    score, decision, lambda top: self._rescore(decision.rescore_tier, tensors, top)
+                )
+        except _TierError as exc:
+            self.counts[f"error:{exc.tier}"] += 1
+            return pb_utils.InferenceResponse(
+                error=pb_utils.TritonError(str(exc), pb_utils.TritonError.UNAVAILABLE)
+            )
+        self._count(decision.tier, decision.reason)
+        if decision.rescore_tier is not None:
+            self.counts[f"rescored:{decision.rescore_tier}"] += int((tiers == decision.rescore_index).sum())
+        return pb_utils.InferenceResponse(
+            output_tensors=[pb_utils.Tensor("score", score), pb_utils.Tensor("tier", tiers)]
+        )
+
+    def _score(self, tier: str, inputs: list) -> np.ndarray:
         response = pb_utils.InferenceRequest(
-            model_name=decision.tier,
-            requested_output_names=["score"],
-            inputs=[tensors[name] for name in INPUTS],
+            model_name=tier, requested_output_names=["score"], inputs=inputs
         ).exec()
         if response.has_error():
-            self.counts[f"error:{decision.tier}"] += 1
-            message = f"tier {decision.tier!r} failed: {response.error().message()}"
-            return pb_utils.InferenceResponse(
-                error=pb_utils.TritonError(message, pb_utils.TritonError.UNAVAILABLE)
-            )
-        score = (
-            pb_utils.get_output_tensor_by_name(response, "score").as_numpy().astype(np.float32, copy=False)
-        )
-        self._count(decision.tier, decision.reason)
-        return pb_utils.InferenceResponse(
-            output_tensors=[
-                pb_utils.Tensor("score", score),
-                pb_utils.Tensor("tier", np.full(score.shape, decision.index, dtype=np.int32)),
-            ]
-        )
+            raise _TierError(tier, f"tier {tier!r} failed: {response.error().message()}")
+        return pb_utils.get_output_tensor_by_name(response, "score").as_numpy().astype(np.float32, copy=False)
+
+    def _rescore(self, tier: str, tensors: dict, top: np.ndarray) -> np.ndarray:
+        """Scores of ``tier`` for the candidates at ``top`` (the user tensors are passed as they are)."""
+        inputs = [
+            pb_utils.Tensor(name, np.ascontiguousarray(tensors[name].as_numpy()[top]))
+            if name in CANDIDATE_INPUTS
+            else tensors[name]
+            for name in INPUTS
+        ]
+        return self._score(tier, inputs)
 
     def _parse(self, request: object) -> tuple[dict, RequestContext]:
         tensors = {}
