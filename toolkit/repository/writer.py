@@ -57,8 +57,13 @@ class DeployResult:
         return {tier: s.variant for tier, s in self.selections.items()}
 
 
-def router_settings(spec: Spec) -> RouterConfig:
-    """The router's configuration (``router.json``) derived from the spec."""
+def router_settings(spec: Spec, latency_prior_ms: dict[str, dict[str, float]] | None = None) -> RouterConfig:
+    """The router's configuration (``router.json``) derived from the spec.
+
+    Args:
+        spec: The ensemble spec.
+        latency_prior_ms: Per tier, the deployed variant's measured latency by candidate count.
+    """
     return RouterConfig(
         tiers=spec.tier_names,
         policy=spec.routing.policy,
@@ -67,6 +72,10 @@ def router_settings(spec: Spec) -> RouterConfig:
         max_candidates=spec.triton.max_candidates,
         cascade_tier=spec.routing.cascade.tier if spec.routing.policy == "cascade" else "",
         cascade_top_k=spec.routing.cascade.top_k if spec.routing.policy == "cascade" else 0,
+        default_budget_ms=spec.routing.budget.default_ms,
+        budget_percentile=spec.routing.budget.percentile,
+        budget_window=spec.routing.budget.window,
+        latency_prior_ms=dict(latency_prior_ms or {}),
     )
 
 
@@ -92,14 +101,17 @@ def _write_onnx_model(
         shutil.copy2(_PYTHON_MODELS / "onnx_runner.py", folder / "1" / "model.py")
 
 
-def _write_router(staging: Path, spec: Spec) -> None:
+def _write_router(
+    staging: Path, spec: Spec, latency_prior_ms: dict[str, dict[str, float]] | None = None
+) -> None:
     folder = staging / spec.router_model
     write_config(folder, configs.router_config(spec))
     version = folder / "1"
     version.mkdir(parents=True, exist_ok=True)
     shutil.copy2(_PYTHON_MODELS / "router.py", version / "model.py")
     shutil.copytree(_ROUTER_PACKAGE, version / "toolkit_router", ignore=shutil.ignore_patterns("__pycache__"))
-    (version / "router.json").write_text(router_settings(spec).to_json(), encoding="utf-8")
+    settings = router_settings(spec, latency_prior_ms)
+    (version / "router.json").write_text(settings.to_json(), encoding="utf-8")
 
 
 def _check_replaceable(out: Path) -> bool:
@@ -182,7 +194,11 @@ def deploy(
                 config = configs.tier_config(spec, name, backend)
                 _write_onnx_model(staging, artifacts, entry, config, backend)
         _write_onnx_model(staging, artifacts, pre_variant, configs.preprocess_config(spec, backend), backend)
-        _write_router(staging, spec)
+        priors = {
+            name: {str(n): float(ms) for n, ms in entry.get("latency_ms", {}).get(target, {}).items()}
+            for name, entry in entries.items()
+        }
+        _write_router(staging, spec, {name: p for name, p in priors.items() if p})
         write_config(staging / spec.name, configs.ensemble_config(spec))
         (staging / spec.name / "1").mkdir()
         marker = {

@@ -1,5 +1,6 @@
 """Routing policies (numpy only); copied into the router model of every deployed repository."""
 
+from .budget import LatencyTracker, cap
 from .policy import (
     KNOWN_PARAMETERS,
     POLICIES,
@@ -17,6 +18,8 @@ from .policy import (
 )
 
 __all__ = [
+    "LatencyTracker",
+    "cap",
     "KNOWN_PARAMETERS",
     "POLICIES",
     "REQUEST_FEATURES",

@@ -67,6 +67,11 @@ class RouterConfig:
         cascade_tier: With ``cascade``: the bigger tier that re-scores the top candidates (the
             default tier scores all of them first).
         cascade_top_k: With ``cascade``: how many of the default tier's top candidates it re-scores.
+        default_budget_ms: Latency budget of requests that give none (0: no budget).
+        budget_percentile: Percentile of recent calls a tier's latency estimate uses.
+        budget_window: Recent calls kept per tier and candidate-count bucket.
+        latency_prior_ms: Per tier, export's measured latency by candidate count: the estimate
+            until the router has timed enough calls of its own.
     """
 
     tiers: tuple[str, ...]
@@ -76,6 +81,10 @@ class RouterConfig:
     max_candidates: int = 1024
     cascade_tier: str = ""
     cascade_top_k: int = 0
+    default_budget_ms: float = 0.0
+    budget_percentile: float = 90.0
+    budget_window: int = 64
+    latency_prior_ms: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.policy not in POLICIES:
@@ -92,6 +101,10 @@ class RouterConfig:
                 raise ValueError(f"bad rule {rule}: tier, op or feature unknown")
         if self.max_candidates < 1:
             raise ValueError(f"max_candidates must be positive, got {self.max_candidates}")
+        if self.default_budget_ms < 0 or not 0 < self.budget_percentile <= 100 or self.budget_window < 1:
+            raise ValueError(
+                "default_budget_ms must be >= 0, budget_percentile in (0, 100], budget_window >= 1"
+            )
 
     def to_json(self) -> str:
         """Serialise for ``router.json``."""
@@ -103,6 +116,10 @@ class RouterConfig:
             "max_candidates": self.max_candidates,
             "cascade_tier": self.cascade_tier,
             "cascade_top_k": self.cascade_top_k,
+            "default_budget_ms": self.default_budget_ms,
+            "budget_percentile": self.budget_percentile,
+            "budget_window": self.budget_window,
+            "latency_prior_ms": self.latency_prior_ms,
         }
         return json.dumps(data, indent=2) + "\n"
 

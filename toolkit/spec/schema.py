@@ -363,6 +363,32 @@ class CascadeSpec:
 
 
 @dataclass(frozen=True)
+class BudgetSpec:
+    """Latency budgets, applied on top of any policy.
+
+    The router caps each request's tier at the most expensive one it expects to answer within the
+    request's ``latency_budget_ms`` (or ``default_ms``).
+
+    Attributes:
+        default_ms: Budget of requests that give none; 0 means no budget.
+        percentile: Percentile of the router's recent calls of a tier that estimates its latency.
+        window: Recent calls kept per tier and candidate-count bucket.
+    """
+
+    default_ms: float = 0.0
+    percentile: float = 90.0
+    window: int = 64
+
+    def __post_init__(self) -> None:
+        if not math.isfinite(self.default_ms) or self.default_ms < 0:
+            raise KeyedValueError("default_ms", f"must be a number >= 0, got {self.default_ms}")
+        if not 0 < self.percentile <= 100:
+            raise KeyedValueError("percentile", f"must lie in (0, 100], got {self.percentile}")
+        if self.window < 1:
+            raise KeyedValueError("window", f"must be positive, got {self.window}")
+
+
+@dataclass(frozen=True)
 class RoutingSpec:
     """The routing policy and its knobs.
 
@@ -374,12 +400,14 @@ class RoutingSpec:
         default_tier: Tier used when no rule matches (and the only tier of ``static``).
         rules: Ordered rules; the first that matches wins.
         cascade: Settings of the ``cascade`` policy.
+        budget: Latency budgets, applied on top of any policy.
     """
 
     policy: Literal["static", "rules", "cascade"] = "rules"
     default_tier: str = ""
     rules: tuple[Rule, ...] = ()
     cascade: CascadeSpec = field(default_factory=CascadeSpec)
+    budget: BudgetSpec = field(default_factory=BudgetSpec)
 
 
 @dataclass(frozen=True)

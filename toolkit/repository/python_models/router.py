@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -18,9 +19,11 @@ import triton_python_backend_utils as pb_utils
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from toolkit_router import (  # noqa: E402
+    LatencyTracker,
     RequestContext,
     RouterConfig,
     RoutingError,
+    cap,
     cascade_scores,
     decide,
     parse_parameters,
@@ -47,6 +50,12 @@ class TritonPythonModel:
         """Load ``router.json``."""
         here = Path(args["model_repository"]) / args["model_version"]
         self.config = RouterConfig.from_json((here / "router.json").read_text(encoding="utf-8"))
+        self.latency = LatencyTracker(
+            self.config.tiers,
+            self.config.latency_prior_ms,
+            window=self.config.budget_window,
+            percentile=self.config.budget_percentile,
+        )
         self.counts: Counter[str] = Counter()
         self.served = 0
 
@@ -69,7 +78,9 @@ class TritonPythonModel:
     def _route(self, request: object) -> object:
         try:
             tensors, context = self._parse(request)
-            decision = decide(self.config, context)
+            budget = context.latency_budget_ms or (self.config.default_budget_ms or None)
+            n = int(context.features["num_candidates"])
+            decision = cap(self.config, decide(self.config, context), budget, n, self.latency)
         except RoutingError as exc:
             self.counts["rejected"] += 1
             return pb_utils.InferenceResponse(
@@ -95,9 +106,12 @@ class TritonPythonModel:
         )
 
     def _score(self, tier: str, inputs: list) -> np.ndarray:
+        started = time.perf_counter()
         response = pb_utils.InferenceRequest(
             model_name=tier, requested_output_names=["score"], inputs=inputs
         ).exec()
+        n = int(inputs[INPUTS.index("ad_dense")].as_numpy().shape[0])
+        self.latency.observe(tier, n, (time.perf_counter() - started) * 1000.0)
         if response.has_error():
             raise _TierError(tier, f"tier {tier!r} failed: {response.error().message()}")
         return pb_utils.get_output_tensor_by_name(response, "score").as_numpy().astype(np.float32, copy=False)
