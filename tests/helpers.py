@@ -53,3 +53,24 @@ def run_cli(*args: str, check: bool = True, timeout: float = 600) -> subprocess.
             f"toolkit {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}"
         )
     return proc
+
+
+CONFIG_FEATURES = {
+    "user_dense": 3,
+    "ad_dense": 2,
+    "user_sparse": [{"name": "user_segment", "vocab": 11}, {"name": "user_geo", "vocab": 7}],
+    "ad_sparse": [
+        {"name": "ad_id", "vocab": 50},
+        {"name": "advertiser", "vocab": 13},
+        {"name": "ad_category", "vocab": 9},
+    ],
+    "history": {"length": 6, "table": "ad_category"},
+}
+"""Features of the small spec the stored ``.pbtxt`` files were written from (fixed here, not
+derived from the demo spec, so the expected files only change when the code does)."""
+
+CONFIG_TIERS = [
+    {"name": "small", "architecture": "lite", "params": {"embedding_dim": 4, "hidden": [8]}},
+    {"name": "big", "architecture": "xl", "params": {"embedding_dim": 8, "heads": 2, "hidden": [8]}},
+]
+"""Tiers of that spec."""

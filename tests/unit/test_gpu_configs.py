@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from google.protobuf import text_format
+from helpers import CONFIG_FEATURES, CONFIG_TIERS
 from tritonclient.grpc import model_config_pb2 as mc
 
 from toolkit.errors import RepositoryError
@@ -22,24 +23,10 @@ from toolkit.spec import Spec, spec_from_dict
 
 EXPECTED = Path(__file__).resolve().parent / "expected"
 
-# Fixed here (not shared) so the expected files only change when the code does.
 GPU_SPEC: dict[str, Any] = {
     "name": "shop",
-    "features": {
-        "user_dense": 3,
-        "ad_dense": 2,
-        "user_sparse": [{"name": "user_segment", "vocab": 11}, {"name": "user_geo", "vocab": 7}],
-        "ad_sparse": [
-            {"name": "ad_id", "vocab": 50},
-            {"name": "advertiser", "vocab": 13},
-            {"name": "ad_category", "vocab": 9},
-        ],
-        "history": {"length": 6, "table": "ad_category"},
-    },
-    "tiers": [
-        {"name": "small", "architecture": "lite", "params": {"embedding_dim": 4, "hidden": [8]}},
-        {"name": "big", "architecture": "xl", "params": {"embedding_dim": 8, "heads": 2, "hidden": [8]}},
-    ],
+    "features": CONFIG_FEATURES,
+    "tiers": CONFIG_TIERS,
     "routing": {"policy": "static", "default_tier": "small"},
     "export": {"tensorrt": {"opt_candidates": 8, "workspace_mb": 256}},
     "triton": {"max_candidates": 16, "router_instances": 3, "tier_instances": 2, "target": "gpu"},
