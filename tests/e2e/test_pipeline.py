@@ -261,7 +261,9 @@ def test_cli_exits_1_with_one_line_naming_file_and_key_when_spec_invalid(tmp_pat
     assert str(spec) in lines[0] and "routing.rules[0].tier" in lines[0] and "gold" in lines[0]
 
 
-@pytest.mark.parametrize("command", ["train", "export", "deploy", "serve", "infer", "demo", "evaluate"])
+@pytest.mark.parametrize(
+    "command", ["train", "export", "deploy", "serve", "infer", "demo", "evaluate", "calibrate"]
+)
 def test_every_command_help_explains_its_options_when_asked(command) -> None:
     proc = run_cli(command, "--help")
     module = importlib.import_module(f"toolkit.cli.{command}")

@@ -201,6 +201,16 @@ INVALID = {
         "routing.cascade.tier",
         "other than the default",
     ),
+    "learned_share_above_one": (
+        _set("routing", {"policy": "learned", "learned": {"target_share": 1.5}}),
+        "routing.learned.target_share",
+        "[0, 1]",
+    ),
+    "budget_percentile_zero": (
+        _set("routing", {"policy": "rules", "budget": {"percentile": 0}}),
+        "routing.budget.percentile",
+        "(0, 100]",
+    ),
     "cascade_top_k_zero": (
         _set("routing", {"policy": "cascade", "cascade": {"tier": "xl", "top_k": 0}}),
         "routing.cascade.top_k",

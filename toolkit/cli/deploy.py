@@ -95,6 +95,8 @@ def command(
     click.echo(f"  {spec.name:<28} ensemble entry point: preprocess -> router")
     click.echo(f"  {spec.preprocess_model:<28} feature transforms (ONNX)")
     click.echo(f"  {spec.router_model:<28} BLS router, policy {spec.routing.policy!r}")
+    if spec.gate_model in result.models:
+        click.echo(f"  {spec.gate_model:<28} learned policy's gate (ONNX), called by the router")
     for name, selection in result.selections.items():
         click.echo(f"  {name:<28} tier {selection.variant}: {selection.reason}")
 

@@ -18,9 +18,18 @@ from toolkit.errors import ExportError, RepositoryError
 from toolkit.export.manifest import FP32, read_manifest, verify_files
 from toolkit.export.onnx_export import SCORE
 from toolkit.export.parity import cpu_session
+from toolkit.repository.gate import GATE_INPUT, GATE_OUTPUT, gate_path, read_calibration
 from toolkit.repository.select import select_variants
 from toolkit.repository.writer import MARKER, router_settings
-from toolkit.router.policy import Decision, RequestContext, cascade_scores, decide, request_features
+from toolkit.router.learned import gate_features
+from toolkit.router.policy import (
+    Decision,
+    RequestContext,
+    RouterConfig,
+    cascade_scores,
+    decide,
+    request_features,
+)
 from toolkit.spec.schema import Spec
 
 Inputs = dict[str, np.ndarray]
@@ -57,12 +66,20 @@ class OfflineEnsemble:
         spec: The ensemble spec.
         artifacts: Export output with ``manifest.json``.
         variants: Variant per tier (see :func:`deployed_variants`).
+        routed: Whether to route too (with the learned policy this needs ``toolkit calibrate``'s
+            gate); without, only :meth:`preprocessed` and :meth:`score` are available.
     """
 
-    def __init__(self, spec: Spec, artifacts: Path, variants: dict[str, str]) -> None:
+    def __init__(self, spec: Spec, artifacts: Path, variants: dict[str, str], routed: bool = True) -> None:
         self.spec = spec
         self.variants = variants
-        self.settings = router_settings(spec)
+        self.settings: RouterConfig | None = None
+        self._gate = None
+        if routed:
+            learned = read_calibration(spec, artifacts) if spec.routing.policy == "learned" else None
+            self.settings = router_settings(spec, learned=learned)
+            if learned is not None:
+                self._gate = cpu_session(str(gate_path(spec, artifacts)))
         try:
             manifest = read_manifest(artifacts)
             pre = manifest["preprocess"]["variants"][FP32]
@@ -85,11 +102,29 @@ class OfflineEnsemble:
         """Scores [N] of ``tier`` for one preprocessed request."""
         return self._tiers[tier].run([SCORE], pre)[0]
 
+    def gate_gains(self, features: np.ndarray) -> np.ndarray | None:
+        """The deployed gate's gains [R, T - 1] for gate features [R, F]; None without a gate."""
+        if self._gate is None:
+            return None
+        return self._gate.run([GATE_OUTPUT], {GATE_INPUT: features.astype(np.float32)})[0]
+
+    def decide(self, pre: Inputs, forced_tier: str | None = None) -> Decision:
+        """The router's decision for one preprocessed request (with the gate's gains if learned)."""
+        if self.settings is None:
+            raise RepositoryError("this offline ensemble was opened without routing")
+        features = request_features(pre["user_history"], int(pre["ad_dense"].shape[0]))
+        gains = None
+        if self._gate is not None and forced_tier is None:
+            history = np.array([features["history_length"]])
+            feats = gate_features(pre["user_dense"], history, np.array([features["num_candidates"]]))
+            gains = tuple(float(g) for g in self._gate.run([GATE_OUTPUT], {GATE_INPUT: feats})[0][0])
+        context = RequestContext(features=features, forced_tier=forced_tier, gains=gains)
+        return decide(self.settings, context)
+
     def route(self, raw: Inputs, forced_tier: str | None = None) -> tuple[Decision, np.ndarray, np.ndarray]:
         """The router's decision for one raw request, the scores it returns and each one's tier index."""
         pre = self.preprocessed(raw)
-        features = request_features(pre["user_history"], int(pre["ad_dense"].shape[0]))
-        decision = decide(self.settings, RequestContext(features=features, forced_tier=forced_tier))
+        decision = self.decide(pre, forced_tier)
         scores = self.score(pre, decision.tier)
         if decision.rescore_tier is None:
             return decision, scores, np.full(scores.shape, decision.index, dtype=np.int32)
@@ -139,9 +174,8 @@ def score_requests(
         lo, hi = requests.offsets[r], requests.offsets[r + 1]
         for t, tier in enumerate(tiers):
             scores[t, lo:hi] = ensemble.score(pre, tier)
-        feats = request_features(pre["user_history"], int(hi - lo))
-        features.append(feats)
-        decisions[r] = decide(ensemble.settings, RequestContext(features=feats)).index
+        features.append(request_features(pre["user_history"], int(hi - lo)))
+        decisions[r] = ensemble.decide(pre).index if ensemble.settings is not None else -1
         if progress is not None:
             progress(r)
     return HeldOutScores(requests, tiers, dict(ensemble.variants), scores, features, decisions, user_dense)

@@ -158,13 +158,17 @@ def _curve_points(
 
 
 def _learned_scores(spec: Spec, ensemble: OfflineEnsemble, held: HeldOutScores, count: int) -> np.ndarray:
-    """Fit the gate on a separate generated split and predict the largest tier's gain on ``held``.
+    """The largest tier's predicted gain on every request of ``held``.
 
-    The split is fresh traffic from the same world (its own seed), scored by every tier offline; it
-    never overlaps the held-out requests the curve is measured on.
+    From the deployed gate (``toolkit calibrate``) when the policy is learned, else from a gate
+    fitted here on a separate generated split: fresh traffic from the same world (its own seed),
+    scored by every tier offline, never overlapping the held-out requests the curve is measured on.
     """
     from toolkit.train.gate import gate_targets, predict, train_gate
 
+    deployed = ensemble.gate_gains(features_array(held))
+    if deployed is not None:
+        return deployed[:, -1]
     split = generate_requests(
         spec.features,
         count,
@@ -226,7 +230,7 @@ def evaluate(
     points.append(policy)
     gain = losses.loss[:, weak] - losses.loss[:, strong]
     rng = np.random.default_rng(spec.seed)
-    step(f"learned gate: scoring {requests.num_requests} separate requests to fit it on")
+    step("learned gate: its predicted gains")
     learned = _learned_scores(spec, ensemble, held, requests.num_requests)
     curves = [
         _curve_points("oracle", gain, losses, costs),

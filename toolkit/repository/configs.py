@@ -97,6 +97,19 @@ def preprocess_config(spec: Spec, backend: str) -> mc.ModelConfig:
     return onnx_model_config(spec.preprocess_model, backend, raw, outputs, spec.triton.tier_instances)
 
 
+def gate_config(spec: Spec, backend: str, features: int) -> mc.ModelConfig:
+    """Config of the learned policy's gate: ``features`` [1, F] in, ``gains`` [1, T - 1] out."""
+    from toolkit.repository.gate import GATE_INPUT, GATE_OUTPUT
+
+    return onnx_model_config(
+        spec.gate_model,
+        backend,
+        {GATE_INPUT: ("FP32", [1, features])},
+        {GATE_OUTPUT: ("FP32", [1, len(spec.tiers) - 1])},
+        spec.triton.tier_instances,
+    )
+
+
 def router_config(spec: Spec) -> mc.ModelConfig:
     """Config of the BLS router (python backend).
 

@@ -17,6 +17,7 @@ from toolkit import __version__
 from toolkit.errors import ExportError, RepositoryError
 from toolkit.export.manifest import FP32, read_manifest, verify_files
 from toolkit.repository import configs
+from toolkit.repository.gate import gate_path, read_calibration
 from toolkit.repository.select import Selection, select_variants
 from toolkit.router.policy import RouterConfig, RuleConfig
 from toolkit.spec.schema import Spec
@@ -57,13 +58,19 @@ class DeployResult:
         return {tier: s.variant for tier, s in self.selections.items()}
 
 
-def router_settings(spec: Spec, latency_prior_ms: dict[str, dict[str, float]] | None = None) -> RouterConfig:
+def router_settings(
+    spec: Spec,
+    latency_prior_ms: dict[str, dict[str, float]] | None = None,
+    learned: dict[str, Any] | None = None,
+) -> RouterConfig:
     """The router's configuration (``router.json``) derived from the spec.
 
     Args:
         spec: The ensemble spec.
         latency_prior_ms: Per tier, the deployed variant's measured latency by candidate count.
+        learned: With the learned policy, ``toolkit calibrate``'s ``calibration.json``.
     """
+    learned = learned or {}
     return RouterConfig(
         tiers=spec.tier_names,
         policy=spec.routing.policy,
@@ -76,6 +83,9 @@ def router_settings(spec: Spec, latency_prior_ms: dict[str, dict[str, float]] | 
         budget_percentile=spec.routing.budget.percentile,
         budget_window=spec.routing.budget.window,
         latency_prior_ms=dict(latency_prior_ms or {}),
+        gate_model=spec.gate_model if learned else "",
+        learned_lambda=float(learned.get("lambda", 0.0)),
+        tier_costs={t: list(c) for t, c in learned.get("tier_costs_mflop", {}).items()},
     )
 
 
@@ -102,7 +112,10 @@ def _write_onnx_model(
 
 
 def _write_router(
-    staging: Path, spec: Spec, latency_prior_ms: dict[str, dict[str, float]] | None = None
+    staging: Path,
+    spec: Spec,
+    latency_prior_ms: dict[str, dict[str, float]] | None = None,
+    learned: dict[str, Any] | None = None,
 ) -> None:
     folder = staging / spec.router_model
     write_config(folder, configs.router_config(spec))
@@ -110,7 +123,7 @@ def _write_router(
     version.mkdir(parents=True, exist_ok=True)
     shutil.copy2(_PYTHON_MODELS / "router.py", version / "model.py")
     shutil.copytree(_ROUTER_PACKAGE, version / "toolkit_router", ignore=shutil.ignore_patterns("__pycache__"))
-    settings = router_settings(spec, latency_prior_ms)
+    settings = router_settings(spec, latency_prior_ms, learned)
     (version / "router.json").write_text(settings.to_json(), encoding="utf-8")
 
 
@@ -177,6 +190,7 @@ def deploy(
             verify_files(artifacts, entry, f"tier {name!r} ({selections[name].variant})")
     except ExportError as exc:
         raise RepositoryError(str(exc)) from None
+    learned = read_calibration(spec, artifacts) if spec.routing.policy == "learned" else None
     out = out.resolve()
     replacing = _check_replaceable(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -198,7 +212,14 @@ def deploy(
             name: {str(n): float(ms) for n, ms in entry.get("latency_ms", {}).get(target, {}).items()}
             for name, entry in entries.items()
         }
-        _write_router(staging, spec, {name: p for name, p in priors.items() if p})
+        _write_router(staging, spec, {name: p for name, p in priors.items() if p}, learned)
+        if learned is not None:
+            config = configs.gate_config(spec, backend, learned["features"])
+            write_config(staging / spec.gate_model, config)
+            (staging / spec.gate_model / "1").mkdir()
+            shutil.copy2(gate_path(spec, artifacts), staging / spec.gate_model / "1" / "model.onnx")
+            if backend == "python":
+                shutil.copy2(_PYTHON_MODELS / "onnx_runner.py", staging / spec.gate_model / "1" / "model.py")
         write_config(staging / spec.name, configs.ensemble_config(spec))
         (staging / spec.name / "1").mkdir()
         marker = {
@@ -223,4 +244,6 @@ def deploy(
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     models = (spec.name, spec.preprocess_model, spec.router_model, *spec.tier_names)
+    if learned is not None:
+        models = (*models, spec.gate_model)
     return DeployResult(out, backend, models, selections, replacing, target)

@@ -1,6 +1,7 @@
 """Routing policies (numpy only); copied into the router model of every deployed repository."""
 
 from .budget import LatencyTracker, cap
+from .learned import calibrate_lambda, choose_tier, choose_tiers, gate_features
 from .policy import (
     KNOWN_PARAMETERS,
     POLICIES,
@@ -19,7 +20,11 @@ from .policy import (
 
 __all__ = [
     "LatencyTracker",
+    "calibrate_lambda",
     "cap",
+    "choose_tier",
+    "choose_tiers",
+    "gate_features",
     "KNOWN_PARAMETERS",
     "POLICIES",
     "REQUEST_FEATURES",

@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from .learned import choose_tier
+
 _OPS = {
     "<": operator.lt,
     "<=": operator.le,
@@ -28,7 +30,7 @@ _OPS = {
 KNOWN_PARAMETERS = ("tier", "latency_budget_ms")
 """Request parameters the router reads."""
 
-POLICIES = ("static", "rules", "cascade")
+POLICIES = ("static", "rules", "cascade", "learned")
 """Routing policies the router runs."""
 
 REQUEST_FEATURES = ("history_length", "num_candidates")
@@ -72,6 +74,9 @@ class RouterConfig:
         budget_window: Recent calls kept per tier and candidate-count bucket.
         latency_prior_ms: Per tier, export's measured latency by candidate count: the estimate
             until the router has timed enough calls of its own.
+        gate_model: With ``learned``: the gate model the router calls for each request's gains.
+        learned_lambda: With ``learned``: the price of one MFLOP in log-loss units.
+        tier_costs: With ``learned``: per tier, ``[a, b]`` with MFLOP = a + b * N.
     """
 
     tiers: tuple[str, ...]
@@ -85,6 +90,9 @@ class RouterConfig:
     budget_percentile: float = 90.0
     budget_window: int = 64
     latency_prior_ms: dict[str, dict[str, float]] = field(default_factory=dict)
+    gate_model: str = ""
+    learned_lambda: float = 0.0
+    tier_costs: dict[str, list[float]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.policy not in POLICIES:
@@ -101,6 +109,8 @@ class RouterConfig:
                 raise ValueError(f"bad rule {rule}: tier, op or feature unknown")
         if self.max_candidates < 1:
             raise ValueError(f"max_candidates must be positive, got {self.max_candidates}")
+        if self.policy == "learned" and (not self.gate_model or set(self.tier_costs) != set(self.tiers)):
+            raise ValueError("the learned policy needs gate_model and tier_costs for every tier")
         if self.default_budget_ms < 0 or not 0 < self.budget_percentile <= 100 or self.budget_window < 1:
             raise ValueError(
                 "default_budget_ms must be >= 0, budget_percentile in (0, 100], budget_window >= 1"
@@ -120,6 +130,9 @@ class RouterConfig:
             "budget_percentile": self.budget_percentile,
             "budget_window": self.budget_window,
             "latency_prior_ms": self.latency_prior_ms,
+            "gate_model": self.gate_model,
+            "learned_lambda": self.learned_lambda,
+            "tier_costs": self.tier_costs,
         }
         return json.dumps(data, indent=2) + "\n"
 
@@ -159,6 +172,7 @@ class RequestContext:
     features: dict[str, float]
     forced_tier: str | None = None
     latency_budget_ms: float | None = None
+    gains: tuple[float, ...] | None = None
 
 
 def request_features(user_history: np.ndarray, num_candidates: int) -> dict[str, float]:
@@ -225,6 +239,13 @@ def decide(config: RouterConfig, context: RequestContext) -> Decision:
             config.tiers.index(config.cascade_tier),
             config.cascade_top_k,
         )
+    if config.policy == "learned":
+        if context.gains is None:
+            return Decision(config.default_tier, config.tiers.index(config.default_tier), "learned:no-gains")
+        costs = [config.tier_costs[t] for t in config.tiers]
+        n = int(context.features["num_candidates"])
+        index = choose_tier(context.gains, n, costs, config.learned_lambda)
+        return Decision(config.tiers[index], index, "learned")
     if config.policy == "rules":
         for i, rule in enumerate(config.rules):
             if rule.matches(context.features):

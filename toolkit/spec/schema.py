@@ -389,25 +389,49 @@ class BudgetSpec:
 
 
 @dataclass(frozen=True)
+class LearnedSpec:
+    """The ``learned`` policy: a gate fitted by ``toolkit calibrate``, and its price.
+
+    Attributes:
+        target_share: Share of requests the largest tier should serve; ``toolkit calibrate`` picks
+            the price ``lambda`` that gives it on the calibration requests.
+        calibration_requests: Generated requests the gate is fitted and calibrated on (its own
+            seed, never the held-out ones); 0 means ``data.holdout_requests``.
+    """
+
+    target_share: float = 0.3
+    calibration_requests: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.target_share <= 1.0:
+            raise KeyedValueError("target_share", f"must lie in [0, 1], got {self.target_share}")
+        if self.calibration_requests < 0:
+            raise KeyedValueError("calibration_requests", f"must be >= 0, got {self.calibration_requests}")
+
+
+@dataclass(frozen=True)
 class RoutingSpec:
     """The routing policy and its knobs.
 
     Attributes:
         policy: ``static`` serves ``default_tier`` always; ``rules`` serves the tier of the first
             matching rule, else ``default_tier``; ``cascade`` scores every candidate with
-            ``default_tier`` and re-scores the top ``cascade.top_k`` with ``cascade.tier``. With
-            any policy, the request parameter ``tier`` forces a tier by name.
+            ``default_tier`` and re-scores the top ``cascade.top_k`` with ``cascade.tier``;
+            ``learned`` serves the tier whose predicted gain beats its cost (``toolkit calibrate``
+            fits the gate). With any policy, the request parameter ``tier`` forces a tier by name.
         default_tier: Tier used when no rule matches (and the only tier of ``static``).
         rules: Ordered rules; the first that matches wins.
         cascade: Settings of the ``cascade`` policy.
         budget: Latency budgets, applied on top of any policy.
+        learned: Settings of the ``learned`` policy.
     """
 
-    policy: Literal["static", "rules", "cascade"] = "rules"
+    policy: Literal["static", "rules", "cascade", "learned"] = "rules"
     default_tier: str = ""
     rules: tuple[Rule, ...] = ()
     cascade: CascadeSpec = field(default_factory=CascadeSpec)
     budget: BudgetSpec = field(default_factory=BudgetSpec)
+    learned: LearnedSpec = field(default_factory=LearnedSpec)
 
 
 @dataclass(frozen=True)
@@ -566,9 +590,14 @@ class Spec:
         return f"{self.name}_router"
 
     @property
+    def gate_model(self) -> str:
+        """Triton model name of the learned policy's gate."""
+        return f"{self.name}_gate"
+
+    @property
     def reserved_model_names(self) -> tuple[str, ...]:
         """Model names the ensemble itself uses besides the tiers."""
-        return (self.preprocess_model, self.router_model)
+        return (self.preprocess_model, self.router_model, self.gate_model)
 
     def tier(self, name: str) -> TierSpec:
         """Return the tier called ``name``.

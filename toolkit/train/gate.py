@@ -14,21 +14,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from toolkit.router.learned import gate_features
+
+__all__ = ["Gate", "gate_features", "gate_targets", "predict", "train_gate"]
+
 _EPS = 1e-7
-
-
-def gate_features(
-    user_dense: np.ndarray, history_length: np.ndarray, num_candidates: np.ndarray
-) -> np.ndarray:
-    """Request-level gate inputs [R, Du + 2]: dense user features, log1p history length and N."""
-    return np.concatenate(
-        [
-            np.asarray(user_dense, dtype=np.float32),
-            np.log1p(np.asarray(history_length, dtype=np.float32))[:, None],
-            np.log1p(np.asarray(num_candidates, dtype=np.float32))[:, None],
-        ],
-        axis=1,
-    )
 
 
 def gate_targets(scores: np.ndarray, offsets: np.ndarray) -> np.ndarray:

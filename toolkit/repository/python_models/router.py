@@ -7,6 +7,7 @@ returns its scores plus, per candidate, the index of the tier that scored it.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import time
@@ -26,6 +27,7 @@ from toolkit_router import (  # noqa: E402
     cap,
     cascade_scores,
     decide,
+    gate_features,
     parse_parameters,
     request_features,
 )
@@ -78,6 +80,8 @@ class TritonPythonModel:
     def _route(self, request: object) -> object:
         try:
             tensors, context = self._parse(request)
+            if self.config.policy == "learned" and context.forced_tier is None:
+                context = dataclasses.replace(context, gains=self._gains(tensors, context))
             budget = context.latency_budget_ms or (self.config.default_budget_ms or None)
             n = int(context.features["num_candidates"])
             decision = cap(self.config, decide(self.config, context), budget, n, self.latency)
@@ -104,6 +108,24 @@ class TritonPythonModel:
         return pb_utils.InferenceResponse(
             output_tensors=[pb_utils.Tensor("score", score), pb_utils.Tensor("tier", tiers)]
         )
+
+    def _gains(self, tensors: dict, context: RequestContext) -> tuple[float, ...] | None:
+        """The gate's predicted gains for this request; None (default tier) if the gate fails."""
+        features = gate_features(
+            tensors["user_dense"].as_numpy(),
+            np.array([context.features["history_length"]]),
+            np.array([context.features["num_candidates"]]),
+        )
+        response = pb_utils.InferenceRequest(
+            model_name=self.config.gate_model,
+            requested_output_names=["gains"],
+            inputs=[pb_utils.Tensor("features", features)],
+        ).exec()
+        if response.has_error():
+            self.counts["error:gate"] += 1
+            return None
+        gains = pb_utils.get_output_tensor_by_name(response, "gains").as_numpy()
+        return tuple(float(g) for g in gains[0])
 
     def _score(self, tier: str, inputs: list) -> np.ndarray:
         started = time.perf_counter()

@@ -1,0 +1,72 @@
+"""The learned policy's decision rule: gain per candidate times N against lambda times extra FLOPs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from toolkit.router import (
+    RequestContext,
+    RouterConfig,
+    calibrate_lambda,
+    choose_tier,
+    choose_tiers,
+    decide,
+    gate_features,
+)
+
+TIERS = ("small", "medium", "large")
+COSTS = [[0.01, 0.001], [0.1, 0.01], [1.0, 0.05]]
+
+
+def test_choose_tier_picks_the_tier_whose_gain_beats_its_extra_cost() -> None:
+    assert choose_tier([0.0, 0.0], 10, COSTS, 1.0) == 0
+    assert choose_tier([0.5, 0.0], 10, COSTS, 1.0) == 1
+    assert choose_tier([0.5, 1.0], 10, COSTS, 1.0) == 2
+    assert choose_tier([0.5, 1.0], 10, COSTS, 1e6) == 0
+    assert choose_tier([0.5, 1.0], 10, COSTS, 0.0) == 2
+
+
+def test_choose_tiers_agrees_with_choose_tier_request_by_request() -> None:
+    rng = np.random.default_rng(0)
+    gains = rng.uniform(0, 0.05, (300, 2))
+    n = rng.integers(1, 64, 300)
+    for lam in (0.0, 0.01, 0.1, 1.0):
+        batch = choose_tiers(gains, n, COSTS, lam)
+        assert batch.tolist() == [choose_tier(g, int(k), COSTS, lam) for g, k in zip(gains, n, strict=True)]
+
+
+@pytest.mark.parametrize("target", [0.1, 0.3, 0.7])
+def test_calibrate_lambda_hits_the_target_share_of_the_largest_tier(target: float) -> None:
+    rng = np.random.default_rng(1)
+    gains = np.stack([rng.uniform(0, 0.01, 2000), rng.exponential(0.02, 2000)], axis=1)
+    n = rng.integers(4, 48, 2000)
+    lam = calibrate_lambda(gains, n, COSTS, target)
+    share = (choose_tiers(gains, n, COSTS, lam) == 2).mean()
+    assert share == pytest.approx(target, abs=0.01)
+
+
+def test_decide_uses_the_gains_and_falls_back_to_the_default_tier_without_them() -> None:
+    config = RouterConfig(
+        tiers=TIERS,
+        policy="learned",
+        default_tier="small",
+        gate_model="shop_gate",
+        learned_lambda=1.0,
+        tier_costs=dict(zip(TIERS, COSTS, strict=True)),
+    )
+    features = {"history_length": 3.0, "num_candidates": 10.0}
+    assert decide(config, RequestContext(features=features, gains=(0.5, 1.0))).tier == "large"
+    assert decide(config, RequestContext(features=features)).reason == "learned:no-gains"
+    assert (
+        decide(config, RequestContext(features=features, forced_tier="medium", gains=(0, 1))).tier == "medium"
+    )
+    assert RouterConfig.from_json(config.to_json()) == config
+    with pytest.raises(ValueError, match="learned"):
+        RouterConfig(tiers=TIERS, policy="learned", default_tier="small")
+
+
+def test_gate_features_are_dense_features_then_log_history_and_log_candidates() -> None:
+    feats = gate_features(np.array([[0.5, -1.0]]), np.array([7]), np.array([15]))
+    assert feats.dtype == np.float32 and feats.shape == (1, 4)
+    assert feats[0].tolist() == pytest.approx([0.5, -1.0, np.log(8.0), np.log(16.0)])

@@ -1,0 +1,136 @@
+"""``toolkit calibrate``: fit the learned policy's gate, export it to ONNX, price the tiers.
+
+The gate is fitted on generated calibration requests (their own seed; never the held-out ones),
+scored offline by every tier as deployed. Each tier's cost is its FLOPs for N candidates counted
+from its ONNX graph. ``lambda`` is set so that ``routing.learned.target_share`` of the calibration
+requests go to the largest tier. The gate and ``calibration.json`` go to
+``<artifacts>/<ensemble>_gate/``, where ``toolkit deploy`` takes them.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from toolkit import __version__
+from toolkit.data.generator import generate_requests
+from toolkit.errors import ExportError
+from toolkit.evaluate.flops import flops_model
+from toolkit.evaluate.offline import OfflineEnsemble, deployed_variants, features_array, score_requests
+from toolkit.export.manifest import FP32, sha256_file
+from toolkit.repository.gate import CALIBRATION, GATE_INPUT, GATE_OUTPUT, gate_folder
+from toolkit.router.learned import calibrate_lambda, choose_tiers
+from toolkit.spec.schema import Spec
+
+StepFn = Callable[[str], None]
+
+
+def _export_gate(gate: Any, features: int, path: Path) -> None:
+    import torch
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    requests = torch.export.Dim("requests", min=1, max=1 << 20)
+    example = torch.zeros(2, features)
+    try:
+        program = torch.onnx.export(
+            gate,
+            (example,),
+            input_names=[GATE_INPUT],
+            output_names=[GATE_OUTPUT],
+            dynamic_shapes={"features": {0: requests}},
+            opset_version=18,
+            dynamo=True,
+            verbose=False,
+        )
+        program.save(str(path))
+    except Exception as exc:
+        raise ExportError(f"exporting the gate to {path} failed: {type(exc).__name__}: {exc}") from exc
+
+
+def calibrate(spec: Spec, artifacts: Path, step: StepFn | None = None) -> dict[str, Any]:
+    """Fit, export and price the learned gate; write ``calibration.json``.
+
+    Returns:
+        What was written to ``calibration.json``.
+
+    Raises:
+        RepositoryError: The exported tiers are missing or no variant passed the gate.
+    """
+    import io
+    import logging
+    import warnings
+    from contextlib import redirect_stdout
+
+    import torch
+
+    from toolkit.train.gate import gate_targets, predict, train_gate
+
+    step = step or (lambda _message: None)
+    variants = deployed_variants(spec, artifacts, None)
+    ensemble = OfflineEnsemble(spec, artifacts, variants, routed=False)
+    count = spec.routing.learned.calibration_requests or spec.data.holdout_requests
+    step(f"scoring {count} calibration requests with every tier")
+    requests = generate_requests(
+        spec.features,
+        count,
+        (spec.data.candidates.min, spec.data.candidates.max),
+        spec.data.informative_share,
+        seed=spec.seed * 1000 + 4,
+        world_seed=spec.seed,
+    )
+    scored = score_requests(ensemble, requests)
+    features = features_array(scored)
+    step("fitting the gate")
+    gate = train_gate(features, gate_targets(scored.scores, requests.offsets), seed=spec.seed)
+    step("counting each tier's FLOPs")
+    costs = []
+    for tier in spec.tier_names:
+        model = flops_model(artifacts / tier / variants[tier] / "model.onnx")
+        costs.append([model.per_request / 1e6, model.per_candidate / 1e6])
+    gains = predict(gate, features)
+    n = np.diff(requests.offsets)
+    lam = calibrate_lambda(gains, n, costs, spec.routing.learned.target_share)
+    shares = np.bincount(choose_tiers(gains, n, costs, lam), minlength=len(costs)) / len(n)
+    folder = gate_folder(spec, artifacts)
+    staging = folder.with_name(f".{folder.name}.staging-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    step("exporting the gate to ONNX")
+    noisy = logging.getLogger("torch.onnx._internal.exporter._registration")
+    level = noisy.level
+    noisy.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), redirect_stdout(io.StringIO()), torch.no_grad():
+            warnings.simplefilter("ignore")
+            _export_gate(gate, features.shape[1], staging / FP32 / "model.onnx")
+        result = {
+            "format": 1,
+            "toolkit_version": __version__,
+            "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            "ensemble": spec.name,
+            "tiers": list(spec.tier_names),
+            "variants": variants,
+            "calibration_requests": count,
+            "target_share": spec.routing.learned.target_share,
+            "lambda": lam,
+            "shares": {t: float(s) for t, s in zip(spec.tier_names, shares, strict=True)},
+            "tier_costs_mflop": {t: c for t, c in zip(spec.tier_names, costs, strict=True)},
+            "features": int(features.shape[1]),
+            "gate_sha256": sha256_file(staging / FP32 / "model.onnx"),
+        }
+        (staging / CALIBRATION).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+        old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
+        if folder.exists():
+            os.replace(folder, old)
+        os.replace(staging, folder)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        noisy.setLevel(level)
+        shutil.rmtree(staging, ignore_errors=True)
+    return result
