@@ -29,7 +29,12 @@ def learned(pipeline, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tupl
     shutil.copytree(pipeline.artifacts, artifacts)
     data = tiny_spec_dict(folder)
     data["paths"].update(checkpoints=str(pipeline.checkpoints), artifacts=str(artifacts))
-    data["routing"] = {"policy": "learned", "default_tier": "lite", "learned": {"target_share": TARGET}}
+    data["routing"] = {
+        "policy": "learned",
+        "default_tier": "lite",
+        "learned": {"target_share": TARGET},
+        "rules": data["routing"]["rules"],
+    }
     spec_path = write_spec(folder / "learned.yaml", data)
     refused = run_cli("deploy", "--spec", str(spec_path), check=False)
     assert refused.returncode == 1 and "toolkit calibrate" in refused.stderr
@@ -77,3 +82,16 @@ def test_learned_policy_makes_the_same_choices_and_scores_on_the_server_and_offl
         forced = client.rank(tier="standard", **requests.request(0))
     assert set(forced.tier_names) == {"standard"}
     assert len(set(chosen)) >= 2
+
+
+def test_evaluate_reports_the_deployed_learned_policy_and_the_specs_rules(learned, tmp_path) -> None:
+    spec, _, _ = learned
+    out = tmp_path / "evaluation"
+    run_cli("evaluate", "--spec", spec.source, "--out", str(out))
+    result = json.loads((out / "evaluation.json").read_text())
+    points = {p["policy"]: p for p in result["points"]}
+    policy, rules = points["learned policy"], points["rules (the spec's rules)"]
+    assert 0.0 < policy["strong_share"] < 1.0 and 0.0 <= rules["strong_share"] <= 1.0
+    assert all("pgr" in p for p in result["points"])
+    lite, xl = points["lite alone"], points["xl alone"]
+    assert lite["flops_per_request"] < policy["flops_per_request"] < xl["flops_per_request"]

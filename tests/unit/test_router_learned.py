@@ -9,6 +9,7 @@ from toolkit.router import (
     RequestContext,
     RouterConfig,
     calibrate_lambda,
+    calibrate_lambda_to_cost,
     choose_tier,
     choose_tiers,
     decide,
@@ -70,3 +71,16 @@ def test_gate_features_are_dense_features_then_log_history_and_log_candidates() 
     feats = gate_features(np.array([[0.5, -1.0]]), np.array([7]), np.array([15]))
     assert feats.dtype == np.float32 and feats.shape == (1, 4)
     assert feats[0].tolist() == pytest.approx([0.5, -1.0, np.log(8.0), np.log(16.0)])
+
+
+@pytest.mark.parametrize("target", [0.2, 0.5, 1.5])
+def test_calibrate_lambda_to_cost_spends_about_the_target_mflop_per_request(target: float) -> None:
+    rng = np.random.default_rng(2)
+    gains = np.stack([rng.uniform(0, 0.01, 2000), rng.exponential(0.02, 2000)], axis=1)
+    n = rng.integers(4, 48, 2000)
+    lam = calibrate_lambda_to_cost(gains, n, COSTS, target)
+    chosen = choose_tiers(gains, n, COSTS, lam)
+    cost = np.array(COSTS)
+    spent = (cost[chosen, 0] + cost[chosen, 1] * n).mean()
+    assert spent <= target + 1e-9
+    assert spent == pytest.approx(target, rel=0.05)

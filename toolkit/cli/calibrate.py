@@ -25,7 +25,8 @@ def command(spec_path: Path, artifacts: Path | None) -> None:
     learns, from request-level features only (dense user features, history length, candidate
     count), each bigger tier's expected log-loss gain per candidate over the smallest. A tier's cost
     is its FLOPs for N candidates, counted from its ONNX graph. The price lambda is chosen so that
-    routing.learned.target_share of the calibration requests go to the largest tier. `toolkit
+    routing.learned.target_share of the calibration requests go to the largest tier, or, with
+    routing.learned.target_cost_mflop, so that they cost that many MFLOP on average. `toolkit
     deploy` with routing.policy: learned puts the gate beside the router.
     """
     from rich.console import Console
@@ -44,7 +45,12 @@ def command(spec_path: Path, artifacts: Path | None) -> None:
         result = calibrate(spec, arts, on_step)
     shares = ", ".join(f"{t} {s:.1%}" for t, s in result["shares"].items())
     click.echo(f"wrote {arts / spec.gate_model}/ (gate model and calibration.json)")
+    target = (
+        f"{result['target_cost_mflop']:g} MFLOP per request"
+        if result["target_cost_mflop"]
+        else f"{result['target_share']:.0%} on {spec.tier_names[-1]}"
+    )
     click.echo(
         f"lambda {result['lambda']:.6g} per MFLOP: on {result['calibration_requests']} calibration requests "
-        f"the learned policy serves {shares} (target {result['target_share']:.0%} on {spec.tier_names[-1]})"
+        f"the learned policy serves {shares}, {result['mean_mflop']:.3g} MFLOP per request (target {target})"
     )

@@ -26,7 +26,7 @@ from toolkit.evaluate.flops import flops_model
 from toolkit.evaluate.offline import OfflineEnsemble, deployed_variants, features_array, score_requests
 from toolkit.export.manifest import FP32, sha256_file
 from toolkit.repository.gate import CALIBRATION, GATE_INPUT, GATE_OUTPUT, gate_folder
-from toolkit.router.learned import calibrate_lambda, choose_tiers
+from toolkit.router.learned import calibrate_lambda, calibrate_lambda_to_cost, choose_tiers
 from toolkit.spec.schema import Spec
 
 StepFn = Callable[[str], None]
@@ -96,8 +96,15 @@ def calibrate(spec: Spec, artifacts: Path, step: StepFn | None = None) -> dict[s
         costs.append([model.per_request / 1e6, model.per_candidate / 1e6])
     gains = predict(gate, features)
     n = np.diff(requests.offsets)
-    lam = calibrate_lambda(gains, n, costs, spec.routing.learned.target_share)
-    shares = np.bincount(choose_tiers(gains, n, costs, lam), minlength=len(costs)) / len(n)
+    learned = spec.routing.learned
+    if learned.target_cost_mflop > 0:
+        lam = calibrate_lambda_to_cost(gains, n, costs, learned.target_cost_mflop)
+    else:
+        lam = calibrate_lambda(gains, n, costs, learned.target_share)
+    chosen = choose_tiers(gains, n, costs, lam)
+    shares = np.bincount(chosen, minlength=len(costs)) / len(n)
+    cost = np.array(costs)
+    mean_mflop = float((cost[chosen, 0] + cost[chosen, 1] * n).mean())
     folder = gate_folder(spec, artifacts)
     staging = folder.with_name(f".{folder.name}.staging-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
@@ -117,7 +124,9 @@ def calibrate(spec: Spec, artifacts: Path, step: StepFn | None = None) -> dict[s
             "tiers": list(spec.tier_names),
             "variants": variants,
             "calibration_requests": count,
-            "target_share": spec.routing.learned.target_share,
+            "target_share": learned.target_share if not learned.target_cost_mflop else None,
+            "target_cost_mflop": learned.target_cost_mflop or None,
+            "mean_mflop": mean_mflop,
             "lambda": lam,
             "shares": {t: float(s) for t, s in zip(spec.tier_names, shares, strict=True)},
             "tier_costs_mflop": {t: c for t, c in zip(spec.tier_names, costs, strict=True)},

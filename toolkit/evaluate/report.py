@@ -10,6 +10,7 @@ measured milliseconds per request (export's latency at each request's N).
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 from collections.abc import Callable
@@ -43,7 +44,7 @@ from toolkit.evaluate.offline import (
 )
 from toolkit.export.manifest import read_manifest
 from toolkit.machine import machine_facts
-from toolkit.router.policy import top_candidates
+from toolkit.router.policy import RequestContext, decide, top_candidates
 from toolkit.spec.schema import Spec
 
 SHARES = np.linspace(0.0, 1.0, 101)
@@ -227,6 +228,10 @@ def evaluate(
         policy = _cascade_point(spec, held, functions)
     else:
         policy = _point(f"{spec.routing.policy} policy", held.decisions, held, losses, costs)
+    if spec.routing.policy != "rules" and spec.routing.rules:
+        rules = dataclasses.replace(ensemble.settings, policy="rules")
+        chosen = np.array([decide(rules, RequestContext(features=f)).index for f in held.features])
+        points.append(_point("rules (the spec's rules)", chosen, held, losses, costs))
     points.append(policy)
     gain = losses.loss[:, weak] - losses.loss[:, strong]
     rng = np.random.default_rng(spec.seed)
@@ -250,7 +255,8 @@ def evaluate(
                 "cpt50": cpt(curve, 0.5, ne_weak, ne_strong),
                 "cpt80": cpt(curve, 0.8, ne_weak, ne_strong),
             }
-        policy["pgr"] = pgr(policy["ne"], ne_weak, ne_strong)
+        for point in points:
+            point["pgr"] = pgr(point["ne"], ne_weak, ne_strong)
     strong_point = points[strong]
     for key in ("flops_per_request", "ms_per_request"):
         saved = cost_saved_at_equal_quality(

@@ -1,7 +1,7 @@
 """Routing policies (numpy only); copied into the router model of every deployed repository."""
 
 from .budget import LatencyTracker, cap
-from .learned import calibrate_lambda, choose_tier, choose_tiers, gate_features
+from .learned import calibrate_lambda, calibrate_lambda_to_cost, choose_tier, choose_tiers, gate_features
 from .policy import (
     KNOWN_PARAMETERS,
     POLICIES,
@@ -21,6 +21,7 @@ from .policy import (
 __all__ = [
     "LatencyTracker",
     "calibrate_lambda",
+    "calibrate_lambda_to_cost",
     "cap",
     "choose_tier",
     "choose_tiers",

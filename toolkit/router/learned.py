@@ -78,3 +78,32 @@ def calibrate_lambda(
         else:
             hi = mid
     return hi
+
+
+def calibrate_lambda_to_cost(
+    gains: np.ndarray, num_candidates: np.ndarray, costs: Sequence[Sequence[float]], target_mflop: float
+) -> float:
+    """The price at which the mean cost per request is about ``target_mflop`` (bisection).
+
+    When even ``lambda = 0`` costs less than the target, returns 0 (every request gets the tier with
+    the largest gain).
+    """
+    n = np.asarray(num_candidates, dtype=np.float64)
+    cost = np.array([[a, b] for a, b in costs], dtype=np.float64)
+
+    def mean_cost(lam: float) -> float:
+        chosen = choose_tiers(gains, n, costs, lam)
+        return float((cost[chosen, 0] + cost[chosen, 1] * n).mean())
+
+    if mean_cost(0.0) <= target_mflop:
+        return 0.0
+    lo, hi = 0.0, 1.0
+    while mean_cost(hi) > target_mflop and hi < 1e12:
+        hi *= 4.0
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        if mean_cost(mid) > target_mflop:
+            lo = mid
+        else:
+            hi = mid
+    return hi

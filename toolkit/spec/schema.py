@@ -395,16 +395,21 @@ class LearnedSpec:
     Attributes:
         target_share: Share of requests the largest tier should serve; ``toolkit calibrate`` picks
             the price ``lambda`` that gives it on the calibration requests.
+        target_cost_mflop: Instead of a share: the mean MFLOP per request to spend (0: use
+            ``target_share``).
         calibration_requests: Generated requests the gate is fitted and calibrated on (its own
             seed, never the held-out ones); 0 means ``data.holdout_requests``.
     """
 
     target_share: float = 0.3
+    target_cost_mflop: float = 0.0
     calibration_requests: int = 0
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.target_share <= 1.0:
             raise KeyedValueError("target_share", f"must lie in [0, 1], got {self.target_share}")
+        if not math.isfinite(self.target_cost_mflop) or self.target_cost_mflop < 0:
+            raise KeyedValueError("target_cost_mflop", f"must be a number >= 0, got {self.target_cost_mflop}")
         if self.calibration_requests < 0:
             raise KeyedValueError("calibration_requests", f"must be >= 0, got {self.calibration_requests}")
 
