@@ -26,6 +26,10 @@ _COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("toolkit.cli.serve", "Start Triton on a model repository and wait until it is ready."),
     "infer": ("toolkit.cli.infer", "Send one generated request through the ensemble over gRPC."),
     "demo": ("toolkit.cli.demo", "Serve the repository, send demo traffic, print what happened, stop."),
+    "bench": (
+        "toolkit.cli.bench",
+        "Load a running Triton's ensemble step by step: throughput, latency percentiles, tier mix.",
+    ),
     "calibrate": (
         "toolkit.cli.calibrate",
         "Fit the learned routing gate on generated requests and price the tiers (lambda).",
