@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 SPEC ?= ensembles/ads_ranking.yaml
 
-.PHONY: install demo test lint format clean help bench bench-precision
+.PHONY: install demo test lint format clean help bench bench-precision bench-tiers
 
 help:
 	@echo "make demo   - install, train, export, deploy, serve, send gRPC traffic, print a summary, stop"
@@ -27,10 +27,13 @@ demo: install
 	$(BIN)/toolkit deploy --spec $(SPEC)
 	$(BIN)/toolkit demo --spec $(SPEC)
 
-bench: bench-precision
+bench: bench-precision bench-tiers
 
 bench-precision: install
 	$(BIN)/python benchmarks/precision.py --spec $(SPEC)
+
+bench-tiers: install
+	$(BIN)/python benchmarks/tiers.py --spec $(SPEC)
 
 lint: install
 	$(BIN)/ruff check toolkit tests benchmarks
