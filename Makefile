@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 SPEC ?= ensembles/ads_ranking.yaml
 
-.PHONY: install demo test lint format clean help bench bench-precision bench-tiers
+.PHONY: install demo test lint format clean help bench bench-precision bench-tiers bench-router
 
 help:
 	@echo "make demo   - install, train, export, deploy, serve, send gRPC traffic, print a summary, stop"
@@ -27,13 +27,16 @@ demo: install
 	$(BIN)/toolkit deploy --spec $(SPEC)
 	$(BIN)/toolkit demo --spec $(SPEC)
 
-bench: bench-precision bench-tiers
+bench: bench-precision bench-tiers bench-router
 
 bench-precision: install
 	$(BIN)/python benchmarks/precision.py --spec $(SPEC)
 
 bench-tiers: install
 	$(BIN)/python benchmarks/tiers.py --spec $(SPEC)
+
+bench-router: install
+	$(BIN)/python benchmarks/router_overhead.py --spec $(SPEC)
 
 lint: install
 	$(BIN)/ruff check toolkit tests benchmarks
