@@ -17,6 +17,16 @@ def demo_holdout_set(spec: Spec, num_requests: int | None = None) -> RequestSet:
     return _generate(spec, num_requests or spec.data.holdout_requests, salt=2)
 
 
+def demo_quantization_set(spec: Spec) -> RequestSet:
+    """``export.calibration_requests`` generated requests that calibrate static quantization."""
+    return _generate(spec, spec.export.calibration_requests, salt=3)
+
+
+def demo_gate_set(spec: Spec, num_requests: int) -> RequestSet:
+    """Generated requests the learned routing gate is fitted on (never the held-out ones)."""
+    return _generate(spec, num_requests, salt=4)
+
+
 def _generate(spec: Spec, num_requests: int, salt: int) -> RequestSet:
     return generate_requests(
         spec.features,

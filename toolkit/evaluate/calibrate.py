@@ -20,10 +20,15 @@ from typing import Any
 import numpy as np
 
 from toolkit import __version__
-from toolkit.data.generator import generate_requests
-from toolkit.errors import ExportError
+from toolkit.data.demo import demo_gate_set
 from toolkit.evaluate.flops import flops_model
-from toolkit.evaluate.offline import OfflineEnsemble, deployed_variants, features_array, score_requests
+from toolkit.evaluate.offline import (
+    HeldOutScores,
+    OfflineEnsemble,
+    deployed_variants,
+    features_array,
+    score_requests,
+)
 from toolkit.export.manifest import FP32, sha256_file
 from toolkit.repository.gate import CALIBRATION, GATE_INPUT, GATE_OUTPUT, gate_folder
 from toolkit.router.learned import calibrate_lambda, calibrate_lambda_to_cost, choose_tiers
@@ -32,26 +37,18 @@ from toolkit.spec.schema import Spec
 StepFn = Callable[[str], None]
 
 
-def _export_gate(gate: Any, features: int, path: Path) -> None:
-    import torch
+def fit_gate(spec: Spec, ensemble: OfflineEnsemble, count: int) -> tuple[Any, HeldOutScores]:
+    """Fit the routing gate on ``count`` gate-split requests scored by every tier of ``ensemble``.
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    requests = torch.export.Dim("requests", min=1, max=1 << 20)
-    example = torch.zeros(2, features)
-    try:
-        program = torch.onnx.export(
-            gate,
-            (example,),
-            input_names=[GATE_INPUT],
-            output_names=[GATE_OUTPUT],
-            dynamic_shapes={"features": {0: requests}},
-            opset_version=18,
-            dynamo=True,
-            verbose=False,
-        )
-        program.save(str(path))
-    except Exception as exc:
-        raise ExportError(f"exporting the gate to {path} failed: {type(exc).__name__}: {exc}") from exc
+    Returns:
+        The gate and the scored requests it was fitted on.
+    """
+    from toolkit.train.gate import gate_targets, train_gate
+
+    requests = demo_gate_set(spec, count)
+    scored = score_requests(ensemble, requests)
+    gate = train_gate(features_array(scored), gate_targets(scored.scores, requests.offsets), seed=spec.seed)
+    return gate, scored
 
 
 def calibrate(spec: Spec, artifacts: Path, step: StepFn | None = None) -> dict[str, Any]:
@@ -63,32 +60,19 @@ def calibrate(spec: Spec, artifacts: Path, step: StepFn | None = None) -> dict[s
     Raises:
         RepositoryError: The exported tiers are missing or no variant passed the gate.
     """
-    import io
-    import logging
-    import warnings
-    from contextlib import redirect_stdout
-
     import torch
 
-    from toolkit.train.gate import gate_targets, predict, train_gate
+    from toolkit.export.onnx_export import export_module
+    from toolkit.train.gate import predict
 
     step = step or (lambda _message: None)
     variants = deployed_variants(spec, artifacts, None)
     ensemble = OfflineEnsemble(spec, artifacts, variants, routed=False)
     count = spec.routing.learned.calibration_requests or spec.data.holdout_requests
-    step(f"scoring {count} calibration requests with every tier")
-    requests = generate_requests(
-        spec.features,
-        count,
-        (spec.data.candidates.min, spec.data.candidates.max),
-        spec.data.informative_share,
-        seed=spec.seed * 1000 + 4,
-        world_seed=spec.seed,
-    )
-    scored = score_requests(ensemble, requests)
+    step(f"scoring {count} calibration requests with every tier, fitting the gate")
+    gate, scored = fit_gate(spec, ensemble, count)
+    requests = scored.requests
     features = features_array(scored)
-    step("fitting the gate")
-    gate = train_gate(features, gate_targets(scored.scores, requests.offsets), seed=spec.seed)
     step("counting each tier's FLOPs")
     costs = []
     for tier in spec.tier_names:
@@ -109,13 +93,16 @@ def calibrate(spec: Spec, artifacts: Path, step: StepFn | None = None) -> dict[s
     staging = folder.with_name(f".{folder.name}.staging-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
     step("exporting the gate to ONNX")
-    noisy = logging.getLogger("torch.onnx._internal.exporter._registration")
-    level = noisy.level
-    noisy.setLevel(logging.ERROR)
     try:
-        with warnings.catch_warnings(), redirect_stdout(io.StringIO()), torch.no_grad():
-            warnings.simplefilter("ignore")
-            _export_gate(gate, features.shape[1], staging / FP32 / "model.onnx")
+        export_module(
+            gate,
+            (torch.zeros(2, features.shape[1]),),
+            staging / FP32 / "model.onnx",
+            [GATE_OUTPUT],
+            {GATE_INPUT: {0: torch.export.Dim("requests", min=1, max=1 << 20)}},
+            spec.export.opset,
+            input_names=[GATE_INPUT],
+        )
         result = {
             "format": 1,
             "toolkit_version": __version__,
@@ -140,6 +127,5 @@ def calibrate(spec: Spec, artifacts: Path, step: StepFn | None = None) -> dict[s
         os.replace(staging, folder)
         shutil.rmtree(old, ignore_errors=True)
     finally:
-        noisy.setLevel(level)
         shutil.rmtree(staging, ignore_errors=True)
     return result

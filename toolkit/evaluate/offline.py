@@ -183,8 +183,6 @@ def score_requests(
 
 def features_array(held: HeldOutScores) -> np.ndarray:
     """The learned gate's inputs for every request of ``held`` (see ``toolkit.train.gate``)."""
-    from toolkit.train.gate import gate_features
-
     history = np.array([f["history_length"] for f in held.features])
     candidates = np.array([f["num_candidates"] for f in held.features])
     return gate_features(held.user_dense, history, candidates)

@@ -21,7 +21,6 @@ import numpy as np
 
 from toolkit import __version__
 from toolkit.data.demo import demo_holdout_set
-from toolkit.data.generator import generate_requests
 from toolkit.evaluate.flops import flops_model
 from toolkit.evaluate.frontier import (
     RequestLosses,
@@ -165,21 +164,13 @@ def _learned_scores(spec: Spec, ensemble: OfflineEnsemble, held: HeldOutScores, 
     fitted here on a separate generated split: fresh traffic from the same world (its own seed),
     scored by every tier offline, never overlapping the held-out requests the curve is measured on.
     """
-    from toolkit.train.gate import gate_targets, predict, train_gate
+    from toolkit.evaluate.calibrate import fit_gate
+    from toolkit.train.gate import predict
 
     deployed = ensemble.gate_gains(features_array(held))
     if deployed is not None:
         return deployed[:, -1]
-    split = generate_requests(
-        spec.features,
-        count,
-        (spec.data.candidates.min, spec.data.candidates.max),
-        spec.data.informative_share,
-        seed=spec.seed * 1000 + 4,
-        world_seed=spec.seed,
-    )
-    fit = score_requests(ensemble, split)
-    gate = train_gate(features_array(fit), gate_targets(fit.scores, split.offsets), seed=spec.seed)
+    gate, _ = fit_gate(spec, ensemble, count)
     return predict(gate, features_array(held))[:, -1]
 
 

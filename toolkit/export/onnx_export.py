@@ -30,14 +30,29 @@ def _example(tensors: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
     return tuple(tensors[name] for name in REQUEST_TENSORS)
 
 
-def _export(
+def export_module(
     model: torch.nn.Module,
     example: tuple[torch.Tensor, ...],
     path: Path,
     output_names: list[str],
     dynamic_shapes: dict[str, dict[int, torch.export.Dim] | None],
     opset: int,
+    input_names: list[str] | None = None,
 ) -> None:
+    """Export ``model`` with the dynamo exporter, its chatter silenced, to ``path``.
+
+    Args:
+        model: Module in eval mode.
+        example: Example inputs.
+        path: ONNX file to write (external data past 1.5 GB).
+        output_names: Graph output names.
+        dynamic_shapes: Dynamic dims per input, by input name.
+        opset: ONNX opset version.
+        input_names: Graph input names (default: the request tensors).
+
+    Raises:
+        ExportError: The exporter failed; the message carries its first line.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     size = sum(p.numel() * p.element_size() for p in model.parameters())
     size += sum(b.numel() * b.element_size() for b in model.buffers())
@@ -51,7 +66,7 @@ def _export(
             program = torch.onnx.export(
                 model,
                 example,
-                input_names=list(REQUEST_TENSORS),
+                input_names=input_names or list(REQUEST_TENSORS),
                 output_names=output_names,
                 dynamic_shapes=dynamic_shapes,
                 opset_version=opset,
@@ -84,7 +99,7 @@ def export_tier(model: RankingModel, example: dict[str, torch.Tensor], path: Pat
     n = torch.export.Dim("num_candidates", min=1, max=1 << 20)
     shapes = {name: None for name in REQUEST_TENSORS}
     shapes.update(ad_dense={0: n}, ad_sparse={0: n})
-    _export(model.eval(), _example(example), path, [SCORE], shapes, opset)
+    export_module(model.eval(), _example(example), path, [SCORE], shapes, opset)
 
 
 def export_preprocess(
@@ -103,4 +118,4 @@ def export_preprocess(
     shapes = {name: None for name in REQUEST_TENSORS}
     shapes.update(ad_dense={0: n}, ad_sparse={0: n}, user_history={1: history})
     outputs = [PREPROCESSED[name] for name in REQUEST_TENSORS]
-    _export(preprocess.eval(), _example(example), path, outputs, shapes, opset)
+    export_module(preprocess.eval(), _example(example), path, outputs, shapes, opset)

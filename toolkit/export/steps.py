@@ -10,8 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from toolkit.data.demo import demo_holdout_set
-from toolkit.data.generator import generate_requests
+from toolkit.data.demo import demo_holdout_set, demo_quantization_set
 from toolkit.data.requests import REQUEST_TENSORS, RequestSet
 from toolkit.export.build import ONNX_FILE, Runner, runners
 from toolkit.export.gate import GateResult, Reference, judge
@@ -99,14 +98,7 @@ class Exporter:
 
         def make() -> list[dict[str, np.ndarray]]:
             spec = self.spec
-            requests = generate_requests(
-                spec.features,
-                spec.export.calibration_requests,
-                (spec.data.candidates.min, spec.data.candidates.max),
-                spec.data.informative_share,
-                seed=spec.seed * 1000 + 3,
-                world_seed=spec.seed,
-            )
+            requests = demo_quantization_set(spec)
             return [self.preprocessed(requests.request(r)) for r in range(requests.num_requests)]
 
         return self._cached("calibration", make)
