@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import statistics
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from common import RESULTS, ROOT, prepare, write_report
 
 from toolkit.data import REQUEST_TENSORS, demo_holdout_set
 from toolkit.export import cpu_session, read_manifest
@@ -33,15 +32,10 @@ from toolkit.machine import machine_facts
 from toolkit.spec import Spec, load_spec
 from toolkit.spec.variants import FP32, VARIANTS
 
-ROOT = Path(__file__).resolve().parent.parent
 COUNTS = (16, 64, 256)
 INT8 = ("onnx-int8-dynamic", "onnx-int8-static", "onnx-int8-emb-int4")
 SPEEDUP_TARGET = 1.3
 INT4_TARGET = 0.15
-
-
-def _toolkit(*args: str) -> None:
-    subprocess.run([sys.executable, "-m", "toolkit", *args], check=True, cwd=ROOT)
 
 
 def _inputs(spec: Spec, artifacts: Path, n: int) -> dict[str, np.ndarray]:
@@ -70,10 +64,7 @@ def _time_interleaved(
 def run(spec_path: Path, rounds: int, out: Path) -> dict[str, Any]:
     """Run the benchmark and return what was written to ``out``/precision.json."""
     spec = load_spec(spec_path)
-    checkpoints = ROOT / spec.paths.checkpoints
-    if not all((checkpoints / f"{t}.pt").is_file() for t in spec.tier_names):
-        _toolkit("train", "--spec", str(spec_path))
-    _toolkit("export", "--spec", str(spec_path))
+    prepare(spec_path, spec)
     artifacts = ROOT / spec.paths.artifacts
     manifest = read_manifest(artifacts)
     sessions = {}
@@ -112,9 +103,7 @@ def run(spec_path: Path, rounds: int, out: Path) -> dict[str, Any]:
             for tier, entry in manifest["tiers"].items()
         },
     }
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "precision.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    (out / "precision.md").write_text(render(result), encoding="utf-8")
+    write_report(out, "precision", result, render(result))
     return result
 
 
@@ -216,7 +205,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--spec", type=Path, default=Path("ensembles/ads_ranking.yaml"))
     parser.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds (default 5)")
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     run(args.spec, args.rounds, args.out)
     print((args.out / "precision.md").read_text(encoding="utf-8"))

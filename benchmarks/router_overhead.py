@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -24,6 +22,7 @@ from typing import Any
 
 import numpy as np
 import tritonclient.grpc as grpcclient
+from common import RESULTS, ROOT, prepare, write_report
 
 from toolkit.client import RankingClient
 from toolkit.data import REQUEST_TENSORS, demo_holdout_set
@@ -32,12 +31,7 @@ from toolkit.machine import machine_facts
 from toolkit.serve import ServerOptions, TritonServer, free_port
 from toolkit.spec import load_spec
 
-ROOT = Path(__file__).resolve().parent.parent
 OVERHEAD_MS, OVERHEAD_SHARE = 0.5, 0.15
-
-
-def _toolkit(*args: str) -> None:
-    subprocess.run([sys.executable, "-m", "toolkit", *args], check=True, cwd=ROOT)
 
 
 def _direct(client: grpcclient.InferenceServerClient, tier: str, pre: dict[str, np.ndarray]) -> None:
@@ -55,10 +49,7 @@ def _direct(client: grpcclient.InferenceServerClient, tier: str, pre: dict[str, 
 def run(spec_path: Path, count: int, out: Path) -> dict[str, Any]:
     """Run the benchmark and return what was written to ``out``/router_overhead.json."""
     spec = load_spec(spec_path)
-    if not all((ROOT / spec.paths.checkpoints / f"{t}.pt").is_file() for t in spec.tier_names):
-        _toolkit("train", "--spec", str(spec_path))
-    _toolkit("export", "--spec", str(spec_path))
-    _toolkit("deploy", "--spec", str(spec_path))
+    prepare(spec_path, spec, deploy=True)
     artifacts, repository = ROOT / spec.paths.artifacts, ROOT / spec.paths.repository
     offline = OfflineEnsemble(spec, artifacts, deployed_variants(spec, artifacts, repository), routed=False)
     requests = demo_holdout_set(spec, count)
@@ -104,9 +95,7 @@ def run(spec_path: Path, count: int, out: Path) -> dict[str, Any]:
         "requests": count,
         "tiers": tiers,
     }
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "router_overhead.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    (out / "router_overhead.md").write_text(render(result), encoding="utf-8")
+    write_report(out, "router_overhead", result, render(result))
     return result
 
 
@@ -143,7 +132,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--spec", type=Path, default=Path("ensembles/ads_ranking.yaml"))
     parser.add_argument("--requests", type=int, default=300, help="held-out requests per tier (default 300)")
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     run(args.spec, args.requests, args.out)
     print((args.out / "router_overhead.md").read_text(encoding="utf-8"))

@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -26,6 +24,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from common import RESULTS, ROOT, prepare, write_report
 
 from toolkit.data import REQUEST_TENSORS, demo_holdout_set
 from toolkit.evaluate.flops import flops_model
@@ -36,13 +35,8 @@ from toolkit.repository.select import select_variants
 from toolkit.spec import load_spec
 from toolkit.train.checkpoints import load_preprocess, load_tier
 
-ROOT = Path(__file__).resolve().parent.parent
 COUNTS = (16, 64, 256)
 SPEEDUP_TARGET = 1.5
-
-
-def _toolkit(*args: str) -> None:
-    subprocess.run([sys.executable, "-m", "toolkit", *args], check=True, cwd=ROOT)
 
 
 def matmul_gflops(size: int = 1024, repeats: int = 20) -> float:
@@ -62,9 +56,7 @@ def run(spec_path: Path, rounds: int, out: Path) -> dict[str, Any]:
     torch.set_num_threads(1)
     spec = load_spec(spec_path)
     checkpoints = ROOT / spec.paths.checkpoints
-    if not all((checkpoints / f"{t}.pt").is_file() for t in spec.tier_names):
-        _toolkit("train", "--spec", str(spec_path))
-    _toolkit("export", "--spec", str(spec_path))
+    prepare(spec_path, spec)
     artifacts = ROOT / spec.paths.artifacts
     manifest = read_manifest(artifacts)
     variants = {t: s.variant for t, s in select_variants(spec, manifest, "cpu").items()}
@@ -118,9 +110,7 @@ def run(spec_path: Path, rounds: int, out: Path) -> dict[str, Any]:
         "matmul_gflops": peak,
         "tiers": tiers,
     }
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "tiers.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    (out / "tiers.md").write_text(render(result), encoding="utf-8")
+    write_report(out, "tiers", result, render(result))
     return result
 
 
@@ -171,7 +161,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--spec", type=Path, default=Path("ensembles/ads_ranking.yaml"))
     parser.add_argument("--rounds", type=int, default=3, help="timing rounds (default 3)")
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     run(args.spec, args.rounds, args.out)
     print((args.out / "tiers.md").read_text(encoding="utf-8"))
