@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -74,3 +75,16 @@ CONFIG_TIERS = [
     {"name": "big", "architecture": "xl", "params": {"embedding_dim": 8, "heads": 2, "hidden": [8]}},
 ]
 """Tiers of that spec."""
+
+
+def free_port_options(repository: Path, log_file: Path) -> Any:
+    """Server options for ``repository`` on free ports, logging to ``log_file``."""
+    from toolkit.serve import ServerOptions, free_port
+
+    return ServerOptions(
+        repository=repository,
+        grpc_port=free_port(),
+        http_port=free_port(),
+        metrics_port=free_port(),
+        log_file=log_file,
+    )

@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+from helpers import free_port_options
 
 from toolkit.errors import ServerError
-from toolkit.serve import ServerOptions, TritonServer, find_tritonserver, free_port
+from toolkit.serve import TritonServer, find_tritonserver
 
 
 @pytest.fixture(scope="session")
@@ -17,12 +18,6 @@ def server(pipeline, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Trito
     except ServerError as exc:
         pytest.skip(f"no tritonserver on this machine: {exc}")
     log = tmp_path_factory.mktemp("server") / "tritonserver.log"
-    options = ServerOptions(
-        repository=pipeline.repository,
-        grpc_port=free_port(),
-        http_port=free_port(),
-        metrics_port=free_port(),
-        log_file=log,
-    )
+    options = free_port_options(pipeline.repository, log)
     with TritonServer(options) as running:
         yield running

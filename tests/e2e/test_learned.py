@@ -9,12 +9,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import run_cli, tiny_spec_dict, write_spec
+from helpers import free_port_options, run_cli, tiny_spec_dict, write_spec
 
 from toolkit.client import RankingClient
 from toolkit.data import generate_requests
 from toolkit.evaluate.offline import OfflineEnsemble, deployed_variants
-from toolkit.serve import ServerOptions, TritonServer, free_port
+from toolkit.serve import TritonServer
 from toolkit.spec import Spec, load_spec
 
 pytestmark = pytest.mark.e2e
@@ -41,13 +41,7 @@ def learned(pipeline, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tupl
     calibrated = run_cli("calibrate", "--spec", str(spec_path)).stdout
     run_cli("deploy", "--spec", str(spec_path))
     spec = load_spec(spec_path)
-    options = ServerOptions(
-        repository=Path(spec.paths.repository),
-        grpc_port=free_port(),
-        http_port=free_port(),
-        metrics_port=free_port(),
-        log_file=folder / "tritonserver.log",
-    )
+    options = free_port_options(Path(spec.paths.repository), folder / "tritonserver.log")
     with TritonServer(options) as running:
         yield spec, running, calibrated
 
