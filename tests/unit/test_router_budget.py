@@ -96,3 +96,16 @@ def test_router_config_keeps_budget_settings_and_priors_through_json() -> None:
     assert RouterConfig.from_json(config.to_json()) == config
     with pytest.raises(ValueError, match="budget"):
         RouterConfig(tiers=TIERS, policy="static", default_tier="small", budget_percentile=0.0)
+
+
+def test_calls_older_than_max_age_stop_counting_so_a_capped_tier_is_probed_again() -> None:
+    now = [0.0]
+    t = LatencyTracker(TIERS, priors={"large": {"16": 2.0}}, max_age_s=1.0, clock=lambda: now[0])
+    for _ in range(MIN_SAMPLES):
+        t.observe("large", 16, 50.0)
+    assert cap(CONFIG, WISH, 10.0, 16, t).tier != "large"
+    now[0] = 0.9
+    assert t.estimate("large", 16) == pytest.approx(50.0)
+    now[0] = 1.1
+    assert t.estimate("large", 16) == pytest.approx(2.0)
+    assert cap(CONFIG, WISH, 10.0, 16, t) == WISH

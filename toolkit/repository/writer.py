@@ -82,6 +82,7 @@ def router_settings(
         default_budget_ms=spec.routing.budget.default_ms,
         budget_percentile=spec.routing.budget.percentile,
         budget_window=spec.routing.budget.window,
+        budget_max_age_s=spec.routing.budget.max_age_s,
         latency_prior_ms=dict(latency_prior_ms or {}),
         gate_model=spec.gate_model if learned else "",
         learned_lambda=float(learned.get("lambda", 0.0)),

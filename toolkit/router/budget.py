@@ -5,6 +5,9 @@ The router times every BLS call it makes and keeps, per tier and per candidate-c
 calls include the time a request waits in the tier's queue, so under overload the estimates rise and
 requests with a budget step down to cheaper tiers instead of queueing. Before a bucket has enough
 calls, the estimate comes from export's measured latency (``latency_prior_ms`` in ``router.json``).
+Calls older than ``max_age_s`` are forgotten: a tier the budget stepped away from gets no new calls,
+so without ageing its last slow calls would keep it capped after the load has passed; once they age
+out, the prior lets a few requests probe it again.
 
 Plain Python and numpy, like the rest of this package: it runs inside the router model.
 """
@@ -12,7 +15,9 @@ Plain Python and numpy, like the rest of this package: it runs inside the router
 from __future__ import annotations
 
 import math
+import time
 from collections import deque
+from collections.abc import Callable
 
 import numpy as np
 
@@ -36,6 +41,8 @@ class LatencyTracker:
             :data:`MIN_SAMPLES` calls.
         window: Calls kept per bucket.
         percentile: Percentile of a bucket's calls used as the estimate.
+        max_age_s: Calls older than this (seconds) no longer count.
+        clock: Seconds, monotonic (tests pass their own).
     """
 
     def __init__(
@@ -44,10 +51,14 @@ class LatencyTracker:
         priors: dict[str, dict[str, float]] | None = None,
         window: int = 64,
         percentile: float = 90.0,
+        max_age_s: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.window = window
         self.percentile = percentile
-        self.samples: dict[str, dict[int, deque[float]]] = {t: {} for t in tiers}
+        self.max_age_s = max_age_s
+        self.clock = clock
+        self.samples: dict[str, dict[int, deque[tuple[float, float]]]] = {t: {} for t in tiers}
         self.priors = {
             tier: (sorted(int(n) for n in values), [values[n] for n in sorted(values, key=int)])
             for tier, values in (priors or {}).items()
@@ -57,13 +68,16 @@ class LatencyTracker:
     def observe(self, tier: str, num_candidates: int, ms: float) -> None:
         """Record one call of ``tier`` with ``num_candidates`` candidates that took ``ms``."""
         buckets = self.samples.setdefault(tier, {})
-        buckets.setdefault(bucket(num_candidates), deque(maxlen=self.window)).append(float(ms))
+        calls = buckets.setdefault(bucket(num_candidates), deque(maxlen=self.window))
+        calls.append((self.clock(), float(ms)))
 
     def estimate(self, tier: str, num_candidates: int) -> float | None:
         """Expected latency (ms) of ``tier`` for N candidates, or None when nothing is known."""
-        calls = self.samples.get(tier, {}).get(bucket(num_candidates))
-        if calls is not None and len(calls) >= MIN_SAMPLES:
-            return float(np.percentile(np.fromiter(calls, dtype=float), self.percentile))
+        calls = self.samples.get(tier, {}).get(bucket(num_candidates), ())
+        since = self.clock() - self.max_age_s
+        recent = [ms for at, ms in calls if at >= since]
+        if len(recent) >= MIN_SAMPLES:
+            return float(np.percentile(recent, self.percentile))
         if tier in self.priors:
             counts, values = self.priors[tier]
             return float(np.interp(num_candidates, counts, values))

@@ -72,6 +72,7 @@ class RouterConfig:
         default_budget_ms: Latency budget of requests that give none (0: no budget).
         budget_percentile: Percentile of recent calls a tier's latency estimate uses.
         budget_window: Recent calls kept per tier and candidate-count bucket.
+        budget_max_age_s: Seconds after which a timed call no longer counts.
         latency_prior_ms: Per tier, export's measured latency by candidate count: the estimate
             until the router has timed enough calls of its own.
         gate_model: With ``learned``: the gate model the router calls for each request's gains.
@@ -89,6 +90,7 @@ class RouterConfig:
     default_budget_ms: float = 0.0
     budget_percentile: float = 90.0
     budget_window: int = 64
+    budget_max_age_s: float = 1.0
     latency_prior_ms: dict[str, dict[str, float]] = field(default_factory=dict)
     gate_model: str = ""
     learned_lambda: float = 0.0
@@ -111,9 +113,15 @@ class RouterConfig:
             raise ValueError(f"max_candidates must be positive, got {self.max_candidates}")
         if self.policy == "learned" and (not self.gate_model or set(self.tier_costs) != set(self.tiers)):
             raise ValueError("the learned policy needs gate_model and tier_costs for every tier")
-        if self.default_budget_ms < 0 or not 0 < self.budget_percentile <= 100 or self.budget_window < 1:
+        if (
+            self.default_budget_ms < 0
+            or not 0 < self.budget_percentile <= 100
+            or self.budget_window < 1
+            or not self.budget_max_age_s > 0
+        ):
             raise ValueError(
-                "default_budget_ms must be >= 0, budget_percentile in (0, 100], budget_window >= 1"
+                "default_budget_ms must be >= 0, budget_percentile in (0, 100], budget_window >= 1, "
+                "budget_max_age_s > 0"
             )
 
     def to_json(self) -> str:
@@ -129,6 +137,7 @@ class RouterConfig:
             "default_budget_ms": self.default_budget_ms,
             "budget_percentile": self.budget_percentile,
             "budget_window": self.budget_window,
+            "budget_max_age_s": self.budget_max_age_s,
             "latency_prior_ms": self.latency_prior_ms,
             "gate_model": self.gate_model,
             "learned_lambda": self.learned_lambda,

@@ -373,11 +373,14 @@ class BudgetSpec:
         default_ms: Budget of requests that give none; 0 means no budget.
         percentile: Percentile of the router's recent calls of a tier that estimates its latency.
         window: Recent calls kept per tier and candidate-count bucket.
+        max_age_s: Calls older than this many seconds no longer count, so a tier stepped away from
+            under load is probed again once the load has passed.
     """
 
     default_ms: float = 0.0
     percentile: float = 90.0
     window: int = 64
+    max_age_s: float = 1.0
 
     def __post_init__(self) -> None:
         if not math.isfinite(self.default_ms) or self.default_ms < 0:
@@ -386,6 +389,8 @@ class BudgetSpec:
             raise KeyedValueError("percentile", f"must lie in (0, 100], got {self.percentile}")
         if self.window < 1:
             raise KeyedValueError("window", f"must be positive, got {self.window}")
+        if not math.isfinite(self.max_age_s) or self.max_age_s <= 0:
+            raise KeyedValueError("max_age_s", f"must be a positive number, got {self.max_age_s}")
 
 
 @dataclass(frozen=True)

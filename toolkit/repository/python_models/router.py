@@ -57,6 +57,7 @@ class TritonPythonModel:
             self.config.latency_prior_ms,
             window=self.config.budget_window,
             percentile=self.config.budget_percentile,
+            max_age_s=self.config.budget_max_age_s,
         )
         self.counts: Counter[str] = Counter()
         self.served = 0
