@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import dataclasses
 import json
 
 import pytest
@@ -46,6 +47,19 @@ def test_run_step_counts_add_up_and_percentiles_are_ordered(pipeline, server, st
     assert result.candidates >= 2 * result.requests
     assert result.server[spec.name]["requests"] >= result.requests
     assert {"queue_us", "compute_infer_us"} <= set(result.server[spec.name])
+
+
+def test_run_step_scores_what_was_served_against_the_requests_labels(pipeline, server) -> None:
+    spec = pipeline.spec
+    requests = _requests(spec)
+    flipped = dataclasses.replace(requests, labels=1.0 - requests.labels)
+    step = StepSpec("concurrency", 2)
+    ne = {
+        name: asyncio.run(run_step(server.grpc_url, spec.name, pool, step, spec.tier_names, policy=SHORT)).ne
+        for name, pool in (("labels", requests), ("flipped", flipped))
+    }
+    assert 0 < ne["labels"] < 1.5
+    assert ne["flipped"] > ne["labels"] + 0.5
 
 
 def test_run_step_counts_every_refused_request_by_its_grpc_status(pipeline, server) -> None:

@@ -21,6 +21,7 @@ import numpy as np
 from toolkit.bench.histogram import LatencyHistogram
 from toolkit.client import AsyncRankingClient, ClientError
 from toolkit.data.requests import RequestSet
+from toolkit.evaluate.metrics import ctr_entropy, log_loss
 
 STATS_FIELDS = ("queue", "compute_input", "compute_infer", "compute_output")
 
@@ -60,6 +61,7 @@ class Window:
     errors: Counter[str] = field(default_factory=Counter)
     tiers: Counter[str] = field(default_factory=Counter)
     seconds: float = 0.0
+    log_loss: float = 0.0
 
     @property
     def completed(self) -> int:
@@ -83,6 +85,7 @@ class StepResult:
     candidates: int
     server: dict[str, dict[str, float]] = field(default_factory=dict)
     sent: int = 0
+    ne: float = float("nan")
 
     @property
     def requests_per_s(self) -> float:
@@ -106,6 +109,7 @@ class StepResult:
             "seconds": round(self.seconds, 3),
             "requests_per_s": round(self.requests_per_s, 2),
             "candidates_per_s": round(self.candidates_per_s, 1),
+            "ne": round(self.ne, 5),
             **{k: round(v, 3) for k, v in self.latency.items()},
             "errors": dict(self.errors),
             "tier_mix": self.tier_mix,
@@ -139,6 +143,7 @@ class _Load:
         window = self.current
         window.histogram.record((time.perf_counter() - started) * 1000.0)
         window.candidates += len(ranking.scores)
+        window.log_loss += log_loss(self.requests.request_labels(r), ranking.scores) * len(ranking.scores)
         served = ranking.tiers[0] if len(ranking.tiers) else -1
         window.tiers[self.tier_names[served] if 0 <= served < len(self.tier_names) else str(served)] += 1
 
@@ -261,6 +266,8 @@ async def run_step(
         errors.update(window.errors)
         tiers.update(window.tiers)
     answered = merged.total
+    candidates = sum(w.candidates for w in measured)
+    entropy = ctr_entropy(float(requests.labels.mean()))
     return StepResult(
         step=step,
         windows=len(done),
@@ -271,9 +278,10 @@ async def run_step(
         latency=merged.summary(),
         errors=dict(errors),
         tier_mix={t: c / answered for t, c in sorted(tiers.items())} if answered else {},
-        candidates=sum(w.candidates for w in measured),
+        candidates=candidates,
         server=_server_split(before, after),
         sent=load.sent,
+        ne=sum(w.log_loss for w in measured) / candidates / entropy if candidates else float("nan"),
     )
 
 

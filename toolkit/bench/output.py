@@ -24,6 +24,7 @@ COLUMNS = (
     "p95_ms",
     "p99_ms",
     "max_ms",
+    "ne",
 )
 
 

@@ -103,8 +103,9 @@ def command(
     waiting). Each step runs windows of --window-s seconds until three agree within 10% on
     throughput and median latency (at most --max-windows), like perf_analyzer, and reports
     requests/s, candidates/s, latency p50/p90/p95/p99/max (log-bucketed histogram), errors by kind,
-    the tier mix, and per model the server-side split from Triton's statistics API (queue, compute
-    input, infer, output). Writes bench.csv, bench.json and bench.png.
+    the tier mix, the NE of the scores served (against the generated labels), and per model the
+    server-side split from Triton's statistics API (queue, compute input, infer, output). Writes
+    bench.csv, bench.json and bench.png.
     """
     import asyncio
 
@@ -160,7 +161,19 @@ def command(
     write_results(results, target, {"url": address, "model": spec.name, "slo_ms": slo_ms, "tier": tier})
     table = results_table(
         f"{spec.name} at {address}: measured over each step's last 3 windows",
-        ["step", "stable", "req/s", "cand/s", "p50 ms", "p90 ms", "p99 ms", "max ms", "failed", "tier mix"],
+        [
+            "step",
+            "stable",
+            "req/s",
+            "cand/s",
+            "p50 ms",
+            "p90 ms",
+            "p99 ms",
+            "max ms",
+            "failed",
+            "NE",
+            "tier mix",
+        ],
     )
     for r in results:
         mix = ", ".join(f"{t} {s:.0%}" for t, s in r.tier_mix.items())
@@ -171,6 +184,7 @@ def command(
             fmt(r.candidates_per_s, 0),
             *(fmt(r.latency[k], 2) for k in ("p50_ms", "p90_ms", "p99_ms", "max_ms")),
             str(r.failed),
+            fmt(r.ne, 4),
             mix,
         )
     output_console().print(table)

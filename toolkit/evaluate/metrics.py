@@ -23,9 +23,13 @@ def normalized_entropy(labels: np.ndarray, scores: np.ndarray, background_ctr: f
         background_ctr: CTR whose entropy normalises the loss; the labels' mean when omitted.
     """
     ctr = float(np.mean(labels, dtype=np.float64)) if background_ctr is None else background_ctr
+    return log_loss(labels, scores) / ctr_entropy(ctr)
+
+
+def ctr_entropy(ctr: float) -> float:
+    """Binary entropy (nats) of a click-through rate: the log loss of always predicting it."""
     ctr = min(max(ctr, _EPS), 1.0 - _EPS)
-    entropy = -(ctr * np.log(ctr) + (1.0 - ctr) * np.log(1.0 - ctr))
-    return log_loss(labels, scores) / float(entropy)
+    return float(-(ctr * np.log(ctr) + (1.0 - ctr) * np.log(1.0 - ctr)))
 
 
 def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
