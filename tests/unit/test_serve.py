@@ -7,6 +7,7 @@ import signal
 import socket
 import stat
 import sys
+import sysconfig
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,6 +30,7 @@ from toolkit.serve import (
     free_port,
     port_is_free,
     prepare_backend_dir,
+    python_library_dir,
 )
 from toolkit.serve import server as server_module
 
@@ -209,6 +211,18 @@ def test_build_env_puts_python_bin_and_bundled_libs_first_when_bundled(tmp_path:
     assert env["LD_LIBRARY_PATH"] == f"{install.libs_dir}:/usr/lib"
     assert env["HOME"] == "/home/u"
     assert base["PATH"] == "/usr/bin:/venv/bin"
+
+
+def test_build_env_puts_the_python_library_between_the_bundled_libs_and_the_rest(tmp_path: Path) -> None:
+    install = fake_bundled(tmp_path)
+    env = build_env(install, Path("/venv/bin"), {"LD_LIBRARY_PATH": "/usr/lib"}, Path("/py/lib"))
+    assert env["LD_LIBRARY_PATH"] == f"{install.libs_dir}:/py/lib:/usr/lib"
+
+
+def test_python_library_dir_holds_this_interpreters_shared_library_when_it_has_one() -> None:
+    folder = python_library_dir()
+    soname = sysconfig.get_config_var("INSTSONAME")
+    assert folder is None or (folder / soname).is_file()
 
 
 def test_build_env_leaves_ld_library_path_alone_when_server_on_path() -> None:

@@ -12,7 +12,13 @@ from toolkit.serve.locate import (
     find_tritonserver,
     prepare_backend_dir,
 )
-from toolkit.serve.options import MODEL_CONTROL_MODES, ServerOptions, build_argv, build_env
+from toolkit.serve.options import (
+    MODEL_CONTROL_MODES,
+    ServerOptions,
+    build_argv,
+    build_env,
+    python_library_dir,
+)
 from toolkit.serve.ports import check_ports_free, free_port, port_is_free
 from toolkit.serve.server import TritonServer
 
@@ -24,6 +30,7 @@ __all__ = [
     "backend_python",
     "build_argv",
     "build_env",
+    "python_library_dir",
     "bundled_tritonserver",
     "check_ports_free",
     "check_python_backend_env",

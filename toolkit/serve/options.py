@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sysconfig
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -158,23 +159,45 @@ def build_argv(options: ServerOptions, install: TritonInstall, backend_dir: Path
 
 
 def build_env(
-    install: TritonInstall, python_bin_dir: Path, base: Mapping[str, str] | None = None
+    install: TritonInstall,
+    python_bin_dir: Path,
+    base: Mapping[str, str] | None = None,
+    python_lib_dir: Path | None = None,
 ) -> dict[str, str]:
     """Return the server's environment.
 
     ``python_bin_dir`` goes first on ``PATH`` so the python backend stub imports that environment's
-    packages; the bundled server's libraries go first on ``LD_LIBRARY_PATH``.
+    packages; with the bundled server, its libraries and then ``python_lib_dir`` go first on
+    ``LD_LIBRARY_PATH``.
 
     Args:
         install: The server binary found.
         python_bin_dir: ``bin`` folder of the Python environment the python backend uses.
         base: Environment to start from; default ``os.environ``.
+        python_lib_dir: Folder of that Python's ``libpython`` (see :func:`python_library_dir`).
     """
     env = dict(os.environ if base is None else base)
     env["PATH"] = _prepend(str(python_bin_dir), env.get("PATH", ""))
     if install.libs_dir is not None:
+        if python_lib_dir is not None:
+            env["LD_LIBRARY_PATH"] = _prepend(str(python_lib_dir), env.get("LD_LIBRARY_PATH", ""))
         env["LD_LIBRARY_PATH"] = _prepend(str(install.libs_dir), env.get("LD_LIBRARY_PATH", ""))
     return env
+
+
+def python_library_dir() -> Path | None:
+    """The folder of this interpreter's shared ``libpython``, or None when it has none.
+
+    The bundled python backend stub links ``libpython3.X.so.1.0`` and takes the first the loader
+    finds, often the system's, while its standard library comes from this environment. Another patch
+    release of the two disagrees in private APIs (``multiprocessing`` fails with ``'_thread.RLock'
+    object has no attribute '_recursion_count'`` under Debian's 3.11.2 with a 3.11.7 standard
+    library), so the server gets this interpreter's own library first.
+    """
+    libdir, soname = sysconfig.get_config_var("LIBDIR"), sysconfig.get_config_var("INSTSONAME")
+    if not libdir or not soname or not (Path(libdir) / soname).is_file():
+        return None
+    return Path(libdir)
 
 
 def _prepend(entry: str, value: str) -> str:

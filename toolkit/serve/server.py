@@ -36,7 +36,7 @@ from toolkit.serve.locate import (
     find_tritonserver,
     prepare_backend_dir,
 )
-from toolkit.serve.options import ServerOptions, build_argv, build_env
+from toolkit.serve.options import ServerOptions, build_argv, build_env, python_library_dir
 from toolkit.serve.ports import check_ports_free
 
 logger = logging.getLogger(__name__)
@@ -109,7 +109,7 @@ class TritonServer:
         check_python_backend_env(python, require_onnxruntime=opts.require_onnxruntime)
         backend_dir = prepare_backend_dir(install)
         argv = build_argv(opts, install, backend_dir)
-        env = build_env(install, python.parent)
+        env = build_env(install, python.parent, python_lib_dir=python_library_dir())
         log_path, log_handle = _open_log(opts.log_file)
         logger.info("starting %s tritonserver: %s", install.kind, shlex.join(argv))
         logger.info("tritonserver log: %s", log_path)
