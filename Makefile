@@ -5,7 +5,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 SPEC ?= ensembles/ads_ranking.yaml
 
-.PHONY: install demo test lint format clean help bench bench-precision bench-tiers bench-router
+.PHONY: install demo test lint format clean help bench bench-precision bench-tiers bench-router bench-per-pair \
+	bench-adaptive bench-pytriton
 
 help:
 	@echo "make demo   - install, train, export, deploy, serve, send gRPC traffic, print a summary, stop"
@@ -27,7 +28,7 @@ demo: install
 	$(BIN)/toolkit deploy --spec $(SPEC)
 	$(BIN)/toolkit demo --spec $(SPEC)
 
-bench: bench-precision bench-tiers bench-router
+bench: bench-precision bench-tiers bench-per-pair bench-router bench-adaptive bench-pytriton
 
 bench-precision: install
 	$(BIN)/python benchmarks/precision.py --spec $(SPEC)
@@ -37,6 +38,15 @@ bench-tiers: install
 
 bench-router: install
 	$(BIN)/python benchmarks/router_overhead.py --spec $(SPEC)
+
+bench-per-pair: install
+	$(BIN)/python benchmarks/per_pair.py --spec $(SPEC)
+
+bench-adaptive: install
+	$(BIN)/python benchmarks/adaptive.py --spec $(SPEC)
+
+bench-pytriton: install
+	$(BIN)/python benchmarks/pytriton_baseline.py --spec $(SPEC)
 
 lint: install
 	$(BIN)/ruff check toolkit tests benchmarks
