@@ -90,12 +90,12 @@ def test_tier_parameter_forces_that_tier_for_every_candidate_when_given(
         assert np.max(np.abs(ranking.scores - local.score(raw, tier))) <= 1e-5
 
 
-def test_ensemble_folds_raw_ids_and_truncates_history_when_request_is_unusual(
+def test_ensemble_folds_raw_ids_and_pads_a_short_history_when_request_is_unusual(
     pipeline, client, local
 ) -> None:
     raw = dict(demo_holdout_set(pipeline.spec).request(0))
     raw["ad_dense"], raw["ad_sparse"] = raw["ad_dense"][:1], raw["ad_sparse"][:1]
-    raw["user_history"] = np.tile(raw["user_history"], (1, 5))
+    raw["user_history"] = raw["user_history"][:, -3:]
     raw["user_sparse"] = raw["user_sparse"] % np.int64(1 << 40) + np.int64(1 << 61)
     ranking = client.rank(tier="xl", **raw)
     assert ranking.scores.shape == (1,)

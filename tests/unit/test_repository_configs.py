@@ -120,6 +120,7 @@ def test_router_config_disables_the_response_cache_when_built() -> None:
     assert sum(g.count for g in config.instance_group) >= 2  # a synchronous BLS call blocks one
     assert [g.count for g in config.instance_group] == [3]
     assert dims(config.input)["user_history"] == [1, 6]
+    assert dims(config.input)["raw_user_history"] == [1, -1]
     assert {t.name: t.data_type for t in config.output} == {"score": mc.TYPE_FP32, "tier": mc.TYPE_INT32}
 
 
@@ -132,9 +133,11 @@ def test_ensemble_config_runs_preprocess_then_router_when_built() -> None:
     assert [s.model_name for s in steps] == ["shop_preprocess", "shop_router"]
     pre, route = steps
     assert dict(pre.input_map) == {k: k for k in (*USER, *CANDIDATE)}
-    assert {pre.output_map[f"{k}_pre"] for k in (*USER, *CANDIDATE)} == set(route.input_map.values())
+    preprocessed = {pre.output_map[f"{k}_pre"] for k in (*USER, *CANDIDATE)}
+    assert set(route.input_map.values()) == preprocessed | set(pre.input_map)
     for key in (*USER, *CANDIDATE):
         assert route.input_map[key] == pre.output_map[f"{key}_pre"]  # each tensor reaches its own input
+        assert route.input_map[f"raw_{key}"] == key  # and the raw request, for validation
     assert dict(route.output_map) == {"score": "score", "tier": "tier"}
     assert dims(config.input) == {
         "user_dense": [1, 3],

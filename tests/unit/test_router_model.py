@@ -100,6 +100,7 @@ class FakeBackend:
         self.calls: list[BlsCall] = []
         self.logs: list[str] = []
         self.failing: dict[str, str] = {}
+        self.raising: set[str] = set()
         backend = self
 
         class FakeInferenceRequest:
@@ -112,6 +113,8 @@ class FakeBackend:
 
             def exec(self) -> FakeInferenceResponse:
                 backend.calls.append(self.call)
+                if self.call.model_name in backend.raising:
+                    raise RuntimeError(f"Failed to execute the inference request: {self.call.model_name}")
                 if self.call.model_name in backend.failing:
                     return FakeInferenceResponse(
                         error=FakeTritonError(backend.failing[self.call.model_name], FakeTritonError.INTERNAL)
@@ -187,7 +190,11 @@ def router(tmp_path: Path, tiny_spec: Spec) -> Iterator[Router]:
 def make_request(
     spec: Spec, history_items: int, n: int = 3, params: dict[str, Any] | None = None, seed: int = 0
 ) -> FakeRequest:
-    """A preprocessed request (history already [1, L]) with ``history_items`` non-padding ids."""
+    """A request with ``history_items`` non-padding history ids.
+
+    The router gets every tensor twice, as the ensemble passes it: preprocessed (history [1, L]) and
+    raw (``raw_<name>``, validated); here the two are the same arrays.
+    """
     f = spec.features
     rng = np.random.default_rng(seed)
     history = np.zeros((1, f.history.length), np.int64)
@@ -200,7 +207,9 @@ def make_request(
         "ad_dense": rng.normal(size=(n, f.ad_dense)).astype(np.float32),
         "ad_sparse": np.ones((n, len(f.ad_sparse)), np.int64),
     }
-    return FakeRequest({k: FakeTensor(k, v) for k, v in arrays.items()}, dict(params or {}))
+    tensors = {k: FakeTensor(k, v) for k, v in arrays.items()}
+    tensors.update({f"raw_{k}": FakeTensor(f"raw_{k}", v) for k, v in arrays.items()})
+    return FakeRequest(tensors, dict(params or {}))
 
 
 def outputs(response: FakeInferenceResponse) -> dict[str, np.ndarray]:
@@ -335,24 +344,72 @@ def test_router_refuses_the_request_naming_the_tensor_when_an_input_is_missing(
     router: Router, tiny_spec: Spec
 ) -> None:
     request = make_request(tiny_spec, history_items=2)
-    del request.tensors["user_history"]
+    del request.tensors["raw_user_history"]
 
     (response,) = router.execute(request)
 
     assert_error(response, FakeTritonError.INVALID_ARG, "'user_history'")
 
 
-def test_router_answers_unavailable_naming_the_tier_when_the_tier_fails(
+def test_router_falls_back_to_the_next_cheaper_tier_and_counts_it_when_a_tier_fails(
     router: Router, tiny_spec: Spec
 ) -> None:
     router.backend.failing["xl"] = "model 'xl' is not loaded"
-    failing = make_request(tiny_spec, history_items=6)
+    wishes_xl = make_request(tiny_spec, history_items=6)
     healthy = make_request(tiny_spec, history_items=0)
 
-    first, second = router.execute(failing, healthy)
+    (first,) = router.execute(wishes_xl)
 
-    assert_error(first, FakeTritonError.UNAVAILABLE, "'xl'", "not loaded")
+    cheaper = tiny_spec.tier_names[tiny_spec.tier_names.index("xl") - 1]
+    assert_served_by(router, wishes_xl, first, cheaper)
+    assert [c.model_name for c in router.backend.calls] == ["xl", cheaper]
+    (second,) = router.execute(healthy)
     assert_served_by(router, healthy, second, "lite")
+    assert router.model.counts["fallback:xl"] == 1 and router.model.counts["error:xl"] == 1
+
+
+def test_router_answers_unavailable_naming_every_tier_when_no_tier_can_answer(
+    router: Router, tiny_spec: Spec
+) -> None:
+    for tier in tiny_spec.tier_names:
+        router.backend.failing[tier] = f"model '{tier}' is not loaded"
+
+    (response,) = router.execute(make_request(tiny_spec, history_items=6))
+
+    message = assert_error(response, FakeTritonError.UNAVAILABLE, "no tier could answer")
+    for tier in tiny_spec.tier_names:
+        assert f"'{tier}'" in message
+    assert router.model.counts["unavailable"] == 1
+
+
+def test_router_falls_back_when_a_tier_call_raises(router: Router, tiny_spec: Spec) -> None:
+    router.backend.raising.add("xl")
+
+    (response,) = router.execute(make_request(tiny_spec, history_items=6))
+
+    assert outputs(response)["tier"][0] < tiny_spec.tier_names.index("xl")
+
+
+def test_router_refuses_what_validation_refuses_and_counts_folded_ids(
+    router: Router, tiny_spec: Spec
+) -> None:
+    nan = make_request(tiny_spec, history_items=2)
+    nan.tensors["raw_ad_dense"].as_numpy()[0, 0] = np.nan
+    folded = make_request(tiny_spec, history_items=2, seed=4)
+    folded.tensors["raw_ad_sparse"].as_numpy()[0, 0] = 10**9
+
+    refused, served = router.execute(nan, folded)
+
+    assert_error(refused, FakeTritonError.INVALID_ARG, "'ad_dense'", "NaN")
+    assert_served_by(router, folded, served, tiny_spec.default_tier)
+    assert router.model.counts["folded_ids"] == 1
+
+
+def test_router_refuses_an_unknown_request_parameter_naming_it(router: Router, tiny_spec: Spec) -> None:
+    (response,) = router.execute(make_request(tiny_spec, 1, params={"colour": "red"}))
+
+    assert_error(response, FakeTritonError.INVALID_ARG, "'colour'")
+    assert router.backend.calls == []
 
 
 def test_router_logs_its_decision_counts_when_finalized(router: Router, tiny_spec: Spec) -> None:

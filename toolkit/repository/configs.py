@@ -110,14 +110,20 @@ def gate_config(spec: Spec, backend: str, features: int) -> mc.ModelConfig:
     )
 
 
+RAW_PREFIX = "raw_"
+"""Prefix of the router's inputs that carry the request as the client sent it."""
+
+
 def router_config(spec: Spec) -> mc.ModelConfig:
     """Config of the BLS router (python backend).
 
-    The response cache stays off: its key ignores request parameters, so a cached answer for one
-    ``tier`` would be returned for another.
+    It takes the preprocessed tensors (what the tiers take) and the raw ones (``raw_<name>``, what
+    the client sent, which it validates before any tier runs). The response cache stays off: its key
+    ignores request parameters, so a cached answer for one ``tier`` would be returned for another.
     """
     config = mc.ModelConfig(name=spec.router_model, backend="python", max_batch_size=0)
     _inputs(config, request_dims(spec.features, raw=False), {})
+    _inputs(config, request_dims(spec.features, raw=True), {k: RAW_PREFIX + k for k in REQUEST_TENSORS})
     config.output.add(name=SCORE, data_type=mc.TYPE_FP32, dims=[-1])
     config.output.add(name=TIER_OUTPUT, data_type=mc.TYPE_INT32, dims=[-1])
     _cpu_instances(config, spec.triton.router_instances)
@@ -137,6 +143,7 @@ def ensemble_config(spec: Spec) -> mc.ModelConfig:
         pre.input_map[key] = key
         pre.output_map[PREPROCESSED[key]] = f"{key}__preprocessed"
         route.input_map[key] = f"{key}__preprocessed"
+        route.input_map[RAW_PREFIX + key] = key
     route.output_map[SCORE] = SCORE
     route.output_map[TIER_OUTPUT] = TIER_OUTPUT
     return config

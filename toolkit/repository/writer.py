@@ -20,6 +20,7 @@ from toolkit.repository import configs
 from toolkit.repository.gate import gate_path, read_calibration
 from toolkit.repository.select import Selection, select_variants
 from toolkit.router.policy import RouterConfig, RuleConfig
+from toolkit.router.validate import InputSchema
 from toolkit.spec.schema import Spec
 from toolkit.spec.variants import GPU
 
@@ -87,6 +88,24 @@ def router_settings(
         gate_model=spec.gate_model if learned else "",
         learned_lambda=float(learned.get("lambda", 0.0)),
         tier_costs={t: list(c) for t, c in learned.get("tier_costs_mflop", {}).items()},
+        inputs=input_schema(spec).to_dict(),
+    )
+
+
+def input_schema(spec: Spec) -> InputSchema:
+    """What a valid raw request to ``spec``'s ensemble looks like, for the router's validation."""
+    features = spec.features
+    return InputSchema(
+        user_dense=features.user_dense,
+        ad_dense=features.ad_dense,
+        user_vocab=tuple((f.name, f.vocab) for f in features.user_sparse),
+        ad_vocab=tuple((f.name, f.vocab) for f in features.ad_sparse),
+        history_length=features.history.length,
+        history_vocab=features.history_vocab,
+        history_table=features.history.table,
+        max_candidates=spec.triton.max_candidates,
+        out_of_range_ids=spec.validation.out_of_range_ids,
+        long_history=spec.validation.long_history,
     )
 
 

@@ -17,6 +17,7 @@ from .policy import (
     request_features,
     top_candidates,
 )
+from .validate import InputSchema, validate_request
 
 __all__ = [
     "LatencyTracker",
@@ -39,4 +40,6 @@ __all__ = [
     "parse_parameters",
     "request_features",
     "top_candidates",
+    "InputSchema",
+    "validate_request",
 ]

@@ -78,6 +78,8 @@ class RouterConfig:
         gate_model: With ``learned``: the gate model the router calls for each request's gains.
         learned_lambda: With ``learned``: the price of one MFLOP in log-loss units.
         tier_costs: With ``learned``: per tier, ``[a, b]`` with MFLOP = a + b * N.
+        inputs: What a valid raw request looks like (:class:`~.validate.InputSchema` as a dict);
+            empty: the raw request is not checked.
     """
 
     tiers: tuple[str, ...]
@@ -95,6 +97,7 @@ class RouterConfig:
     gate_model: str = ""
     learned_lambda: float = 0.0
     tier_costs: dict[str, list[float]] = field(default_factory=dict)
+    inputs: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.policy not in POLICIES:
@@ -142,6 +145,7 @@ class RouterConfig:
             "gate_model": self.gate_model,
             "learned_lambda": self.learned_lambda,
             "tier_costs": self.tier_costs,
+            "inputs": self.inputs,
         }
         return json.dumps(data, indent=2) + "\n"
 
@@ -198,15 +202,22 @@ def request_features(user_history: np.ndarray, num_candidates: int) -> dict[str,
 
 
 def parse_parameters(parameters: dict[str, Any], config: RouterConfig) -> tuple[str | None, float | None]:
-    """Validate the request parameters the router reads; others are ignored.
+    """Validate the request parameters; a parameter the router does not read is refused.
 
     Returns:
         The forced tier (or None) and the latency budget in ms (or None).
 
     Raises:
-        RoutingError: ``tier`` is not a known tier name, or ``latency_budget_ms`` is not a positive
-            number.
+        RoutingError: a parameter is unknown, ``tier`` is not a known tier name, or
+            ``latency_budget_ms`` is not a positive number.
     """
+    if not isinstance(parameters, dict):
+        raise RoutingError(f"request parameters: expected a mapping, got {type(parameters).__name__}")
+    unknown = sorted(str(key) for key in parameters if key not in KNOWN_PARAMETERS)
+    if unknown:
+        raise RoutingError(
+            f"request parameter {unknown[0]!r} is not known; the router reads {', '.join(KNOWN_PARAMETERS)}"
+        )
     tier = parameters.get("tier")
     if tier is not None and (not isinstance(tier, str) or tier not in config.tiers):
         raise RoutingError(

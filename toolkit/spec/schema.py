@@ -502,6 +502,24 @@ class TritonSpec:
 
 
 @dataclass(frozen=True)
+class ValidationSpec:
+    """What the router does with requests that are well-formed but outside the schema's ranges.
+
+    Negative ids, non-finite dense features, a candidate count of 0 or above
+    ``triton.max_candidates`` and disagreeing candidate counts are always refused.
+
+    Attributes:
+        out_of_range_ids: An id at or above its table's vocabulary: ``fold`` it into the table as
+            the preprocess step does (and count it), or ``reject`` the request.
+        long_history: A history longer than ``features.history.length``: ``reject`` the request, or
+            ``truncate`` it to its newest L ids (and count it).
+    """
+
+    out_of_range_ids: Literal["fold", "reject"] = "fold"
+    long_history: Literal["reject", "truncate"] = "reject"
+
+
+@dataclass(frozen=True)
 class PathsSpec:
     """Where each stage writes, relative to the working directory unless absolute."""
 
@@ -524,6 +542,7 @@ class Spec:
         export: Export settings.
         routing: Routing policy.
         triton: Repository and server settings.
+        validation: What the router does with out-of-range ids and long histories.
         paths: Output folders.
         source: File the spec was read from (empty when built in code).
     """
@@ -537,6 +556,7 @@ class Spec:
     export: ExportSpec = field(default_factory=ExportSpec)
     routing: RoutingSpec = field(default_factory=RoutingSpec)
     triton: TritonSpec = field(default_factory=TritonSpec)
+    validation: ValidationSpec = field(default_factory=ValidationSpec)
     paths: PathsSpec = field(default_factory=PathsSpec)
     source: str = ""
 

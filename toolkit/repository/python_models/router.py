@@ -20,6 +20,7 @@ import triton_python_backend_utils as pb_utils
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from toolkit_router import (  # noqa: E402
+    InputSchema,
     LatencyTracker,
     RequestContext,
     RouterConfig,
@@ -30,9 +31,11 @@ from toolkit_router import (  # noqa: E402
     gate_features,
     parse_parameters,
     request_features,
+    validate_request,
 )
 
 INPUTS = ("user_dense", "user_sparse", "user_history", "ad_dense", "ad_sparse")
+RAW_PREFIX = "raw_"
 CANDIDATE_INPUTS = ("ad_dense", "ad_sparse")
 _LOG_EVERY = 1000
 
@@ -43,6 +46,10 @@ class _TierError(Exception):
     def __init__(self, tier: str, message: str) -> None:
         super().__init__(message)
         self.tier = tier
+
+
+class _NoTierError(Exception):
+    """No tier could answer: the wished one and every cheaper one failed."""
 
 
 class TritonPythonModel:
@@ -59,6 +66,7 @@ class TritonPythonModel:
             percentile=self.config.budget_percentile,
             max_age_s=self.config.budget_max_age_s,
         )
+        self.schema = InputSchema.from_dict(self.config.inputs) if self.config.inputs else None
         self.counts: Counter[str] = Counter()
         self.served = 0
 
@@ -92,23 +100,46 @@ class TritonPythonModel:
                 error=pb_utils.TritonError(str(exc), pb_utils.TritonError.INVALID_ARG)
             )
         try:
-            score = self._score(decision.tier, [tensors[name] for name in INPUTS])
-            tiers = np.full(score.shape, decision.index, dtype=np.int32)
-            if decision.rescore_tier is not None:
-                score, tiers = cascade_scores(
-                    score, decision, lambda top: self._rescore(decision.rescore_tier, tensors, top)
-                )
-        except _TierError as exc:
-            self.counts[f"error:{exc.tier}"] += 1
+            score, served = self._score_or_fall_back(decision.index, [tensors[name] for name in INPUTS])
+        except _NoTierError as exc:
+            self.counts["unavailable"] += 1
             return pb_utils.InferenceResponse(
                 error=pb_utils.TritonError(str(exc), pb_utils.TritonError.UNAVAILABLE)
             )
-        self._count(decision.tier, decision.reason)
-        if decision.rescore_tier is not None:
-            self.counts[f"rescored:{decision.rescore_tier}"] += int((tiers == decision.rescore_index).sum())
+        tiers = np.full(score.shape, served, dtype=np.int32)
+        if decision.rescore_tier is not None and served == decision.index:
+            try:
+                score, tiers = cascade_scores(
+                    score, decision, lambda top: self._rescore(decision.rescore_tier, tensors, top)
+                )
+            except _TierError as exc:
+                self.counts[f"error:{exc.tier}"] += 1
+                self.counts[f"fallback:{exc.tier}"] += 1
+            else:
+                rescored = int((tiers == decision.rescore_index).sum())
+                self.counts[f"rescored:{decision.rescore_tier}"] += rescored
+        self._count(self.config.tiers[served], decision.reason)
         return pb_utils.InferenceResponse(
             output_tensors=[pb_utils.Tensor("score", score), pb_utils.Tensor("tier", tiers)]
         )
+
+    def _score_or_fall_back(self, index: int, inputs: list) -> tuple[np.ndarray, int]:
+        """Scores of tier ``index``, else of the next cheaper tier that answers, and who answered.
+
+        A tier that returns an error or is not loaded counts as ``error:<tier>``, and each step
+        down as ``fallback:<tier>``; when even the cheapest fails, :class:`_NoTierError`.
+        """
+        failures = []
+        for candidate in range(index, -1, -1):
+            tier = self.config.tiers[candidate]
+            try:
+                return self._score(tier, inputs), candidate
+            except _TierError as exc:
+                self.counts[f"error:{tier}"] += 1
+                if candidate > 0:
+                    self.counts[f"fallback:{tier}"] += 1
+                failures.append(str(exc))
+        raise _NoTierError("no tier could answer this request: " + "; ".join(failures))
 
     def _gains(self, tensors: dict, context: RequestContext) -> tuple[float, ...] | None:
         """The gate's predicted gains for this request; None (default tier) if the gate fails."""
@@ -130,9 +161,12 @@ class TritonPythonModel:
 
     def _score(self, tier: str, inputs: list) -> np.ndarray:
         started = time.perf_counter()
-        response = pb_utils.InferenceRequest(
-            model_name=tier, requested_output_names=["score"], inputs=inputs
-        ).exec()
+        try:
+            response = pb_utils.InferenceRequest(
+                model_name=tier, requested_output_names=["score"], inputs=inputs
+            ).exec()
+        except Exception as exc:
+            raise _TierError(tier, f"tier {tier!r} failed: {exc}") from None
         n = int(inputs[INPUTS.index("ad_dense")].as_numpy().shape[0])
         self.latency.observe(tier, n, (time.perf_counter() - started) * 1000.0)
         if response.has_error():
@@ -150,6 +184,16 @@ class TritonPythonModel:
         return self._score(tier, inputs)
 
     def _parse(self, request: object) -> tuple[dict, RequestContext]:
+        if self.schema is not None:
+            raw = {}
+            for name in INPUTS:
+                tensor = pb_utils.get_input_tensor_by_name(request, RAW_PREFIX + name)
+                raw[name] = None if tensor is None else tensor.as_numpy()
+            found = validate_request(raw, self.schema)
+            if found.folded_ids:
+                self.counts["folded_ids"] += found.folded_ids
+            if found.truncated_history:
+                self.counts["truncated_history"] += 1
         tensors = {}
         for name in INPUTS:
             tensor = pb_utils.get_input_tensor_by_name(request, name)
