@@ -272,3 +272,22 @@ def test_every_command_help_explains_its_options_when_asked(command) -> None:
     for option in options:
         assert option.help, f"toolkit {command} {option.opts[0]} has no help text"
         assert option.opts[0] in proc.stdout
+
+
+def test_deploy_reports_a_repository_of_another_format_and_refuses_an_unreadable_marker(
+    pipeline, tmp_path
+) -> None:
+    repo = tmp_path / "repo"
+    shutil.copytree(pipeline.repository, repo)
+    marker = json.loads((repo / MARKER).read_text())
+    (repo / MARKER).write_text(json.dumps({**marker, "format": 0, "toolkit_version": "0.0.1"}))
+
+    out = run_cli("deploy", "--spec", str(pipeline.spec_path), "--out", str(repo)).stdout
+
+    assert "written by toolkit 0.0.1, repository format 0" in out
+    assert json.loads((repo / MARKER).read_text())["format"] == marker["format"]
+    (repo / MARKER).write_text("{not json")
+    before = _tree_digest(repo)
+    refused = run_cli("deploy", "--spec", str(pipeline.spec_path), "--out", str(repo), check=False)
+    assert refused.returncode != 0 and MARKER in refused.stderr and "unreadable" in refused.stderr
+    assert _tree_digest(repo) == before

@@ -75,6 +75,7 @@ def command(
     """
     from toolkit.repository import deploy
     from toolkit.repository.backend import resolve_backend
+    from toolkit.repository.writer import MARKER_FORMAT
 
     spec = load(spec_path)
     target = target or spec.triton.target
@@ -92,6 +93,11 @@ def command(
         f"{'replaced' if result.replaced else 'wrote'} {result.repository}/ "
         f"(target {result.target}, tier backend: {chosen})"
     )
+    if result.replaced_older:
+        click.echo(
+            f"note: the repository replaced was written by {result.replaced_older}; it was replaced "
+            f"whole (format {MARKER_FORMAT} now), not updated in place"
+        )
     click.echo(f"  {spec.name:<28} ensemble entry point: preprocess -> router")
     click.echo(f"  {spec.preprocess_model:<28} feature transforms (ONNX)")
     click.echo(f"  {spec.router_model:<28} BLS router, policy {spec.routing.policy!r}")

@@ -44,6 +44,8 @@ class DeployResult:
         selections: Variant deployed per tier, and why.
         replaced: Whether an earlier repository was replaced.
         target: ``cpu`` or ``gpu``.
+        replaced_older: When the replaced repository was written in another repository format,
+            what wrote it (``toolkit <version>, repository format <n>``); empty otherwise.
     """
 
     repository: Path
@@ -52,6 +54,7 @@ class DeployResult:
     selections: dict[str, Selection]
     replaced: bool
     target: str = "cpu"
+    replaced_older: str = ""
 
     @property
     def variants(self) -> dict[str, str]:
@@ -147,18 +150,31 @@ def _write_router(
     (version / "router.json").write_text(settings.to_json(), encoding="utf-8")
 
 
-def _check_replaceable(out: Path) -> bool:
+def _check_replaceable(out: Path) -> tuple[bool, str]:
+    """Whether ``out`` holds a repository to replace, and what wrote it when that was not this format."""
     if not out.exists():
-        return False
+        return False, ""
     if not out.is_dir():
         raise RepositoryError(f"{out}: exists and is not a folder; refusing to replace it")
     entries = [p for p in out.iterdir() if p.name not in (".gitkeep",)]
-    if entries and not (out / MARKER).is_file():
+    if not entries:
+        return False, ""
+    if not (out / MARKER).is_file():
         raise RepositoryError(
             f"{out}: is not empty and was not written by `toolkit deploy` (no {MARKER}); "
             "refusing to replace it: choose another --out or remove it"
         )
-    return bool(entries)
+    try:
+        marker = json.loads((out / MARKER).read_text(encoding="utf-8"))
+        fmt, version = marker.get("format"), marker.get("toolkit_version", "unknown")
+    except (OSError, ValueError, AttributeError) as exc:
+        raise RepositoryError(
+            f"{out / MARKER}: unreadable ({exc}); refusing to replace a repository that may not be "
+            "the toolkit's: choose another --out or remove it"
+        ) from None
+    if fmt != MARKER_FORMAT:
+        return True, f"toolkit {version}, repository format {fmt}"
+    return True, ""
 
 
 def deploy(
@@ -212,7 +228,7 @@ def deploy(
         raise RepositoryError(str(exc)) from None
     learned = read_calibration(spec, artifacts) if spec.routing.policy == "learned" else None
     out = out.resolve()
-    replacing = _check_replaceable(out)
+    replacing, older = _check_replaceable(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = out.with_name(f".{out.name}.staging-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
@@ -266,4 +282,4 @@ def deploy(
     models = (spec.name, spec.preprocess_model, spec.router_model, *spec.tier_names)
     if learned is not None:
         models = (*models, spec.gate_model)
-    return DeployResult(out, backend, models, selections, replacing, target)
+    return DeployResult(out, backend, models, selections, replacing, target, older)
