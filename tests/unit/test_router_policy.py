@@ -115,8 +115,10 @@ def test_parse_parameters_gives_none_when_no_parameter_is_set() -> None:
     assert parse_parameters({}, config()) == (None, None)
 
 
-def test_parse_parameters_ignores_unknown_parameters_when_they_are_set() -> None:
-    assert parse_parameters({"colour": "red", "tier": "large"}, config()) == ("large", None)
+def test_parse_parameters_refuses_an_unknown_parameter_naming_it() -> None:
+    with pytest.raises(RoutingError, match="'colour'.*tier, latency_budget_ms"):
+        parse_parameters({"colour": "red", "tier": "large"}, config())
+    assert parse_parameters({"tier": "large"}, config()) == ("large", None)
 
 
 @pytest.mark.parametrize("tier", ["huge", "", "Small", 3, True, ["small"]])
