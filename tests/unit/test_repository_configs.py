@@ -70,7 +70,8 @@ def test_expected_file_parses_back_into_the_same_model_config_when_read(spec: Sp
     message = parsed((EXPECTED / f"{name}.pbtxt").read_text(encoding="utf-8"))
 
     assert message == BUILDERS[name](spec)
-    assert message.max_batch_size == 0  # request-centric shapes pass as they are
+    # request-centric shapes pass as they are; the router's batch of 1 only buys it a queue policy
+    assert message.max_batch_size == (1 if name == "router" else 0)
 
 
 @pytest.mark.parametrize("backend", ["onnxruntime", "python"])
@@ -119,25 +120,28 @@ def test_router_config_disables_the_response_cache_when_built() -> None:
     assert not config.response_cache.enable
     assert sum(g.count for g in config.instance_group) >= 2  # a synchronous BLS call blocks one
     assert [g.count for g in config.instance_group] == [3]
-    assert dims(config.input)["user_history"] == [1, 6]
-    assert dims(config.input)["raw_user_history"] == [1, -1]
+    assert dims(config.input)["user_history"] == [1, -1]  # the raw request, validated by the router
     assert {t.name: t.data_type for t in config.output} == {"score": mc.TYPE_FP32, "tier": mc.TYPE_INT32}
 
 
-def test_ensemble_config_runs_preprocess_then_router_when_built() -> None:
+def test_router_config_rejects_requests_that_waited_past_the_queue_timeout(spec: Spec) -> None:
+    policy = parsed((EXPECTED / "router.pbtxt").read_text(encoding="utf-8")).dynamic_batching
+    assert policy.default_queue_policy.timeout_action == mc.ModelQueuePolicy.REJECT
+    assert policy.default_queue_policy.default_timeout_microseconds == 100_000
+    assert policy.default_queue_policy.allow_timeout_override
+    assert policy.default_queue_policy.max_queue_size == 0  # a full queue stalls the 2.51 batcher
+    unbounded = spec_from_dict({**CONFIG_SPEC, "triton": {**CONFIG_SPEC["triton"], "queue_timeout_ms": 0}})
+    assert not configs.router_config(unbounded).dynamic_batching.HasField("default_queue_policy")
+
+
+def test_ensemble_config_runs_the_router_alone_on_the_raw_request_when_built() -> None:
     config = parsed((EXPECTED / "ensemble.pbtxt").read_text(encoding="utf-8"))
 
     assert config.platform == "ensemble"
     assert config.name == "shop"
-    steps = config.ensemble_scheduling.step
-    assert [s.model_name for s in steps] == ["shop_preprocess", "shop_router"]
-    pre, route = steps
-    assert dict(pre.input_map) == {k: k for k in (*USER, *CANDIDATE)}
-    preprocessed = {pre.output_map[f"{k}_pre"] for k in (*USER, *CANDIDATE)}
-    assert set(route.input_map.values()) == preprocessed | set(pre.input_map)
-    for key in (*USER, *CANDIDATE):
-        assert route.input_map[key] == pre.output_map[f"{key}_pre"]  # each tensor reaches its own input
-        assert route.input_map[f"raw_{key}"] == key  # and the raw request, for validation
+    (route,) = config.ensemble_scheduling.step
+    assert route.model_name == "shop_router"
+    assert dict(route.input_map) == {k: k for k in (*USER, *CANDIDATE)}
     assert dict(route.output_map) == {"score": "score", "tier": "tier"}
     assert dims(config.input) == {
         "user_dense": [1, 3],

@@ -101,6 +101,7 @@ class FakeBackend:
         self.logs: list[str] = []
         self.failing: dict[str, str] = {}
         self.raising: set[str] = set()
+        self.preprocessed: list[BlsCall] = []
         backend = self
 
         class FakeInferenceRequest:
@@ -112,6 +113,13 @@ class FakeBackend:
                 )
 
             def exec(self) -> FakeInferenceResponse:
+                if self.call.model_name.endswith("_preprocess"):
+                    backend.preprocessed.append(self.call)
+                    if "preprocess" in backend.failing:
+                        return FakeInferenceResponse(error=FakeTritonError(backend.failing["preprocess"]))
+                    return FakeInferenceResponse(
+                        [FakeTensor(f"{k}_pre", v) for k, v in self.call.inputs.items()]
+                    )
                 backend.calls.append(self.call)
                 if self.call.model_name in backend.raising:
                     raise RuntimeError(f"Failed to execute the inference request: {self.call.model_name}")
@@ -172,7 +180,12 @@ def deployed_router(directory: Path, spec: Spec) -> Iterator[Router]:
             found.loader.exec_module(module)
             model = module.TritonPythonModel()
             model.initialize(
-                {"model_repository": str(folder), "model_version": "1", "model_name": folder.name}
+                {
+                    "model_repository": str(folder),
+                    "model_version": "1",
+                    "model_name": folder.name,
+                    "model_config": json.dumps({"max_batch_size": 1}),
+                }
             )
             yield Router(model, backend, folder, router_settings(spec))
         finally:
@@ -190,10 +203,10 @@ def router(tmp_path: Path, tiny_spec: Spec) -> Iterator[Router]:
 def make_request(
     spec: Spec, history_items: int, n: int = 3, params: dict[str, Any] | None = None, seed: int = 0
 ) -> FakeRequest:
-    """A request with ``history_items`` non-padding history ids.
+    """A raw request with ``history_items`` non-padding history ids, as the ensemble hands it over.
 
-    The router gets every tensor twice, as the ensemble passes it: preprocessed (history [1, L]) and
-    raw (``raw_<name>``, validated); here the two are the same arrays.
+    Every tensor carries the leading batch dimension of 1 that the router's ``max_batch_size: 1``
+    adds; the fake preprocess model returns its inputs unchanged.
     """
     f = spec.features
     rng = np.random.default_rng(seed)
@@ -207,9 +220,7 @@ def make_request(
         "ad_dense": rng.normal(size=(n, f.ad_dense)).astype(np.float32),
         "ad_sparse": np.ones((n, len(f.ad_sparse)), np.int64),
     }
-    tensors = {k: FakeTensor(k, v) for k, v in arrays.items()}
-    tensors.update({f"raw_{k}": FakeTensor(f"raw_{k}", v) for k, v in arrays.items()})
-    return FakeRequest(tensors, dict(params or {}))
+    return FakeRequest({k: FakeTensor(k, v[None]) for k, v in arrays.items()}, dict(params or {}))
 
 
 def outputs(response: FakeInferenceResponse) -> dict[str, np.ndarray]:
@@ -229,9 +240,9 @@ def assert_error(response: FakeInferenceResponse, code: int, *fragments: str) ->
 def assert_served_by(
     router: Router, request: FakeRequest, response: FakeInferenceResponse, tier: str
 ) -> None:
-    out = outputs(response)
-    n = request.tensors["ad_dense"].as_numpy().shape[0]
-    expected = tier_score({k: t.as_numpy() for k, t in request.tensors.items()})
+    out = {k: v[0] for k, v in outputs(response).items()}
+    n = request.tensors["ad_dense"].as_numpy().shape[1]
+    expected = tier_score({k: t.as_numpy()[0] for k, t in request.tensors.items()})
     assert set(out) == {"score", "tier"}
     np.testing.assert_array_equal(out["score"], expected)
     assert out["score"].dtype == np.float32
@@ -281,7 +292,8 @@ def test_router_passes_the_request_tensors_unchanged_when_calling_a_tier(
     sent = router.backend.calls[-1].inputs
     assert list(sent) == list(INPUTS)
     for name in INPUTS:
-        np.testing.assert_array_equal(sent[name], request.tensors[name].as_numpy())
+        np.testing.assert_array_equal(sent[name], request.tensors[name].as_numpy()[0])
+    assert list(router.backend.preprocessed[-1].requested_output_names) == [f"{k}_pre" for k in INPUTS]
 
 
 @pytest.mark.parametrize("history_items", [0, 6])
@@ -344,7 +356,7 @@ def test_router_refuses_the_request_naming_the_tensor_when_an_input_is_missing(
     router: Router, tiny_spec: Spec
 ) -> None:
     request = make_request(tiny_spec, history_items=2)
-    del request.tensors["raw_user_history"]
+    del request.tensors["user_history"]
 
     (response,) = router.execute(request)
 
@@ -387,16 +399,16 @@ def test_router_falls_back_when_a_tier_call_raises(router: Router, tiny_spec: Sp
 
     (response,) = router.execute(make_request(tiny_spec, history_items=6))
 
-    assert outputs(response)["tier"][0] < tiny_spec.tier_names.index("xl")
+    assert outputs(response)["tier"][0, 0] < tiny_spec.tier_names.index("xl")
 
 
 def test_router_refuses_what_validation_refuses_and_counts_folded_ids(
     router: Router, tiny_spec: Spec
 ) -> None:
     nan = make_request(tiny_spec, history_items=2)
-    nan.tensors["raw_ad_dense"].as_numpy()[0, 0] = np.nan
+    nan.tensors["ad_dense"].as_numpy()[0, 0, 0] = np.nan
     folded = make_request(tiny_spec, history_items=2, seed=4)
-    folded.tensors["raw_ad_sparse"].as_numpy()[0, 0] = 10**9
+    folded.tensors["ad_sparse"].as_numpy()[0, 0, 0] = 10**9
 
     refused, served = router.execute(nan, folded)
 
@@ -433,3 +445,18 @@ def test_deployed_router_restores_sys_modules_and_path_when_the_test_ends(
     assert "toolkit_router" not in sys.modules
     assert "triton_python_backend_utils" not in sys.modules
     assert sys.path == path_before
+
+
+def test_router_validates_before_preprocessing_and_answers_unavailable_when_preprocess_fails(
+    router: Router, tiny_spec: Spec
+) -> None:
+    bad = make_request(tiny_spec, history_items=2, n=0)
+    (refused,) = router.execute(bad)
+    assert_error(refused, FakeTritonError.INVALID_ARG, "'ad_dense'")
+    assert router.backend.preprocessed == [] and router.backend.calls == []
+
+    router.backend.failing["preprocess"] = "model is not loaded"
+    (response,) = router.execute(make_request(tiny_spec, history_items=2))
+
+    assert_error(response, FakeTritonError.UNAVAILABLE, "preprocess", "not loaded")
+    assert router.backend.calls == []

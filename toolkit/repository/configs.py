@@ -110,40 +110,47 @@ def gate_config(spec: Spec, backend: str, features: int) -> mc.ModelConfig:
     )
 
 
-RAW_PREFIX = "raw_"
-"""Prefix of the router's inputs that carry the request as the client sent it."""
-
-
 def router_config(spec: Spec) -> mc.ModelConfig:
-    """Config of the BLS router (python backend).
+    """Config of the BLS router (python backend), the ensemble's only step and its admission point.
 
-    It takes the preprocessed tensors (what the tiers take) and the raw ones (``raw_<name>``, what
-    the client sent, which it validates before any tier runs). The response cache stays off: its key
+    It takes the raw request, validates it, calls the preprocess model and then the tiers through
+    BLS. ``max_batch_size`` is 1 only so that it can have a queue policy (Triton keeps queue
+    policies in the dynamic batcher): Triton adds a leading dimension of 1 to every tensor, which
+    the router drops, so clients still send [1, D] and [N, D] and get [N] back. A request that waited
+    ``triton.queue_timeout_ms`` in the queue is rejected with UNAVAILABLE instead of queueing without
+    bound; a client's request ``timeout`` may shorten the wait. No ``max_queue_size``: on the 2.51
+    server a full queue stalls the batcher for 0.5 s at a time. The response cache stays off: its key
     ignores request parameters, so a cached answer for one ``tier`` would be returned for another.
     """
-    config = mc.ModelConfig(name=spec.router_model, backend="python", max_batch_size=0)
-    _inputs(config, request_dims(spec.features, raw=False), {})
-    _inputs(config, request_dims(spec.features, raw=True), {k: RAW_PREFIX + k for k in REQUEST_TENSORS})
+    config = mc.ModelConfig(name=spec.router_model, backend="python", max_batch_size=1)
+    _inputs(config, request_dims(spec.features, raw=True), {})
     config.output.add(name=SCORE, data_type=mc.TYPE_FP32, dims=[-1])
     config.output.add(name=TIER_OUTPUT, data_type=mc.TYPE_INT32, dims=[-1])
+    batching = config.dynamic_batching
+    batching.SetInParent()
+    if spec.triton.queue_timeout_ms > 0:
+        policy = batching.default_queue_policy
+        policy.timeout_action = mc.ModelQueuePolicy.REJECT
+        policy.default_timeout_microseconds = int(round(spec.triton.queue_timeout_ms * 1000))
+        policy.allow_timeout_override = True
     _cpu_instances(config, spec.triton.router_instances)
     config.response_cache.enable = False
     return config
 
 
 def ensemble_config(spec: Spec) -> mc.ModelConfig:
-    """Config of the entry point: raw request -> preprocess -> router -> ``score``, ``tier``."""
+    """Config of the entry point: the raw request -> the router -> ``score``, ``tier``.
+
+    One step: the router preprocesses through BLS after its queue admitted the request, so an
+    overloaded server rejects a request before spending anything on it.
+    """
     config = mc.ModelConfig(name=spec.name, platform="ensemble", max_batch_size=0)
     _inputs(config, request_dims(spec.features, raw=True), {})
     config.output.add(name=SCORE, data_type=mc.TYPE_FP32, dims=[-1])
     config.output.add(name=TIER_OUTPUT, data_type=mc.TYPE_INT32, dims=[-1])
-    pre = config.ensemble_scheduling.step.add(model_name=spec.preprocess_model, model_version=-1)
     route = config.ensemble_scheduling.step.add(model_name=spec.router_model, model_version=-1)
     for key in REQUEST_TENSORS:
-        pre.input_map[key] = key
-        pre.output_map[PREPROCESSED[key]] = f"{key}__preprocessed"
-        route.input_map[key] = f"{key}__preprocessed"
-        route.input_map[RAW_PREFIX + key] = key
+        route.input_map[key] = key
     route.output_map[SCORE] = SCORE
     route.output_map[TIER_OUTPUT] = TIER_OUTPUT
     return config

@@ -16,6 +16,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 from toolkit import __version__
 from toolkit.errors import ExportError, RepositoryError
 from toolkit.export.manifest import FP32, read_manifest, verify_files
+from toolkit.export.onnx_export import PREPROCESSED
 from toolkit.repository import configs
 from toolkit.repository.gate import gate_path, read_calibration
 from toolkit.repository.select import Selection, select_variants
@@ -92,6 +93,8 @@ def router_settings(
         learned_lambda=float(learned.get("lambda", 0.0)),
         tier_costs={t: list(c) for t, c in learned.get("tier_costs_mflop", {}).items()},
         inputs=input_schema(spec).to_dict(),
+        preprocess_model=spec.preprocess_model,
+        preprocess_outputs=dict(PREPROCESSED),
     )
 
 

@@ -80,6 +80,9 @@ class RouterConfig:
         tier_costs: With ``learned``: per tier, ``[a, b]`` with MFLOP = a + b * N.
         inputs: What a valid raw request looks like (:class:`~.validate.InputSchema` as a dict);
             empty: the raw request is not checked.
+        preprocess_model: The model the router runs each raw request through (BLS) before routing;
+            empty: the request arrives preprocessed.
+        preprocess_outputs: Its output name per request tensor.
     """
 
     tiers: tuple[str, ...]
@@ -98,6 +101,8 @@ class RouterConfig:
     learned_lambda: float = 0.0
     tier_costs: dict[str, list[float]] = field(default_factory=dict)
     inputs: dict[str, Any] = field(default_factory=dict)
+    preprocess_model: str = ""
+    preprocess_outputs: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.policy not in POLICIES:
@@ -146,6 +151,8 @@ class RouterConfig:
             "learned_lambda": self.learned_lambda,
             "tier_costs": self.tier_costs,
             "inputs": self.inputs,
+            "preprocess_model": self.preprocess_model,
+            "preprocess_outputs": self.preprocess_outputs,
         }
         return json.dumps(data, indent=2) + "\n"
 

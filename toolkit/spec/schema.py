@@ -454,6 +454,9 @@ class TritonSpec:
             onnxruntime backend, such as the embedded one) or ``auto`` (pick by the server).
         max_candidates: Largest N a request may carry.
         router_instances: Instances of the router model (>= 2: a synchronous BLS call blocks one).
+        queue_timeout_ms: How long a request may wait in the router's queue (the ensemble's only
+            queue) before it is rejected with UNAVAILABLE; a client's request ``timeout`` can only
+            shorten it; 0 means no bound.
         tier_instances: Instances of each tier model.
         host: Address the server binds to.
         grpc_port: gRPC port.
@@ -468,6 +471,7 @@ class TritonSpec:
     backend: Literal["auto", "onnxruntime", "python"] = "auto"
     max_candidates: int = 1024
     router_instances: int = 2
+    queue_timeout_ms: float = 100.0
     tier_instances: int = 1
     host: str = "127.0.0.1"
     grpc_port: int = 8001
@@ -496,6 +500,8 @@ class TritonSpec:
             )
         if self.tier_instances < 1:
             raise KeyedValueError("tier_instances", f"must be positive, got {self.tier_instances}")
+        if not math.isfinite(self.queue_timeout_ms) or self.queue_timeout_ms < 0:
+            raise KeyedValueError("queue_timeout_ms", f"must be a number >= 0, got {self.queue_timeout_ms}")
         for port in (self.grpc_port, self.http_port, self.metrics_port):
             if not 1 <= port <= 65535:
                 raise ValueError(f"ports must lie in 1..65535, got {port}")

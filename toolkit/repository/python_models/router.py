@@ -1,8 +1,11 @@
 """The BLS router of a tiered ranking ensemble (Triton python backend).
 
-Reads ``router.json`` beside this file, picks a tier per request with the routing policy that
-``toolkit deploy`` copied beside it (package ``toolkit_router``), calls that tier through BLS and
-returns its scores plus, per candidate, the index of the tier that scored it.
+Reads ``router.json`` beside this file. Per request: validates the raw request, runs the preprocess
+model through BLS, picks a tier with the routing policy that ``toolkit deploy`` copied beside it
+(package ``toolkit_router``), calls that tier through BLS (stepping down to cheaper tiers when it
+fails) and returns its scores plus, per candidate, the index of the tier that scored it. With
+``max_batch_size: 1`` (the config gives the router a queue policy that way), every tensor arrives
+with a leading dimension of 1, which is dropped on the way in and added on the way out.
 """
 
 from __future__ import annotations
@@ -35,7 +38,6 @@ from toolkit_router import (  # noqa: E402
 )
 
 INPUTS = ("user_dense", "user_sparse", "user_history", "ad_dense", "ad_sparse")
-RAW_PREFIX = "raw_"
 CANDIDATE_INPUTS = ("ad_dense", "ad_sparse")
 _LOG_EVERY = 1000
 
@@ -69,6 +71,7 @@ class TritonPythonModel:
         self.schema = InputSchema.from_dict(self.config.inputs) if self.config.inputs else None
         self.counts: Counter[str] = Counter()
         self.served = 0
+        self.batched = json.loads(args.get("model_config") or "{}").get("max_batch_size", 0) > 0
 
     def execute(self, requests: list) -> list:
         """Route and score each request; a refused request gets INVALID_ARGUMENT, others are unaffected."""
@@ -99,6 +102,11 @@ class TritonPythonModel:
             return pb_utils.InferenceResponse(
                 error=pb_utils.TritonError(str(exc), pb_utils.TritonError.INVALID_ARG)
             )
+        except _NoTierError as exc:
+            self.counts["unavailable"] += 1
+            return pb_utils.InferenceResponse(
+                error=pb_utils.TritonError(str(exc), pb_utils.TritonError.UNAVAILABLE)
+            )
         try:
             score, served = self._score_or_fall_back(decision.index, [tensors[name] for name in INPUTS])
         except _NoTierError as exc:
@@ -119,6 +127,8 @@ class TritonPythonModel:
                 rescored = int((tiers == decision.rescore_index).sum())
                 self.counts[f"rescored:{decision.rescore_tier}"] += rescored
         self._count(self.config.tiers[served], decision.reason)
+        if self.batched:
+            score, tiers = score[None, :], tiers[None, :]
         return pb_utils.InferenceResponse(
             output_tensors=[pb_utils.Tensor("score", score), pb_utils.Tensor("tier", tiers)]
         )
@@ -173,6 +183,28 @@ class TritonPythonModel:
             raise _TierError(tier, f"tier {tier!r} failed: {response.error().message()}")
         return pb_utils.get_output_tensor_by_name(response, "score").as_numpy().astype(np.float32, copy=False)
 
+    def _preprocess(self, raw: dict) -> dict:
+        """The tiers' inputs: the raw request run through the preprocess model (BLS)."""
+        outputs = self.config.preprocess_outputs
+        try:
+            response = pb_utils.InferenceRequest(
+                model_name=self.config.preprocess_model,
+                requested_output_names=[outputs[name] for name in INPUTS],
+                inputs=[pb_utils.Tensor(name, raw[name]) for name in INPUTS],
+            ).exec()
+            failure = response.error().message() if response.has_error() else None
+        except Exception as exc:
+            failure = str(exc)
+        if failure is not None:
+            self.counts["error:preprocess"] += 1
+            raise _NoTierError(f"the preprocess model {self.config.preprocess_model!r} failed: {failure}")
+        return {
+            name: pb_utils.Tensor(
+                name, pb_utils.get_output_tensor_by_name(response, outputs[name]).as_numpy()
+            )
+            for name in INPUTS
+        }
+
     def _rescore(self, tier: str, tensors: dict, top: np.ndarray) -> np.ndarray:
         """Scores of ``tier`` for the candidates at ``top`` (the user tensors are passed as they are)."""
         inputs = [
@@ -184,22 +216,30 @@ class TritonPythonModel:
         return self._score(tier, inputs)
 
     def _parse(self, request: object) -> tuple[dict, RequestContext]:
+        raw = {}
+        for name in INPUTS:
+            tensor = pb_utils.get_input_tensor_by_name(request, name)
+            if tensor is None:
+                raise RoutingError(f"input tensor {name!r} is missing")
+            array = tensor.as_numpy()
+            if self.batched:
+                if array.ndim < 1 or array.shape[0] != 1:
+                    raise RoutingError(
+                        f"input tensor {name!r}: expected a batch of 1, got {list(array.shape)}"
+                    )
+                array = array[0]
+            raw[name] = array
         if self.schema is not None:
-            raw = {}
-            for name in INPUTS:
-                tensor = pb_utils.get_input_tensor_by_name(request, RAW_PREFIX + name)
-                raw[name] = None if tensor is None else tensor.as_numpy()
             found = validate_request(raw, self.schema)
             if found.folded_ids:
                 self.counts["folded_ids"] += found.folded_ids
             if found.truncated_history:
                 self.counts["truncated_history"] += 1
-        tensors = {}
-        for name in INPUTS:
-            tensor = pb_utils.get_input_tensor_by_name(request, name)
-            if tensor is None:
-                raise RoutingError(f"input tensor {name!r} is missing")
-            tensors[name] = tensor
+        tensors = (
+            self._preprocess(raw)
+            if self.config.preprocess_model
+            else {name: pb_utils.Tensor(name, array) for name, array in raw.items()}
+        )
         n = int(tensors["ad_dense"].as_numpy().shape[0])
         n_sparse = int(tensors["ad_sparse"].as_numpy().shape[0])
         if n_sparse != n:
