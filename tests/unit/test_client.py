@@ -7,7 +7,13 @@ from typing import Any
 import numpy as np
 import pytest
 
-from toolkit.client import ClientError, InvalidRequestError, ServerUnavailableError, prepare_inputs
+from toolkit.client import (
+    ClientError,
+    InvalidRequestError,
+    ServerOverloadedError,
+    ServerUnavailableError,
+    prepare_inputs,
+)
 from toolkit.client.client import translate_error
 
 DTYPES = {
@@ -177,6 +183,17 @@ def test_translate_error_gives_the_matching_client_error_when_the_status_is_know
     assert type(error) is kind
     assert error.status == status
     assert str(error) == "ads_ranking: request refused: 'tier'"
+
+
+@pytest.mark.parametrize(
+    "message", ["in ensemble 'x', Request timeout expired", "Exceeds maximum queue size"]
+)
+def test_translate_error_says_overloaded_when_the_queue_policy_shed_the_request(message: str) -> None:
+    error = translate_error(FakeServerError(message, "StatusCode.UNAVAILABLE"), "ads_ranking")
+
+    assert type(error) is ServerOverloadedError
+    assert isinstance(error, ServerUnavailableError)
+    assert message in str(error) and "overloaded" in str(error)
 
 
 def test_translate_error_gives_a_plain_client_error_when_the_status_is_internal() -> None:

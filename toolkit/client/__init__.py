@@ -1,7 +1,12 @@
 """gRPC clients of a deployed ensemble (sync and asyncio), taking numpy arrays per request."""
 
 from toolkit.client.client import AsyncRankingClient, Ranking, RankingClient, prepare_inputs
-from toolkit.client.errors import ClientError, InvalidRequestError, ServerUnavailableError
+from toolkit.client.errors import (
+    ClientError,
+    InvalidRequestError,
+    ServerOverloadedError,
+    ServerUnavailableError,
+)
 
 __all__ = [
     "AsyncRankingClient",
@@ -9,6 +14,7 @@ __all__ = [
     "InvalidRequestError",
     "Ranking",
     "RankingClient",
+    "ServerOverloadedError",
     "ServerUnavailableError",
     "prepare_inputs",
 ]

@@ -7,7 +7,13 @@ from typing import Any
 
 import numpy as np
 
-from toolkit.client.errors import ClientError, InvalidRequestError, ServerUnavailableError
+from toolkit.client.errors import (
+    OVERLOAD_MARKERS,
+    ClientError,
+    InvalidRequestError,
+    ServerOverloadedError,
+    ServerUnavailableError,
+)
 
 _REQUEST = (
     ("user_dense", np.float32, "user"),
@@ -95,6 +101,12 @@ def translate_error(exc: Exception, model: str) -> ClientError:
     text = f"{model}: {message}"
     if status and "INVALID_ARGUMENT" in status:
         return InvalidRequestError(text, status)
+    if status and "UNAVAILABLE" in status and any(m in message for m in OVERLOAD_MARKERS):
+        return ServerOverloadedError(
+            f"{text} (the server is overloaded and shed this request before computing it; retry "
+            "with backoff)",
+            status,
+        )
     if status is None or "UNAVAILABLE" in status or "NOT_FOUND" in status:
         return ServerUnavailableError(text, status)
     return ClientError(text, status)

@@ -22,3 +22,14 @@ class InvalidRequestError(ClientError):
 
 class ServerUnavailableError(ClientError):
     """The server or the model is not reachable or not ready (UNAVAILABLE, connection refused)."""
+
+
+class ServerOverloadedError(ServerUnavailableError):
+    """The server shed the request: it waited in the router's queue past its timeout (UNAVAILABLE).
+
+    Nothing was computed for it; retry with backoff, or spread the load.
+    """
+
+
+OVERLOAD_MARKERS = ("Request timeout expired", "Exceeds maximum queue size")
+"""What Triton's message says when its queue policy rejects a request."""

@@ -1,0 +1,147 @@
+"""Overload on the real embedded Triton: several times its capacity for 20 s, nothing queues unboundedly.
+
+The driver sends pre-serialized requests over raw gRPC with Poisson arrivals (open loop), so it can
+offer more than the server can take on the same two cores. Every request must either succeed or be
+shed by the router's queue policy with UNAVAILABLE and Triton's "Request timeout expired"; rejections
+come back quickly (the queue timeout is 100 ms); the server process survives, answers the next
+request, and its memory (the tritonserver process and its python-backend stubs) stays bounded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import os
+import time
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+from helpers import free_port_options
+from tritonclient.grpc import service_pb2
+
+from toolkit.client import RankingClient
+from toolkit.data import REQUEST_TENSORS, generate_requests
+from toolkit.serve import TritonServer
+
+pytestmark = pytest.mark.e2e
+
+OVERLOAD_S = 20.0
+SHED = "Request timeout expired"
+
+
+def _payloads(spec, count: int) -> list[bytes]:
+    requests = generate_requests(spec.features, count, (256, 512), 0.5, seed=83, world_seed=spec.seed)
+    out = []
+    for r in range(requests.num_requests):
+        message = service_pb2.ModelInferRequest(model_name=spec.name)
+        for name, value in requests.request(r).items():
+            kind = "FP32" if value.dtype == np.float32 else "INT64"
+            message.inputs.add(name=name, datatype=kind, shape=list(value.shape))
+            message.raw_input_contents.append(np.ascontiguousarray(value).tobytes())
+        assert [i.name for i in message.inputs] == list(REQUEST_TENSORS)
+        out.append(message.SerializeToString())
+    return out
+
+
+def _tree_rss_kib(root: int) -> int:
+    children = collections.defaultdict(list)
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                parent = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children[parent].append(int(entry))
+    total, stack = 0, [root]
+    while stack:
+        pid = stack.pop()
+        stack.extend(children.get(pid, []))
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            continue
+        total += next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:")), 0)
+    return total
+
+
+async def _drive(url: str, payloads: list[bytes], rate: float | None, seconds: float, pid: int) -> dict:
+    """Closed loop at concurrency 4 when ``rate`` is None, else Poisson arrivals at ``rate``/s."""
+    results: list[tuple[str, float]] = []
+    messages: dict[str, str] = {}
+    rss = [_tree_rss_kib(pid)]
+    async with grpc.aio.insecure_channel(url, options=[("grpc.max_send_message_length", -1)]) as channel:
+        call = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
+
+        async def one(i: int, at: float) -> None:
+            try:
+                await call(payloads[i % len(payloads)], timeout=120)
+                status = "OK"
+            except grpc.aio.AioRpcError as exc:
+                status = exc.code().name
+                messages.setdefault(status, exc.details())
+            results.append((status, (time.perf_counter() - at) * 1000.0))
+
+        started = time.perf_counter()
+        sent = 0
+        if rate is None:
+
+            async def worker() -> None:
+                nonlocal sent
+                while time.perf_counter() - started < seconds:
+                    sent += 1
+                    await one(sent, time.perf_counter())
+
+            await asyncio.gather(*(worker() for _ in range(4)))
+        else:
+            rng = np.random.default_rng(0)
+            tasks, at, last_rss = set(), started, started
+            while at - started < seconds:
+                at += rng.exponential(1.0 / rate)
+                delay = at - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                task = asyncio.create_task(one(sent, at))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+                sent += 1
+                if time.perf_counter() - last_rss > 0.5:
+                    rss.append(_tree_rss_kib(pid))
+                    last_rss = time.perf_counter()
+            await asyncio.gather(*tasks)
+        rss.append(_tree_rss_kib(pid))
+    return {"results": results, "messages": messages, "sent": sent, "seconds": seconds, "rss_kib": rss}
+
+
+def test_several_times_capacity_for_20_s_gets_answers_or_fast_clear_rejections(pipeline, tmp_path) -> None:
+    spec = pipeline.spec
+    payloads = _payloads(spec, 100)
+    with TritonServer(free_port_options(pipeline.repository, tmp_path / "tritonserver.log")) as server:
+        pid = server.pid
+        closed = asyncio.run(_drive(server.grpc_url, payloads, None, 4.0, pid))
+        capacity = sum(status == "OK" for status, _ in closed["results"]) / closed["seconds"]
+        overload = asyncio.run(_drive(server.grpc_url, payloads, 4 * capacity, OVERLOAD_S, pid))
+        with RankingClient(server.grpc_url, spec.name, tier_names=spec.tier_names) as client:
+            after = client.rank(**generate_requests(spec.features, 1, (3, 3), 0.5, seed=5).request(0))
+        assert server.running and server.pid == pid
+
+    statuses = collections.Counter(status for status, _ in overload["results"])
+    ok = [ms for status, ms in overload["results"] if status == "OK"]
+    shed = [ms for status, ms in overload["results"] if status != "OK"]
+    rss_mb = np.array(overload["rss_kib"]) / 1024
+    print(
+        f"\noverload: capacity {capacity:.0f} req/s (closed loop, 4 in flight); offered "
+        f"{overload['sent'] / OVERLOAD_S:.0f} req/s for {OVERLOAD_S:g} s: {dict(statuses)}; answered p50/p99 "
+        f"{np.percentile(ok, 50):.0f}/{np.percentile(ok, 99):.0f} ms; rejected p50/p99 "
+        f"{np.percentile(shed, 50):.0f}/{np.percentile(shed, 99):.0f} ms; server RSS start "
+        f"{rss_mb[0]:.0f} MB, peak {rss_mb.max():.0f} MB"
+    )
+    assert overload["sent"] / OVERLOAD_S >= 2 * capacity  # the server really was offered more than it takes
+    assert set(statuses) <= {"OK", "UNAVAILABLE"}, overload["messages"]
+    assert statuses["UNAVAILABLE"] > 0 and statuses["OK"] > 0
+    assert SHED in overload["messages"]["UNAVAILABLE"]
+    assert np.percentile(shed, 50) < 1000.0  # shed after ~the 100 ms queue timeout, not after a backlog
+    assert np.percentile(ok, 50) < 1000.0
+    assert rss_mb.max() - rss_mb[0] < 500.0
+    assert after.scores.shape == (3,)
