@@ -61,10 +61,11 @@ def command(
 ) -> None:
     """Write the Triton model repository: the ensemble, preprocess, router and one model per tier.
 
-    The ensemble (named after the spec) is the entry point clients call. Its two steps are the
-    preprocess model (the exported feature transforms) and the BLS router (python backend), which
-    picks a tier per request with the spec's routing policy and calls it. Every config.pbtxt is built
-    as a protobuf message.
+    The ensemble (named after the spec) is the entry point clients call. Its one step is the BLS
+    router (python backend): it admits a request (rejecting those that waited past
+    triton.queue_timeout_ms), validates it, runs the preprocess model (the exported feature
+    transforms), picks a tier with the spec's routing policy and calls it, stepping down to a cheaper
+    tier when one fails. Every config.pbtxt is built as a protobuf message.
 
     Per tier, the variant deployed is the one pinned (--pin, then the spec's triton.pin) or the
     fastest on the target that passed export's accuracy gate (mean latency over the timed candidate
@@ -98,9 +99,12 @@ def command(
             f"note: the repository replaced was written by {result.replaced_older}; it was replaced "
             f"whole (format {MARKER_FORMAT} now), not updated in place"
         )
-    click.echo(f"  {spec.name:<28} ensemble entry point: preprocess -> router")
-    click.echo(f"  {spec.preprocess_model:<28} feature transforms (ONNX)")
-    click.echo(f"  {spec.router_model:<28} BLS router, policy {spec.routing.policy!r}")
+    click.echo(f"  {spec.name:<28} ensemble entry point: the router")
+    click.echo(f"  {spec.preprocess_model:<28} feature transforms (ONNX), called by the router")
+    click.echo(
+        f"  {spec.router_model:<28} BLS router: queue timeout {spec.triton.queue_timeout_ms:g} ms, "
+        f"validation, preprocess, policy {spec.routing.policy!r}"
+    )
     if spec.gate_model in result.models:
         click.echo(f"  {spec.gate_model:<28} learned policy's gate (ONNX), called by the router")
     for name, selection in result.selections.items():
