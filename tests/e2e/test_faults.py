@@ -1,16 +1,20 @@
-"""Faults behind the router on the real embedded Triton: the largest tier unloaded and reloaded under load.
+"""Faults behind the router on the real embedded Triton: the largest tier unloaded and replaced under load.
 
-A server in ``explicit`` model-control mode serves the session's repository while the load generator
-sends requests that ask for the largest tier for 20 seconds; a few seconds in, that tier is unloaded,
-and later loaded again. No request may fail: while the tier is gone the router answers with the next
-cheaper tier (the ``tier`` output says so) and counts the fallback.
+A server in ``explicit`` model-control mode serves a copy of the session's repository while the load
+generator sends requests that ask for the largest tier for 20 seconds. A few seconds in, that tier is
+unloaded; ``toolkit deploy`` then writes the repository again with another variant of it, and the
+tier is loaded again. No request may fail: while the tier is gone the router answers with the next
+cheaper tier (the ``tier`` output says so) and counts the fallback; afterwards the tier serves the
+new variant's scores.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import re
+import shutil
 import threading
 import time
 
@@ -20,7 +24,9 @@ import tritonclient.grpc as grpcclient
 
 from toolkit.bench.load import StabilityPolicy, StepSpec, run_step
 from toolkit.client import RankingClient
-from toolkit.data import generate_requests
+from toolkit.data import REQUEST_TENSORS, generate_requests
+from toolkit.export import FP32, cpu_session, read_manifest
+from toolkit.repository import MARKER
 from toolkit.serve import TritonServer
 
 pytestmark = pytest.mark.e2e
@@ -31,12 +37,17 @@ LOAD_S = 20.0
 def test_unloading_the_largest_tier_under_load_fails_no_request_and_reloading_brings_it_back(
     pipeline, tmp_path
 ) -> None:
-    from helpers import free_port_options
+    from helpers import free_port_options, run_cli
 
     spec = pipeline.spec
     largest, cheaper = spec.tier_names[-1], spec.tier_names[-2]
+    repository = tmp_path / "repository"
+    shutil.copytree(pipeline.repository, repository)
+    before = json.loads((repository / MARKER).read_text())["variants"][largest]
+    entries = read_manifest(pipeline.artifacts)["tiers"][largest]["variants"]
+    replacement = next(v for v, e in entries.items() if e["status"] == "OK" and v != before)
     options = dataclasses.replace(
-        free_port_options(pipeline.repository, tmp_path / "tritonserver.log"),
+        free_port_options(repository, tmp_path / "tritonserver.log"),
         model_control_mode="explicit",
         load_models=("*",),
     )
@@ -61,13 +72,17 @@ def test_unloading_the_largest_tier_under_load_fails_no_request_and_reloading_br
         admin.unload_model(largest)
         _wait_until(started + 6.0)
         assert not admin.is_model_ready(largest)
+        pins = [a for t, v in pipeline.pins.items() if t != largest for a in ("--pin", f"{t}={v}")]
+        pins += ["--pin", f"{largest}={replacement}"]
+        run_cli("deploy", "--spec", str(pipeline.spec_path), "--out", str(repository), *pins)
         _wait_until(started + 12.0)
         admin.load_model(largest)
         assert admin.is_model_ready(largest)
         load.join(timeout=LOAD_S + 60)
         assert not load.is_alive()
+        raw = requests.request(0)
         with RankingClient(server.grpc_url, spec.name, tier_names=spec.tier_names) as client:
-            after = client.rank(tier=largest, **requests.request(0))
+            after = client.rank(tier=largest, **raw)
         assert server.running and server.pid == pid
         admin.close()
     log = (tmp_path / "tritonserver.log").read_text(encoding="utf-8", errors="replace")
@@ -78,6 +93,10 @@ def test_unloading_the_largest_tier_under_load_fails_no_request_and_reloading_br
     assert step.requests > 0
     assert step.tier_mix.get(cheaper, 0) > 0 and step.tier_mix.get(largest, 0) > 0
     assert np.all(after.tiers == spec.tier_names.index(largest))
+    preprocess = cpu_session(str(pipeline.artifacts / spec.preprocess_model / FP32 / "model.onnx"))
+    tier = cpu_session(str(pipeline.artifacts / largest / replacement / "model.onnx"))
+    expected = tier.run(["score"], dict(zip(REQUEST_TENSORS, preprocess.run(None, raw), strict=True)))[0]
+    assert np.max(np.abs(after.scores - expected)) <= 1e-5
     counts = re.findall(rf"'fallback:{largest}': (\d+)", log)
     assert counts and sum(int(c) for c in counts) > 0
 
