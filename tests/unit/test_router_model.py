@@ -460,3 +460,23 @@ def test_router_validates_before_preprocessing_and_answers_unavailable_when_prep
 
     assert_error(response, FakeTritonError.UNAVAILABLE, "preprocess", "not loaded")
     assert router.backend.calls == []
+
+
+def test_router_skips_a_tier_whose_recent_calls_exceed_the_tier_timeout_until_they_age_out(
+    router: Router, tiny_spec: Spec
+) -> None:
+    now = [100.0]
+    router.model.latency.clock = lambda: now[0]
+    request = make_request(tiny_spec, history_items=6, n=3)
+    limit = router.config.tier_timeout_ms
+    for _ in range(8):
+        router.model.latency.observe("xl", 3, 2 * limit)
+
+    (slow,) = router.execute(request)
+
+    assert outputs(slow)["tier"][0, 0] < tiny_spec.tier_names.index("xl")
+    assert "xl" not in [c.model_name for c in router.backend.calls]
+    assert router.model.counts["slow:xl"] == 1 and router.model.counts["fallback:xl"] == 1
+    now[0] += router.config.budget_max_age_s + 1
+    (again,) = router.execute(request)
+    assert_served_by(router, request, again, "xl")

@@ -95,6 +95,7 @@ def router_settings(
         inputs=input_schema(spec).to_dict(),
         preprocess_model=spec.preprocess_model,
         preprocess_outputs=dict(PREPROCESSED),
+        tier_timeout_ms=spec.triton.tier_timeout_ms,
     )
 
 

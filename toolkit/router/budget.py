@@ -71,13 +71,18 @@ class LatencyTracker:
         calls = buckets.setdefault(bucket(num_candidates), deque(maxlen=self.window))
         calls.append((self.clock(), float(ms)))
 
-    def estimate(self, tier: str, num_candidates: int) -> float | None:
-        """Expected latency (ms) of ``tier`` for N candidates, or None when nothing is known."""
+    def recent(self, tier: str, num_candidates: int) -> float | None:
+        """The percentile of ``tier``'s recent calls for N candidates, or None with too few of them."""
         calls = self.samples.get(tier, {}).get(bucket(num_candidates), ())
         since = self.clock() - self.max_age_s
         recent = [ms for at, ms in calls if at >= since]
-        if len(recent) >= MIN_SAMPLES:
-            return float(np.percentile(recent, self.percentile))
+        return float(np.percentile(recent, self.percentile)) if len(recent) >= MIN_SAMPLES else None
+
+    def estimate(self, tier: str, num_candidates: int) -> float | None:
+        """Expected latency (ms) of ``tier`` for N candidates, or None when nothing is known."""
+        recent = self.recent(tier, num_candidates)
+        if recent is not None:
+            return recent
         if tier in self.priors:
             counts, values = self.priors[tier]
             return float(np.interp(num_candidates, counts, values))

@@ -83,6 +83,8 @@ class RouterConfig:
         preprocess_model: The model the router runs each raw request through (BLS) before routing;
             empty: the request arrives preprocessed.
         preprocess_outputs: Its output name per request tensor.
+        tier_timeout_ms: A tier whose recent calls (the budget's percentile) take longer than this
+            is skipped for the next cheaper one until its slow calls age out; 0: never.
     """
 
     tiers: tuple[str, ...]
@@ -103,6 +105,7 @@ class RouterConfig:
     inputs: dict[str, Any] = field(default_factory=dict)
     preprocess_model: str = ""
     preprocess_outputs: dict[str, str] = field(default_factory=dict)
+    tier_timeout_ms: float = 0.0
 
     def __post_init__(self) -> None:
         if self.policy not in POLICIES:
@@ -153,6 +156,7 @@ class RouterConfig:
             "inputs": self.inputs,
             "preprocess_model": self.preprocess_model,
             "preprocess_outputs": self.preprocess_outputs,
+            "tier_timeout_ms": self.tier_timeout_ms,
         }
         return json.dumps(data, indent=2) + "\n"
 

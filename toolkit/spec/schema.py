@@ -458,6 +458,9 @@ class TritonSpec:
             queue) before it is rejected with UNAVAILABLE; a client's request ``timeout`` can only
             shorten it; 0 means no bound.
         tier_instances: Instances of each tier model.
+        tier_timeout_ms: A tier (other than the cheapest) whose recent calls take longer than this
+            (the router's latency percentile, ``routing.budget.percentile``) is skipped for the next
+            cheaper tier until its slow calls age out (``routing.budget.max_age_s``); 0: never.
         host: Address the server binds to.
         grpc_port: gRPC port.
         http_port: HTTP port.
@@ -473,6 +476,7 @@ class TritonSpec:
     router_instances: int = 2
     queue_timeout_ms: float = 100.0
     tier_instances: int = 1
+    tier_timeout_ms: float = 1000.0
     host: str = "127.0.0.1"
     grpc_port: int = 8001
     http_port: int = 8000
@@ -500,6 +504,8 @@ class TritonSpec:
             )
         if self.tier_instances < 1:
             raise KeyedValueError("tier_instances", f"must be positive, got {self.tier_instances}")
+        if not math.isfinite(self.tier_timeout_ms) or self.tier_timeout_ms < 0:
+            raise KeyedValueError("tier_timeout_ms", f"must be a number >= 0, got {self.tier_timeout_ms}")
         if not math.isfinite(self.queue_timeout_ms) or self.queue_timeout_ms < 0:
             raise KeyedValueError("queue_timeout_ms", f"must be a number >= 0, got {self.queue_timeout_ms}")
         for port in (self.grpc_port, self.http_port, self.metrics_port):

@@ -136,12 +136,23 @@ class TritonPythonModel:
     def _score_or_fall_back(self, index: int, inputs: list) -> tuple[np.ndarray, int]:
         """Scores of tier ``index``, else of the next cheaper tier that answers, and who answered.
 
-        A tier that returns an error or is not loaded counts as ``error:<tier>``, and each step
-        down as ``fallback:<tier>``; when even the cheapest fails, :class:`_NoTierError`.
+        A tier that returns an error or is not loaded counts as ``error:<tier>``; one whose recent
+        calls took longer than ``tier_timeout_ms`` is not called (``slow:<tier>``); each step down
+        counts as ``fallback:<tier>``. When even the cheapest fails, :class:`_NoTierError`.
         """
         failures = []
+        n = int(inputs[INPUTS.index("ad_dense")].as_numpy().shape[0])
+        limit = self.config.tier_timeout_ms
         for candidate in range(index, -1, -1):
             tier = self.config.tiers[candidate]
+            recent = self.latency.recent(tier, n) if limit > 0 and candidate > 0 else None
+            if recent is not None and recent > limit:
+                self.counts[f"slow:{tier}"] += 1
+                self.counts[f"fallback:{tier}"] += 1
+                failures.append(
+                    f"tier {tier!r} is too slow: its recent calls take {recent:.0f} ms > {limit:g} ms"
+                )
+                continue
             try:
                 return self._score(tier, inputs), candidate
             except _TierError as exc:
