@@ -6,7 +6,9 @@ Triton, so these tests check the router's own logic, not serving.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import dataclasses
 import importlib.util
 import json
 import sys
@@ -102,6 +104,7 @@ class FakeBackend:
         self.failing: dict[str, str] = {}
         self.raising: set[str] = set()
         self.preprocessed: list[BlsCall] = []
+        self.hanging: set[str] = set()
         backend = self
 
         class FakeInferenceRequest:
@@ -111,6 +114,12 @@ class FakeBackend:
                 self.call = BlsCall(
                     model_name, list(requested_output_names), {t.name(): t.as_numpy() for t in inputs}
                 )
+
+            async def async_exec(self) -> FakeInferenceResponse:
+                if self.call.model_name in backend.hanging:
+                    backend.calls.append(self.call)
+                    await asyncio.sleep(3600)
+                return self.exec()
 
             def exec(self) -> FakeInferenceResponse:
                 if self.call.model_name.endswith("_preprocess"):
@@ -157,7 +166,7 @@ class Router:
     config: RouterConfig
 
     def execute(self, *requests: FakeRequest) -> list[FakeInferenceResponse]:
-        responses = self.model.execute(list(requests))
+        responses = asyncio.run(self.model.execute(list(requests)))
         assert len(responses) == len(requests)
         return responses
 
@@ -480,3 +489,18 @@ def test_router_skips_a_tier_whose_recent_calls_exceed_the_tier_timeout_until_th
     now[0] += router.config.budget_max_age_s + 1
     (again,) = router.execute(request)
     assert_served_by(router, request, again, "xl")
+
+
+def test_router_gives_up_on_a_tier_that_misses_the_deadline_and_falls_back(
+    router: Router, tiny_spec: Spec
+) -> None:
+    router.model.config = dataclasses.replace(router.model.config, tier_timeout_ms=50.0)
+    router.backend.hanging.add("xl")
+    request = make_request(tiny_spec, history_items=6)
+
+    (response,) = router.execute(request)
+
+    cheaper = tiny_spec.tier_names[tiny_spec.tier_names.index("xl") - 1]
+    assert_served_by(router, request, response, cheaper)
+    assert [c.model_name for c in router.backend.calls] == ["xl", cheaper]
+    assert router.model.counts["timeout:xl"] == 1 and router.model.counts["fallback:xl"] == 1

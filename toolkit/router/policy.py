@@ -83,8 +83,9 @@ class RouterConfig:
         preprocess_model: The model the router runs each raw request through (BLS) before routing;
             empty: the request arrives preprocessed.
         preprocess_outputs: Its output name per request tensor.
-        tier_timeout_ms: A tier whose recent calls (the budget's percentile) take longer than this
-            is skipped for the next cheaper one until its slow calls age out; 0: never.
+        tier_timeout_ms: Deadline of each tier call, after which the next cheaper tier answers; a
+            tier whose recent calls (the budget's percentile) take longer is skipped until its slow
+            calls age out; 0: no deadline.
     """
 
     tiers: tuple[str, ...]

@@ -458,9 +458,10 @@ class TritonSpec:
             queue) before it is rejected with UNAVAILABLE; a client's request ``timeout`` can only
             shorten it; 0 means no bound.
         tier_instances: Instances of each tier model.
-        tier_timeout_ms: A tier (other than the cheapest) whose recent calls take longer than this
-            (the router's latency percentile, ``routing.budget.percentile``) is skipped for the next
-            cheaper tier until its slow calls age out (``routing.budget.max_age_s``); 0: never.
+        tier_timeout_ms: Deadline of each of the router's tier calls: past it the router gives up
+            and the next cheaper tier answers; a tier (other than the cheapest) whose recent calls
+            (``routing.budget.percentile``) take longer is not called until its slow calls age out
+            (``routing.budget.max_age_s``); 0: no deadline.
         host: Address the server binds to.
         grpc_port: gRPC port.
         http_port: HTTP port.

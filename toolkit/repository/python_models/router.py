@@ -10,6 +10,7 @@ with a leading dimension of 1, which is dropped on the way in and added on the w
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import sys
@@ -34,6 +35,7 @@ from toolkit_router import (  # noqa: E402
     gate_features,
     parse_parameters,
     request_features,
+    top_candidates,
     validate_request,
 )
 
@@ -73,12 +75,16 @@ class TritonPythonModel:
         self.served = 0
         self.batched = json.loads(args.get("model_config") or "{}").get("max_batch_size", 0) > 0
 
-    def execute(self, requests: list) -> list:
-        """Route and score each request; a refused request gets INVALID_ARGUMENT, others are unaffected."""
+    async def execute(self, requests: list) -> list:
+        """Route and score each request; a refused request gets INVALID_ARGUMENT, others are unaffected.
+
+        Asynchronous so that a tier call can be given up after ``tier_timeout_ms`` (``async_exec``
+        under ``asyncio.wait_for``); the instance still handles one request at a time.
+        """
         responses = []
         for request in requests:
             try:
-                responses.append(self._route(request))
+                responses.append(await self._route(request))
             except Exception as exc:
                 self.counts["internal_error"] += 1
                 message = f"router failed on this request: {type(exc).__name__}: {exc}"
@@ -89,7 +95,7 @@ class TritonPythonModel:
                 )
         return responses
 
-    def _route(self, request: object) -> object:
+    async def _route(self, request: object) -> object:
         try:
             tensors, context = self._parse(request)
             if self.config.policy == "learned" and context.forced_tier is None:
@@ -108,7 +114,7 @@ class TritonPythonModel:
                 error=pb_utils.TritonError(str(exc), pb_utils.TritonError.UNAVAILABLE)
             )
         try:
-            score, served = self._score_or_fall_back(decision.index, [tensors[name] for name in INPUTS])
+            score, served = await self._score_or_fall_back(decision.index, [tensors[name] for name in INPUTS])
         except _NoTierError as exc:
             self.counts["unavailable"] += 1
             return pb_utils.InferenceResponse(
@@ -117,9 +123,9 @@ class TritonPythonModel:
         tiers = np.full(score.shape, served, dtype=np.int32)
         if decision.rescore_tier is not None and served == decision.index:
             try:
-                score, tiers = cascade_scores(
-                    score, decision, lambda top: self._rescore(decision.rescore_tier, tensors, top)
-                )
+                top = top_candidates(score, decision.top_k)
+                rescored = await self._rescore(decision.rescore_tier, tensors, top) if len(top) else top
+                score, tiers = cascade_scores(score, decision, lambda _: rescored)
             except _TierError as exc:
                 self.counts[f"error:{exc.tier}"] += 1
                 self.counts[f"fallback:{exc.tier}"] += 1
@@ -133,7 +139,7 @@ class TritonPythonModel:
             output_tensors=[pb_utils.Tensor("score", score), pb_utils.Tensor("tier", tiers)]
         )
 
-    def _score_or_fall_back(self, index: int, inputs: list) -> tuple[np.ndarray, int]:
+    async def _score_or_fall_back(self, index: int, inputs: list) -> tuple[np.ndarray, int]:
         """Scores of tier ``index``, else of the next cheaper tier that answers, and who answered.
 
         A tier that returns an error or is not loaded counts as ``error:<tier>``; one whose recent
@@ -154,7 +160,7 @@ class TritonPythonModel:
                 )
                 continue
             try:
-                return self._score(tier, inputs), candidate
+                return await self._score(tier, inputs), candidate
             except _TierError as exc:
                 self.counts[f"error:{tier}"] += 1
                 if candidate > 0:
@@ -180,19 +186,36 @@ class TritonPythonModel:
         gains = pb_utils.get_output_tensor_by_name(response, "gains").as_numpy()
         return tuple(float(g) for g in gains[0])
 
-    def _score(self, tier: str, inputs: list) -> np.ndarray:
+    async def _score(self, tier: str, inputs: list) -> np.ndarray:
+        """``tier``'s scores; :class:`_TierError` when it fails, is not loaded or misses the deadline."""
         started = time.perf_counter()
+        n = int(inputs[INPUTS.index("ad_dense")].as_numpy().shape[0])
+        limit = self.config.tier_timeout_ms
+        call = pb_utils.InferenceRequest(model_name=tier, requested_output_names=["score"], inputs=inputs)
         try:
-            response = pb_utils.InferenceRequest(
-                model_name=tier, requested_output_names=["score"], inputs=inputs
-            ).exec()
+            response = await asyncio.wait_for(
+                call.async_exec(), timeout=limit / 1000.0 if limit > 0 else None
+            )
+        except TimeoutError:
+            self.latency.observe(tier, n, (time.perf_counter() - started) * 1000.0)
+            self.counts[f"timeout:{tier}"] += 1
+            raise _TierError(tier, f"tier {tier!r} did not answer within {limit:g} ms") from None
         except Exception as exc:
             raise _TierError(tier, f"tier {tier!r} failed: {exc}") from None
-        n = int(inputs[INPUTS.index("ad_dense")].as_numpy().shape[0])
         self.latency.observe(tier, n, (time.perf_counter() - started) * 1000.0)
         if response.has_error():
             raise _TierError(tier, f"tier {tier!r} failed: {response.error().message()}")
         return pb_utils.get_output_tensor_by_name(response, "score").as_numpy().astype(np.float32, copy=False)
+
+    async def _rescore(self, tier: str, tensors: dict, top: np.ndarray) -> np.ndarray:
+        """Scores of ``tier`` for the candidates at ``top`` (the user tensors are passed as they are)."""
+        inputs = [
+            pb_utils.Tensor(name, np.ascontiguousarray(tensors[name].as_numpy()[top]))
+            if name in CANDIDATE_INPUTS
+            else tensors[name]
+            for name in INPUTS
+        ]
+        return await self._score(tier, inputs)
 
     def _preprocess(self, raw: dict) -> dict:
         """The tiers' inputs: the raw request run through the preprocess model (BLS)."""
@@ -215,16 +238,6 @@ class TritonPythonModel:
             )
             for name in INPUTS
         }
-
-    def _rescore(self, tier: str, tensors: dict, top: np.ndarray) -> np.ndarray:
-        """Scores of ``tier`` for the candidates at ``top`` (the user tensors are passed as they are)."""
-        inputs = [
-            pb_utils.Tensor(name, np.ascontiguousarray(tensors[name].as_numpy()[top]))
-            if name in CANDIDATE_INPUTS
-            else tensors[name]
-            for name in INPUTS
-        ]
-        return self._score(tier, inputs)
 
     def _parse(self, request: object) -> tuple[dict, RequestContext]:
         raw = {}
