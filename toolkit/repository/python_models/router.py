@@ -104,28 +104,19 @@ class TritonPythonModel:
             n = int(context.features["num_candidates"])
             decision = cap(self.config, decide(self.config, context), budget, n, self.latency)
         except RoutingError as exc:
-            self.counts["rejected"] += 1
-            return pb_utils.InferenceResponse(
-                error=pb_utils.TritonError(str(exc), pb_utils.TritonError.INVALID_ARG)
-            )
+            return self._refuse("rejected", exc, pb_utils.TritonError.INVALID_ARG)
         except _NoTierError as exc:
-            self.counts["unavailable"] += 1
-            return pb_utils.InferenceResponse(
-                error=pb_utils.TritonError(str(exc), pb_utils.TritonError.UNAVAILABLE)
-            )
+            return self._refuse("unavailable", exc, pb_utils.TritonError.UNAVAILABLE)
         try:
             score, served = await self._score_or_fall_back(decision.index, [tensors[name] for name in INPUTS])
         except _NoTierError as exc:
-            self.counts["unavailable"] += 1
-            return pb_utils.InferenceResponse(
-                error=pb_utils.TritonError(str(exc), pb_utils.TritonError.UNAVAILABLE)
-            )
+            return self._refuse("unavailable", exc, pb_utils.TritonError.UNAVAILABLE)
         tiers = np.full(score.shape, served, dtype=np.int32)
         if decision.rescore_tier is not None and served == decision.index:
             try:
                 top = top_candidates(score, decision.top_k)
-                rescored = await self._rescore(decision.rescore_tier, tensors, top) if len(top) else top
-                score, tiers = cascade_scores(score, decision, lambda _: rescored)
+                better = await self._rescore(decision.rescore_tier, tensors, top) if len(top) else None
+                score, tiers = cascade_scores(score, decision, lambda _: better)
             except _TierError as exc:
                 self.counts[f"error:{exc.tier}"] += 1
                 self.counts[f"fallback:{exc.tier}"] += 1
@@ -138,6 +129,10 @@ class TritonPythonModel:
         return pb_utils.InferenceResponse(
             output_tensors=[pb_utils.Tensor("score", score), pb_utils.Tensor("tier", tiers)]
         )
+
+    def _refuse(self, counter: str, exc: Exception, code: int) -> object:
+        self.counts[counter] += 1
+        return pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc), code))
 
     async def _score_or_fall_back(self, index: int, inputs: list) -> tuple[np.ndarray, int]:
         """Scores of tier ``index``, else of the next cheaper tier that answers, and who answered.
