@@ -337,6 +337,7 @@ def test_router_refuses_the_request_when_the_latency_budget_is_malformed(
 
     assert_error(response, FakeTritonError.INVALID_ARG, "'latency_budget_ms'")
     assert router.backend.calls == []
+    assert router.backend.preprocessed == []
 
 
 def test_router_refuses_the_request_naming_ad_dense_when_it_has_no_candidates(

@@ -79,9 +79,8 @@ class RouterConfig:
         learned_lambda: With ``learned``: the price of one MFLOP in log-loss units.
         tier_costs: With ``learned``: per tier, ``[a, b]`` with MFLOP = a + b * N.
         inputs: What a valid raw request looks like (:class:`~.validate.InputSchema` as a dict);
-            empty: the raw request is not checked.
-        preprocess_model: The model the router runs each raw request through (BLS) before routing;
-            empty: the request arrives preprocessed.
+            the router model needs it (policy code alone, as offline, does not).
+        preprocess_model: The model the router runs each raw request through (BLS) before routing.
         preprocess_outputs: Its output name per request tensor.
         tier_timeout_ms: Deadline of each tier call, after which the next cheaper tier answers; a
             tier whose recent calls (the budget's percentile) take longer is skipped until its slow

@@ -70,7 +70,7 @@ class TritonPythonModel:
             percentile=self.config.budget_percentile,
             max_age_s=self.config.budget_max_age_s,
         )
-        self.schema = InputSchema.from_dict(self.config.inputs) if self.config.inputs else None
+        self.schema = InputSchema.from_dict(self.config.inputs)
         self.counts: Counter[str] = Counter()
         self.served = 0
         self.batched = json.loads(args.get("model_config") or "{}").get("max_batch_size", 0) > 0
@@ -235,50 +235,30 @@ class TritonPythonModel:
         }
 
     def _parse(self, request: object) -> tuple[dict, RequestContext]:
+        """Validate the raw request and its parameters, then preprocess it (nothing runs before)."""
         raw = {}
         for name in INPUTS:
             tensor = pb_utils.get_input_tensor_by_name(request, name)
-            if tensor is None:
-                raise RoutingError(f"input tensor {name!r} is missing")
-            array = tensor.as_numpy()
-            if self.batched:
+            array = None if tensor is None else tensor.as_numpy()
+            if array is not None and self.batched:
                 if array.ndim < 1 or array.shape[0] != 1:
                     raise RoutingError(
                         f"input tensor {name!r}: expected a batch of 1, got {list(array.shape)}"
                     )
                 array = array[0]
             raw[name] = array
-        if self.schema is not None:
-            found = validate_request(raw, self.schema)
-            if found.folded_ids:
-                self.counts["folded_ids"] += found.folded_ids
-            if found.truncated_history:
-                self.counts["truncated_history"] += 1
-        tensors = (
-            self._preprocess(raw)
-            if self.config.preprocess_model
-            else {name: pb_utils.Tensor(name, array) for name, array in raw.items()}
-        )
-        n = int(tensors["ad_dense"].as_numpy().shape[0])
-        n_sparse = int(tensors["ad_sparse"].as_numpy().shape[0])
-        if n_sparse != n:
-            raise RoutingError(
-                "input tensors 'ad_dense' and 'ad_sparse' disagree on the number of candidates: "
-                f"{n} vs {n_sparse}"
-            )
-        if n < 1:
-            raise RoutingError("input tensor 'ad_dense' has 0 candidates; a request needs at least 1")
-        if n > self.config.max_candidates:
-            raise RoutingError(
-                f"input tensor 'ad_dense' has {n} candidates; "
-                f"at most {self.config.max_candidates} are allowed"
-            )
+        found = validate_request(raw, self.schema)
+        if found.folded_ids:
+            self.counts["folded_ids"] += found.folded_ids
+        if found.truncated_history:
+            self.counts["truncated_history"] += 1
         try:
             parameters = json.loads(request.parameters() or "{}")
         except ValueError as exc:
             raise RoutingError(f"request parameters are not readable: {exc}") from None
         forced, budget = parse_parameters(parameters, self.config)
-        features = request_features(tensors["user_history"].as_numpy(), n)
+        tensors = self._preprocess(raw)
+        features = request_features(tensors["user_history"].as_numpy(), int(raw["ad_dense"].shape[0]))
         return tensors, RequestContext(features=features, forced_tier=forced, latency_budget_ms=budget)
 
     def _count(self, tier: str, reason: str) -> None:
