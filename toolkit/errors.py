@@ -44,3 +44,7 @@ class RepositoryError(ToolkitError):
 
 class ServerError(ToolkitError):
     """Starting, probing or stopping a Triton server failed."""
+
+
+class UserModelError(ToolkitError):
+    """A user's model (factory, checkpoint or ONNX file) does not fit its tier's spec entry."""

@@ -127,21 +127,82 @@ class CandidateRange:
             raise ValueError(f"need 1 <= min <= max, got min={self.min}, max={self.max}")
 
 
+LOG_FORMATS = ("criteo", "parquet", "csv")
+"""Request-log file formats ``data.files`` can read."""
+
+
 @dataclass(frozen=True)
-class DataSpec:
-    """Sizes of the generated demo data.
+class LogColumns:
+    """Which columns of a log file make up each part of a request.
 
     Attributes:
-        train_requests: Requests to train on.
+        request_id: Column whose value groups rows into requests (rows of one request are
+            consecutive); empty: every row is a request with one candidate.
+        label: Click column (0/1).
+        user_dense: Columns of ``user_dense``, as many as ``features.user_dense``.
+        user_sparse: Columns of ``user_sparse``, one per ``features.user_sparse`` entry.
+        history: Column holding the history ids (a list, or ids separated by spaces); empty: none.
+        ad_dense: Columns of ``ad_dense``, as many as ``features.ad_dense``.
+        ad_sparse: Columns of ``ad_sparse``, one per ``features.ad_sparse`` entry.
+    """
+
+    user_dense: tuple[str, ...]
+    user_sparse: tuple[str, ...]
+    ad_dense: tuple[str, ...]
+    ad_sparse: tuple[str, ...]
+    request_id: str = ""
+    label: str = "label"
+    history: str = ""
+
+    def names(self) -> list[str]:
+        """Every column named, in a fixed order."""
+        extra = [c for c in (self.request_id, self.label, self.history) if c]
+        return [*extra, *self.user_dense, *self.user_sparse, *self.ad_dense, *self.ad_sparse]
+
+
+@dataclass(frozen=True)
+class LogFiles:
+    """Request logs to train and evaluate on instead of generated data.
+
+    Attributes:
+        format: ``criteo`` (the display-advertising TSV: label, I1..I13, C1..C26 in hex),
+            ``parquet`` or ``csv`` (one row per impression, with a header).
+        train: File (or folder of files) training streams through.
+        holdout: File held-out sets are read from (the first ``data.holdout_requests`` requests).
+        calibration: File calibration sets (quantization, routing gate) come from; empty: ``train``.
+        columns: Which columns make up each request tensor.
+        chunk_rows: Rows read at a time; memory stays bounded by this, whatever the file size.
+    """
+
+    format: Literal["criteo", "parquet", "csv"]
+    train: str
+    holdout: str
+    columns: LogColumns
+    calibration: str = ""
+    chunk_rows: int = 65536
+
+    def __post_init__(self) -> None:
+        if self.chunk_rows < 1:
+            raise KeyedValueError("chunk_rows", f"must be positive, got {self.chunk_rows}")
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """The data tiers train and are evaluated on: generated (the default) or read from logs.
+
+    Attributes:
+        train_requests: Generated requests to train on (read logs: the whole ``files.train``).
         holdout_requests: Held-out requests for metrics, parity checks and evaluation.
-        candidates: Candidate count per request.
-        informative_share: Share of users with long, informative histories.
+        candidates: Candidate count per generated request.
+        informative_share: Share of generated users with long, informative histories.
+        files: Request logs to read instead of generating data.
     """
 
     train_requests: int = 60000
     holdout_requests: int = 6000
     candidates: CandidateRange = field(default_factory=lambda: CandidateRange(8, 48))
     informative_share: float = 0.35
+    files: LogFiles | None = None
 
     def __post_init__(self) -> None:
         if self.train_requests < 1 or self.holdout_requests < 1:
@@ -150,22 +211,156 @@ class DataSpec:
             raise KeyedValueError("informative_share", f"must lie in [0, 1], got {self.informative_share}")
 
 
+USER_TENSORS = ("user_dense", "user_sparse", "user_history")
+"""Request tensors with one row per request."""
+CANDIDATE_TENSORS = ("ad_dense", "ad_sparse")
+"""Request tensors with one row per candidate."""
+DENSE_TENSORS = ("user_dense", "ad_dense")
+"""Request tensors holding FP32 feature values (the others hold ids)."""
+MODEL_DTYPES = ("float32", "int64", "int32")
+"""Dtypes a user model's input may be given in."""
+
+
+@dataclass(frozen=True)
+class ModelInput:
+    """One input of a user model, made from request tensors.
+
+    Attributes:
+        name: The model's name for it: the ``forward`` argument of a PyTorch model, the graph input
+            of an ONNX file.
+        tensors: Request tensors it is made of (``user_dense``, ``user_sparse``, ``user_history``,
+            ``ad_dense``, ``ad_sparse``), after the preprocess step; several are concatenated along
+            the feature axis in the order given (a per-pair model's user tensors tiled to N rows
+            first).
+        dtype: ``float32``, ``int64`` or ``int32``; the request tensors are cast to it in the graph.
+            Default: ``float32`` if every tensor is dense, else ``int64``.
+    """
+
+    name: str
+    tensors: tuple[str, ...]
+    dtype: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            raise KeyedValueError("name", "must not be empty")
+        if not self.tensors:
+            raise KeyedValueError("tensors", "name at least one request tensor")
+        known = USER_TENSORS + CANDIDATE_TENSORS
+        for i, tensor in enumerate(self.tensors):
+            if tensor not in known:
+                raise KeyedValueError(
+                    f"tensors[{i}]", f"expected one of {', '.join(known)}, got {tensor!r}"
+                )
+        if len(set(self.tensors)) != len(self.tensors):
+            raise KeyedValueError("tensors", "names a request tensor twice")
+        if self.dtype and self.dtype not in MODEL_DTYPES:
+            raise KeyedValueError("dtype", f"expected one of {', '.join(MODEL_DTYPES)}, got {self.dtype!r}")
+
+    @property
+    def resolved_dtype(self) -> str:
+        """``dtype``, or its default for these tensors."""
+        if self.dtype:
+            return self.dtype
+        return "float32" if all(t in DENSE_TENSORS for t in self.tensors) else "int64"
+
+    @property
+    def level(self) -> str:
+        """``user`` (one row per request), ``candidate`` (one per candidate) or ``mixed``."""
+        users = [t in USER_TENSORS for t in self.tensors]
+        return "user" if all(users) else "candidate" if not any(users) else "mixed"
+
+
+@dataclass(frozen=True)
+class UserModelSpec:
+    """A tier the user brings: a PyTorch model built by a factory, or a ready ONNX file.
+
+    Attributes:
+        factory: ``package.module:callable`` returning an ``nn.Module`` (called with ``kwargs``).
+        onnx: Instead of a factory: an ONNX file whose graph inputs are ``inputs``.
+        path: Folder put first on ``sys.path`` while importing the factory (optional).
+        kwargs: Keyword arguments of the factory.
+        checkpoint: ``state_dict`` file loaded into the factory's model with
+            ``torch.load(weights_only=True)``; empty: the model as the factory returns it.
+        layout: ``request``: one row of user tensors per request and N candidate rows (the user side
+            computed once); ``pair``: one row per user-candidate pair (the deployed graph tiles the
+            user tensors to N rows).
+        output: What the model returns per candidate, shape [N] or [N, 1]: ``probability`` or
+            ``logit`` (the deployed tier applies the sigmoid).
+        inputs: The model's inputs, made from request tensors.
+    """
+
+    inputs: tuple[ModelInput, ...]
+    factory: str = ""
+    onnx: str = ""
+    path: str = ""
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    checkpoint: str = ""
+    layout: Literal["request", "pair"] = "request"
+    output: Literal["probability", "logit"] = "probability"
+
+    def __post_init__(self) -> None:
+        if bool(self.factory) == bool(self.onnx):
+            raise ValueError("give exactly one of factory (package.module:callable) and onnx (a file)")
+        if self.factory and not re.match(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$", self.factory):
+            raise KeyedValueError(
+                "factory", f"expected package.module:callable, got {self.factory!r}"
+            )
+        if self.onnx and (self.checkpoint or self.kwargs or self.path):
+            raise ValueError("an onnx tier takes no checkpoint, kwargs or path (its weights are in the file)")
+        if not self.inputs:
+            raise KeyedValueError("inputs", "map at least one model input onto the request tensors")
+        names = [i.name for i in self.inputs]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise KeyedValueError("inputs", f"input names must be unique, repeated: {', '.join(dupes)}")
+        for i, item in enumerate(self.inputs):
+            if item.level == "mixed" and self.layout != "pair":
+                raise KeyedValueError(
+                    f"inputs[{i}].tensors",
+                    "mixes user-level and candidate-level tensors, which only a per-pair model "
+                    "(layout: pair) can take as one input",
+                )
+        if not any(i.level != "user" for i in self.inputs):
+            raise KeyedValueError("inputs", "no input holds candidate tensors (ad_dense or ad_sparse)")
+
+
 @dataclass(frozen=True)
 class TierSpec:
-    """One tier: a registered architecture and its size knobs.
+    """One tier: a registered architecture and its size knobs, or a model the user brings.
 
     Attributes:
         name: Tier name; also the Triton model name of the deployed tier.
         architecture: A registered architecture (``lite``, ``standard``, ``xl``).
         params: Size knobs of that architecture; validated by its config class.
+        model: Instead of an architecture: the user's PyTorch model or ONNX file.
     """
 
     name: str
-    architecture: str
+    architecture: str = ""
     params: dict[str, Any] = field(default_factory=dict)
+    model: UserModelSpec | None = None
 
     def __post_init__(self) -> None:
         check_name(self.name, "tier name")
+        if bool(self.architecture) == (self.model is not None):
+            raise ValueError(
+                f"tier {self.name!r}: give exactly one of architecture (a demo architecture) and "
+                "model (your own model)"
+            )
+        if self.model is not None and self.params:
+            raise KeyedValueError("params", "belongs to an architecture; a user model takes model.kwargs")
+
+    @property
+    def kind(self) -> str:
+        """``builtin`` (a registered architecture), ``factory`` (a user PyTorch model) or ``onnx``."""
+        if self.model is None:
+            return "builtin"
+        return "factory" if self.model.factory else "onnx"
+
+    @property
+    def trainable(self) -> bool:
+        """Whether ``toolkit train`` trains this tier (only registered architectures)."""
+        return self.model is None
 
 
 @dataclass(frozen=True)
@@ -587,6 +782,21 @@ class Spec:
             raise KeyedValueError(
                 "tiers", f"tier names clash with the ensemble's own models: {', '.join(clash)}"
             )
+        files = self.data.files
+        if files is not None:
+            sizes = {
+                "user_dense": self.features.user_dense,
+                "user_sparse": len(self.features.user_sparse),
+                "ad_dense": self.features.ad_dense,
+                "ad_sparse": len(self.features.ad_sparse),
+            }
+            for part, size in sizes.items():
+                given = len(getattr(files.columns, part))
+                if given != size:
+                    raise KeyedValueError(
+                        f"data.files.columns.{part}",
+                        f"names {given} columns but features give {part} {size}",
+                    )
         if self.routing.default_tier and self.routing.default_tier not in names:
             raise KeyedValueError(
                 "routing.default_tier",
