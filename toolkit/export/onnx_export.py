@@ -9,10 +9,10 @@ import warnings
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from toolkit.data.requests import REQUEST_TENSORS
 from toolkit.errors import ExportError
-from toolkit.models.base import RankingModel
 from toolkit.models.preprocess import Preprocess
 
 log = logging.getLogger(__name__)
@@ -84,7 +84,7 @@ def export_module(
     log.debug("exporter output for %s:\n%s", path, sink.getvalue())
 
 
-def export_tier(model: RankingModel, example: dict[str, torch.Tensor], path: Path, opset: int) -> None:
+def export_tier(model: nn.Module, example: dict[str, torch.Tensor], path: Path, opset: int) -> None:
     """Export a tier for one request: user tensors [1, ...], candidate tensors [N, ...], N dynamic.
 
     Args:

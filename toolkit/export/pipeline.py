@@ -35,10 +35,9 @@ from toolkit.export.manifest import FORMAT, FP32, file_entries, read_manifest, s
 from toolkit.export.manifest import verify_files as _verify_files
 from toolkit.export.steps import FAILED, OK, SKIPPED, Exporter, StepFn
 from toolkit.machine import machine_facts
-from toolkit.models.base import RankingModel
 from toolkit.spec.schema import Spec
 from toolkit.spec.variants import VARIANTS
-from toolkit.train.checkpoints import PREPROCESS_FILE, load_tier, tier_path
+from toolkit.train.checkpoints import PREPROCESS_FILE, tier_path
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +92,59 @@ def fingerprint(spec: Spec, tier: str | None, variant: str, checkpoints: dict[st
     }
     blob = json.dumps(payload, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def tier_source(spec: Spec, checkpoints: Path, name: str) -> dict[str, str]:
+    """What a tier's variants are made from, with hashes: checkpoint, user ONNX file, factory source.
+
+    Raises:
+        UserModelError: A user tier's factory cannot be imported.
+    """
+    from toolkit.models.user import factory_source_digest
+
+    tier = spec.tier(name)
+    if tier.model is None:
+        path = tier_path(checkpoints, name)
+        return {"path": str(path), "sha256": sha256_file(path)}
+    if tier.model.onnx:
+        return {"path": tier.model.onnx, "sha256": sha256_file(Path(tier.model.onnx))}
+    checkpoint = tier.model.checkpoint
+    return {
+        "path": checkpoint,
+        "sha256": sha256_file(Path(checkpoint)) if checkpoint else "",
+        "factory": tier.model.factory,
+        "factory_sha256": factory_source_digest(tier),
+    }
+
+
+def check_user_tiers(exporter: Exporter, names: tuple[str, ...]) -> dict[str, Any]:
+    """Build and check every user tier among ``names`` before any export work.
+
+    Returns:
+        The PyTorch (or ONNX Runtime) reference model of each user tier, by name.
+
+    Raises:
+        UserModelError: The first tier whose model does not fit its spec entry (one line).
+    """
+    from toolkit.models.user import build_user_model, check_outputs
+
+    spec = exporter.spec
+    models: dict[str, Any] = {}
+    for name in names:
+        tier = spec.tier(name)
+        if tier.model is None:
+            continue
+        exporter.step(f"{name}: checking the {tier.kind} model against the spec")
+        if tier.kind == "onnx":
+            from toolkit.export.onnx_adapter import OnnxFileTier, check_onnx_file
+
+            check_onnx_file(tier, spec)
+            model = OnnxFileTier(tier, spec)
+        else:
+            model = build_user_model(tier)
+        check_outputs(tier, model, exporter.parity_preprocessed()[0])
+        models[name] = model
+    return models
 
 
 def _files_intact(artifacts: Path, entry: dict[str, Any]) -> bool:
@@ -185,6 +237,7 @@ def run_export(
     remove: list[tuple[str, str]] = []
     try:
         exporter = Exporter(spec, checkpoints, staging, step)
+        user_models = check_user_tiers(exporter, names)
         pre_sha = sha256_file(checkpoints / PREPROCESS_FILE)
         pre_fp = fingerprint(spec, None, FP32, {"preprocess": pre_sha})
         pre_prev = previous.get("preprocess", {}).get("variants", {}).get(FP32, {})
@@ -195,23 +248,37 @@ def run_export(
             promote.append((spec.preprocess_model, FP32))
         tier_entries = dict(previous.get("tiers", {}))
         for name in names:
-            ckpt = tier_path(checkpoints, name)
-            hashes = {"tier": sha256_file(ckpt), "preprocess": pre_sha}
+            source = tier_source(spec, checkpoints, name)
+            hashes = {"tier": source["sha256"], "preprocess": pre_sha}
+            hashes.update({k: v for k, v in source.items() if k.startswith("factory")})
             old = tier_entries.get(name, {})
             entries, moves, drops = _export_tier(
-                exporter, artifacts, name, variants, old.get("variants", {}), hashes, force, step
+                exporter,
+                artifacts,
+                name,
+                variants,
+                old.get("variants", {}),
+                hashes,
+                force,
+                step,
+                user_models.get(name),
             )
             promote += moves
             remove += drops
             reference = exporter.known_reference(name)
+            tier = spec.tier(name)
             tier_entries[name] = {
-                "architecture": spec.tier(name).architecture,
-                "checkpoint": {"path": str(ckpt), "sha256": hashes["tier"]},
+                "architecture": tier.architecture or tier.kind,
+                "layout": tier.model.layout if tier.model else "request",
+                "checkpoint": source,
                 "reference": (
                     {"ne": reference.ne, "auc": reference.auc} if reference else old.get("reference", {})
                 ),
                 "variants": entries,
             }
+            cost = exporter.known_per_pair_cost(name) or old.get("per_pair")
+            if tier.model is not None and tier.model.layout == "pair" and cost:
+                tier_entries[name]["per_pair"] = cost
         manifest = {
             "format": FORMAT,
             "toolkit_version": __version__,
@@ -262,13 +329,18 @@ def _export_tier(
     hashes: dict[str, str],
     force: bool,
     step: StepFn,
+    model: Any = None,
 ) -> tuple[dict[str, dict[str, Any]], list[tuple[str, str]], list[tuple[str, str]]]:
-    """Process one tier's variants; returns the entries, folders to promote and folders to remove."""
+    """Process one tier's variants; returns the entries, folders to promote and folders to remove.
+
+    ``model`` is a user tier's checked reference model (None: load the demo tier's checkpoint).
+    """
+    from toolkit.models.user import load_any_tier
+
     spec = exporter.spec
     entries: dict[str, dict[str, Any]] = {}
     promote: list[tuple[str, str]] = []
     remove: list[tuple[str, str]] = []
-    model: RankingModel | None = None
     fp32_folder: Path | None = None
     ctx: BuildContext | None = None
     for variant in variants:
@@ -282,7 +354,7 @@ def _export_tier(
                 fp32_folder = artifacts / name / FP32
             continue
         if model is None:
-            model = load_tier(exporter.checkpoints, spec, name)
+            model = load_any_tier(spec, exporter.checkpoints, name)
         started = time.perf_counter()
         folder = exporter.staging / name / variant
         if variant == FP32:

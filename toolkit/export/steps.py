@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from toolkit.data.demo import demo_holdout_set, demo_quantization_set
 from toolkit.data.requests import REQUEST_TENSORS, RequestSet
@@ -18,7 +19,6 @@ from toolkit.export.manifest import FP32
 from toolkit.export.onnx_export import PREPROCESSED, SCORE, export_preprocess, export_tier
 from toolkit.export.parity import check_parity, cpu_session
 from toolkit.export.timing import Timing, measure_counts, measure_interleaved
-from toolkit.models.base import RankingModel
 from toolkit.models.preprocess import Preprocess
 from toolkit.spec.schema import Spec
 from toolkit.train.checkpoints import load_preprocess
@@ -148,7 +148,7 @@ class Exporter:
             "timing": {"cpu": detail},
         }
 
-    def reference(self, tier: str, model: RankingModel) -> Reference:
+    def reference(self, tier: str, model: nn.Module) -> Reference:
         """fp32 PyTorch scores of ``tier`` on every held-out request."""
 
         def make() -> Reference:
@@ -159,17 +159,35 @@ class Exporter:
 
         return self._cached(f"reference-{tier}", make)
 
+    def known_per_pair_cost(self, tier: str) -> dict[str, Any] | None:
+        """What being per-pair costs ``tier``, if this run exported it."""
+        return self._cache.get(f"per-pair-{tier}")
+
     def known_reference(self, tier: str) -> Reference | None:
         """The reference of ``tier`` if this run computed it."""
         return self._cache.get(f"reference-{tier}")
 
-    def export_fp32(self, tier: str, model: RankingModel) -> dict[str, Any]:
-        """Export from PyTorch and check parity on the parity requests (strict tolerance)."""
+    def export_fp32(self, tier: str, model: nn.Module) -> dict[str, Any]:
+        """Export from PyTorch (or wrap a user's ONNX file) and check parity on the parity requests."""
         folder = self.staging / tier / FP32
-        self.step(f"{tier}: export to ONNX")
-        export_tier(
-            model, _as_torch(self.parity_preprocessed()[0]), folder / ONNX_FILE, self.spec.export.opset
-        )
+        entry = self.spec.tier(tier)
+        if entry.kind == "onnx":
+            from toolkit.export.onnx_adapter import wrap_onnx_file
+
+            self.step(f"{tier}: wrap {entry.model.onnx} to take the request tensors")
+            wrap_onnx_file(entry, self.spec, folder / ONNX_FILE, self.spec.export.opset)
+        else:
+            self.step(f"{tier}: export to ONNX")
+            export_tier(
+                model, _as_torch(self.parity_preprocessed()[0]), folder / ONNX_FILE, self.spec.export.opset
+            )
+        if entry.model is not None and entry.model.layout == "pair":
+            from toolkit.export.onnx_adapter import per_pair_cost
+
+            self.step(f"{tier}: per-pair model, counting the user-side work it repeats per candidate")
+            self._cache[f"per-pair-{tier}"] = per_pair_cost(
+                folder / ONNX_FILE, self.spec, self.spec.export.timing_candidates
+            )
         session = cpu_session(str(folder / ONNX_FILE))
 
         def reference(pre: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -182,7 +200,7 @@ class Exporter:
         )
         return {"parity_requests": report.requests}
 
-    def evaluate(self, tier: str, variant: str, folder: Path, model: RankingModel) -> dict[str, Any]:
+    def evaluate(self, tier: str, variant: str, folder: Path, model: nn.Module) -> dict[str, Any]:
         """Score the held-out requests with a built variant and apply the gate (timing comes later)."""
         first: Runner = runners(variant, folder)[0]
         self.step(f"{tier} {variant}: held-out quality ({first.target})")

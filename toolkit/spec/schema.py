@@ -248,9 +248,7 @@ class ModelInput:
         known = USER_TENSORS + CANDIDATE_TENSORS
         for i, tensor in enumerate(self.tensors):
             if tensor not in known:
-                raise KeyedValueError(
-                    f"tensors[{i}]", f"expected one of {', '.join(known)}, got {tensor!r}"
-                )
+                raise KeyedValueError(f"tensors[{i}]", f"expected one of {', '.join(known)}, got {tensor!r}")
         if len(set(self.tensors)) != len(self.tensors):
             raise KeyedValueError("tensors", "names a request tensor twice")
         if self.dtype and self.dtype not in MODEL_DTYPES:
@@ -302,9 +300,7 @@ class UserModelSpec:
         if bool(self.factory) == bool(self.onnx):
             raise ValueError("give exactly one of factory (package.module:callable) and onnx (a file)")
         if self.factory and not re.match(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$", self.factory):
-            raise KeyedValueError(
-                "factory", f"expected package.module:callable, got {self.factory!r}"
-            )
+            raise KeyedValueError("factory", f"expected package.module:callable, got {self.factory!r}")
         if self.onnx and (self.checkpoint or self.kwargs or self.path):
             raise ValueError("an onnx tier takes no checkpoint, kwargs or path (its weights are in the file)")
         if not self.inputs:

@@ -1,0 +1,340 @@
+"""Models users bring as tiers: a PyTorch factory (plus checkpoint) or a ready ONNX file.
+
+A user model takes its own inputs, made from the request tensors by the tier's ``model.inputs``
+mapping. :class:`InputAdapter` builds them (casting, concatenating, and for a per-pair model tiling
+the user tensors to one row per candidate); :class:`UserTier` wraps the model so it takes the five
+request tensors and returns probabilities [N], like every demo tier. Everything about a user model
+that does not fit its spec entry is reported as one :class:`~toolkit.errors.UserModelError` line
+that names the tier.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib
+import inspect
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from toolkit.data.requests import REQUEST_TENSORS
+from toolkit.errors import UserModelError
+from toolkit.spec.schema import USER_TENSORS, Spec, TierSpec, UserModelSpec
+
+TORCH_DTYPES = {"float32": torch.float32, "int64": torch.int64, "int32": torch.int32}
+_EPS = 1e-7
+
+
+def _fail(tier: str, problem: str) -> UserModelError:
+    return UserModelError(f"tier {tier!r}: {problem}")
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0] if lines else ''}".rstrip(": ")
+
+
+class InputAdapter(nn.Module):
+    """The five request tensors -> a user model's inputs, in the order of ``model.inputs``.
+
+    For a per-pair model the user tensors are tiled to one row per candidate (``expand`` for one
+    request, ``index_select`` on each candidate's request for many).
+    """
+
+    def __init__(self, model: UserModelSpec) -> None:
+        super().__init__()
+        self.items = [(i.name, i.tensors, TORCH_DTYPES[i.resolved_dtype]) for i in model.inputs]
+        self.pair = model.layout == "pair"
+
+    def forward(
+        self,
+        user_dense: torch.Tensor,
+        user_sparse: torch.Tensor,
+        user_history: torch.Tensor,
+        ad_dense: torch.Tensor,
+        ad_sparse: torch.Tensor,
+        request_index: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, ...]:
+        """The model's inputs from preprocessed request tensors (user ones with leading dim 1 or B)."""
+        tensors = dict(
+            zip(REQUEST_TENSORS, (user_dense, user_sparse, user_history, ad_dense, ad_sparse), strict=True)
+        )
+        n = ad_dense.shape[0]
+        out = []
+        for _name, names, dtype in self.items:
+            parts = []
+            for name in names:
+                t = tensors[name]
+                if self.pair and name in USER_TENSORS:
+                    t = t.expand(n, t.shape[1]) if request_index is None else t.index_select(0, request_index)
+                parts.append(t.to(dtype))
+            out.append(parts[0] if len(parts) == 1 else torch.cat(parts, dim=1))
+        return tuple(out)
+
+    @property
+    def names(self) -> list[str]:
+        """The model's input names, in order."""
+        return [name for name, _, _ in self.items]
+
+
+def as_probabilities(tier: str, output: Any, n: int, kind: str) -> torch.Tensor:
+    """A user model's output for ``n`` candidates as probabilities [N].
+
+    Raises:
+        UserModelError: The output is not one tensor of shape [N] or [N, 1].
+    """
+    if isinstance(output, tuple | list) and len(output) == 1:
+        output = output[0]
+    if not isinstance(output, torch.Tensor):
+        raise _fail(tier, f"the model returned {type(output).__name__}; expected one tensor of shape [N]")
+    if tuple(output.shape) not in ((n,), (n, 1)):
+        raise _fail(
+            tier,
+            f"the model's output has shape {list(output.shape)} for {n} candidates; "
+            f"expected [{n}] or [{n}, 1] (one score per candidate)",
+        )
+    scores = output.reshape(n).float()
+    return torch.sigmoid(scores) if kind == "logit" else scores
+
+
+class UserTier(nn.Module):
+    """A user's PyTorch model behind the demo tiers' interface: request tensors in, probabilities out.
+
+    Attributes:
+        model: The user's module.
+        adapter: Builds its inputs from the request tensors.
+    """
+
+    def __init__(self, tier: TierSpec, model: nn.Module) -> None:
+        super().__init__()
+        assert tier.model is not None
+        self.tier_name = tier.name
+        self.spec = tier.model
+        self.model = model
+        self.adapter = InputAdapter(tier.model)
+
+    def forward(
+        self,
+        user_dense: torch.Tensor,
+        user_sparse: torch.Tensor,
+        user_history: torch.Tensor,
+        ad_dense: torch.Tensor,
+        ad_sparse: torch.Tensor,
+    ) -> torch.Tensor:
+        """Click probabilities [N] for one request (user tensors with leading dim 1)."""
+        inputs = self.adapter(user_dense, user_sparse, user_history, ad_dense, ad_sparse)
+        output = self.model(**dict(zip(self.adapter.names, inputs, strict=True)))
+        return as_probabilities(self.tier_name, output, ad_dense.shape[0], self.spec.output)
+
+    def logits(
+        self,
+        user_dense: torch.Tensor,
+        user_sparse: torch.Tensor,
+        user_history: torch.Tensor,
+        ad_dense: torch.Tensor,
+        ad_sparse: torch.Tensor,
+        request_index: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Click logits [N] of one request, or of many with ``request_index`` (one call per request)."""
+        if request_index is None:
+            probs = self.forward(user_dense, user_sparse, user_history, ad_dense, ad_sparse)
+        else:
+            parts = []
+            bounds = torch.searchsorted(request_index, torch.arange(user_dense.shape[0] + 1))
+            for r in range(user_dense.shape[0]):
+                lo, hi = int(bounds[r]), int(bounds[r + 1])
+                user = (t[r : r + 1] for t in (user_dense, user_sparse, user_history))
+                parts.append(self.forward(*user, ad_dense[lo:hi], ad_sparse[lo:hi]))
+            probs = torch.cat(parts)
+        return torch.logit(probs.clamp(_EPS, 1 - _EPS))
+
+
+@contextlib.contextmanager
+def _on_path(folder: str) -> Iterator[None]:
+    if not folder:
+        yield
+        return
+    resolved = str(Path(folder).resolve())
+    sys.path.insert(0, resolved)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(ValueError):
+            sys.path.remove(resolved)
+
+
+def import_factory(tier: TierSpec) -> Callable[..., Any]:
+    """Import ``model.factory`` (``package.module:callable``) of a user tier.
+
+    Raises:
+        UserModelError: The module cannot be imported, has no such attribute, or it is not callable.
+    """
+    assert tier.model is not None
+    module_name, _, attr = tier.model.factory.partition(":")
+    if tier.model.path and not Path(tier.model.path).is_dir():
+        raise _fail(tier.name, f"model.path {tier.model.path!r} is not a folder")
+    with _on_path(tier.model.path):
+        try:
+            module = importlib.import_module(module_name)
+        except Exception as exc:  # noqa: BLE001 - any import failure is the user's module's
+            raise _fail(tier.name, f"cannot import {module_name!r} ({_first_line(exc)})") from None
+    target: Any = module
+    for part in attr.split("."):
+        if not hasattr(target, part):
+            raise _fail(tier.name, f"module {module_name!r} has no attribute {attr!r}")
+        target = getattr(target, part)
+    if not callable(target):
+        raise _fail(tier.name, f"{tier.model.factory!r} is not callable")
+    return target
+
+
+def factory_source_digest(tier: TierSpec) -> str:
+    """sha256 of the file that defines a user tier's factory ('' when it has none), for fingerprints."""
+    factory = import_factory(tier)
+    try:
+        source = inspect.getsourcefile(factory)
+    except TypeError:
+        source = None
+    if not source or not Path(source).is_file():
+        return ""
+    return hashlib.sha256(Path(source).read_bytes()).hexdigest()
+
+
+def _state_dict(tier: str, path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise _fail(tier, f"checkpoint {str(path)!r} not found")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - pickles of whole modules land here too
+        raise _fail(
+            tier,
+            f"checkpoint {str(path)!r} cannot be loaded with weights_only=True ({_first_line(exc)}); "
+            "save model.state_dict()",
+        ) from None
+    if isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
+        data = data["state_dict"]
+    if not isinstance(data, dict) or not all(isinstance(v, torch.Tensor) for v in data.values()):
+        raise _fail(tier, f"checkpoint {str(path)!r} holds no state_dict (a mapping of names to tensors)")
+    return data
+
+
+def check_signature(tier: TierSpec, model: nn.Module) -> None:
+    """Check the model's ``forward`` arguments against the tier's mapped inputs.
+
+    Raises:
+        UserModelError: A mapped input the model does not take, or an argument it needs unmapped.
+    """
+    assert tier.model is not None
+    try:
+        params = inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return
+    mapped = [i.name for i in tier.model.inputs]
+    takes_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
+    named = [n for n, p in params.items() if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    extra = [n for n in mapped if n not in named]
+    if extra and not takes_any:
+        raise _fail(
+            tier.name,
+            f"model.inputs maps {extra[0]!r}, but the model's forward() takes ({', '.join(named)})",
+        )
+    needed = [
+        n
+        for n, p in params.items()
+        if p.default is p.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD) and n not in mapped
+    ]
+    if needed:
+        raise _fail(
+            tier.name,
+            f"the model's forward() needs input {needed[0]!r}, which model.inputs does not map "
+            f"(it maps {', '.join(mapped)})",
+        )
+
+
+def build_user_model(tier: TierSpec) -> UserTier:
+    """Build a factory tier's model, load its checkpoint and check its signature.
+
+    Raises:
+        UserModelError: Factory not importable or failing, not a module, checkpoint missing or not
+            fitting, or the signature does not match the mapping.
+    """
+    assert tier.model is not None and tier.model.factory
+    factory = import_factory(tier)
+    try:
+        model = factory(**tier.model.kwargs)
+    except Exception as exc:  # noqa: BLE001 - the user's factory may fail any way
+        raise _fail(tier.name, f"factory {tier.model.factory!r} failed ({_first_line(exc)})") from None
+    if not isinstance(model, nn.Module):
+        raise _fail(
+            tier.name,
+            f"factory {tier.model.factory!r} returned {type(model).__name__}, expected a torch.nn.Module",
+        )
+    if tier.model.checkpoint:
+        path = Path(tier.model.checkpoint)
+        state = _state_dict(tier.name, path)
+        result = model.load_state_dict(state, strict=False)
+        if result.missing_keys or result.unexpected_keys:
+            parts = []
+            if result.missing_keys:
+                parts.append(f"missing {', '.join(result.missing_keys[:3])}")
+            if result.unexpected_keys:
+                parts.append(f"unexpected {', '.join(result.unexpected_keys[:3])}")
+            raise _fail(tier.name, f"checkpoint {str(path)!r} does not fit the model ({'; '.join(parts)})")
+    check_signature(tier, model)
+    return UserTier(tier, model.eval()).eval()
+
+
+def check_outputs(tier: TierSpec, model: nn.Module, example: dict[str, np.ndarray]) -> None:
+    """Run a tier on one preprocessed request, and on its first candidate alone, checking the output.
+
+    Raises:
+        UserModelError: The model fails on its mapped inputs (most often a dtype it does not take),
+            returns the wrong shape, or non-finite or out-of-range scores.
+    """
+    spec = tier.model
+    assert spec is not None
+    single = {**example, "ad_dense": example["ad_dense"][:1], "ad_sparse": example["ad_sparse"][:1]}
+    for inputs in (example, single):
+        tensors = [torch.from_numpy(np.ascontiguousarray(inputs[k])) for k in REQUEST_TENSORS]
+        try:
+            with torch.no_grad():
+                scores = model(*tensors)
+        except UserModelError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the user's forward may fail any way
+            mapped = ", ".join(f"{i.name}: {i.resolved_dtype}" for i in spec.inputs)
+            raise _fail(
+                tier.name,
+                f"the model fails on its mapped inputs ({mapped}): {_first_line(exc)}; "
+                "check model.inputs (dtype, tensors)",
+            ) from None
+        values = scores.numpy()
+        if not np.isfinite(values).all() or values.min() < 0 or values.max() > 1:
+            raise _fail(
+                tier.name,
+                f"scores lie in [{values.min():.4g}, {values.max():.4g}], not in [0, 1]; "
+                f"set model.output to {'logit' if spec.output == 'probability' else 'probability'}?",
+            )
+
+
+def load_any_tier(spec: Spec, checkpoints: Path, name: str) -> nn.Module:
+    """The PyTorch reference of a tier: a demo tier's checkpoint or a user's factory model.
+
+    Raises:
+        UserModelError: For an ONNX tier (it has no PyTorch model) or a user model that does not fit.
+        CheckpointError: A demo tier's checkpoint is missing or does not match the spec.
+    """
+    tier = spec.tier(name)
+    if tier.kind == "onnx":
+        raise _fail(name, "is an ONNX file; it has no PyTorch model")
+    if tier.kind == "factory":
+        return build_user_model(tier)
+    from toolkit.train.checkpoints import load_tier
+
+    return load_tier(checkpoints, spec, name)
