@@ -66,6 +66,12 @@ def command(
     the reason. Passing variants are timed (ONNX Runtime CPU, 1 thread; GPU providers where
     present) at export.timing_candidates until three windows agree within 10%.
 
+    Tiers given as user models (tiers[].model) are checked against their input mapping first: a
+    factory that cannot be imported, a checkpoint that does not fit, an input the model needs but
+    the mapping lacks (or the reverse), a dtype the model refuses or an output that is not one
+    score per candidate stops the run with one line naming the tier. A per-pair model's line
+    below the matrix says what recomputing its user side for every candidate costs.
+
     The status matrix (tier x variant -> OK / FAILED / SKIPPED, reason, errors, NE and AUC
     deltas, latency, size, sha256) is written to <artifacts>/manifest.json and printed. Variants
     whose inputs (checkpoints, spec sections, toolkit and library versions) did not change are
@@ -154,3 +160,6 @@ def print_matrix(manifest: dict[str, Any], timing_candidates: tuple[int, ...], t
             f"{gate['min_auc_ratio']:.2%} of fp32 PyTorch",
             highlight=False,
         )
+    for name, tier in manifest["tiers"].items():
+        if tier.get("per_pair"):
+            console.print(f"{name}: {tier['per_pair']['note']}", highlight=False, soft_wrap=True)
