@@ -1,29 +1,82 @@
-"""The demo data sets of a spec: training and held-out requests from one generated world."""
+"""The data sets of a spec: generated from one seeded world, or read from ``data.files`` logs.
+
+Generated (no ``data.files``): training, held-out, quantization and gate requests are separate
+traffic of the same world. Logs: held-out requests are the first ones of ``files.holdout``; the
+quantization and gate requests the first ones of ``files.calibration`` (or ``files.train``); and the
+training requests are only ever streamed (:func:`train_chunks`), never loaded whole.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from toolkit.data.generator import generate_requests
+from toolkit.data.logs import iter_requests, read_requests
 from toolkit.data.requests import RequestSet
+from toolkit.errors import DataError
 from toolkit.spec.schema import Spec
 
 
 def demo_train_set(spec: Spec) -> RequestSet:
-    """The generated training requests of ``spec`` (same every time for the same spec)."""
+    """The generated training requests of ``spec`` (same every time for the same spec).
+
+    Raises:
+        DataError: The spec reads logs (``data.files``): stream them with :func:`train_chunks`.
+    """
+    files = spec.data.files
+    if files is not None:
+        raise DataError(
+            f"{spec.source or spec.name}: data.files.train ({files.train}) is streamed, not loaded whole; "
+            "iterate train_chunks(spec) instead of calling demo_train_set"
+        )
     return _generate(spec, spec.data.train_requests, salt=1)
 
 
+def train_chunks(spec: Spec) -> Iterator[RequestSet]:
+    """The training requests in chunks: the chunks of ``data.files.train``, or the one generated set.
+
+    Each call starts a new pass over the data.
+    """
+    files = spec.data.files
+    if files is None:
+        yield demo_train_set(spec)
+        return
+    yield from iter_requests(spec, files.train)
+
+
 def demo_holdout_set(spec: Spec, num_requests: int | None = None) -> RequestSet:
-    """The generated held-out requests of ``spec``: same world as training, different traffic."""
-    return _generate(spec, num_requests or spec.data.holdout_requests, salt=2)
+    """Held-out requests: ``num_requests`` (default ``data.holdout_requests``) of them.
+
+    Generated: same world as training, different traffic. Logs: the first ones of ``files.holdout``.
+    """
+    count = num_requests or spec.data.holdout_requests
+    files = spec.data.files
+    if files is not None:
+        return read_requests(spec, files.holdout, count)
+    return _generate(spec, count, salt=2)
 
 
 def demo_quantization_set(spec: Spec) -> RequestSet:
-    """``export.calibration_requests`` generated requests that calibrate static quantization."""
+    """``export.calibration_requests`` requests that calibrate static quantization.
+
+    Generated: fresh training-distribution traffic. Logs: the first ones of ``files.calibration``
+    (or ``files.train``).
+    """
+    files = spec.data.files
+    if files is not None:
+        return read_requests(spec, files.calibration or files.train, spec.export.calibration_requests)
     return _generate(spec, spec.export.calibration_requests, salt=3)
 
 
 def demo_gate_set(spec: Spec, num_requests: int) -> RequestSet:
-    """Generated requests the learned routing gate is fitted on (never the held-out ones)."""
+    """Requests the learned routing gate is fitted on (never the held-out ones).
+
+    Generated: their own traffic. Logs: the first ``num_requests`` of ``files.calibration`` (or
+    ``files.train``).
+    """
+    files = spec.data.files
+    if files is not None:
+        return read_requests(spec, files.calibration or files.train, num_requests)
     return _generate(spec, num_requests, salt=4)
 
 

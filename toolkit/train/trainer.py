@@ -1,19 +1,28 @@
-"""Train the tiers of a spec on generated requests and measure them on held-out ones."""
+"""Train the tiers of a spec on its training requests and measure them on held-out ones.
+
+Generated data is trained on in memory. Request logs (``data.files``) are streamed: one pass counts
+the requests and fits the dense statistics, then every epoch reads the training file again chunk by
+chunk, shuffling requests within a chunk, so memory stays bounded whatever the file size.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
-from toolkit.data.demo import demo_holdout_set, demo_train_set
+from toolkit.data.demo import demo_holdout_set, demo_train_set, train_chunks
+from toolkit.data.logs import concat_requests, summarize
 from toolkit.data.requests import RequestSet, candidate_rows
+from toolkit.errors import DataError
 from toolkit.evaluate.metrics import normalized_entropy, roc_auc
 from toolkit.models.base import RankingModel
 from toolkit.models.preprocess import Preprocess
@@ -89,10 +98,70 @@ def predict(model: RankingModel, data: Prepared, batch_requests: int = 512) -> n
     return np.concatenate(out) if out else np.zeros(0, np.float32)
 
 
+@dataclass(frozen=True)
+class StreamedRequests:
+    """Training requests read from ``data.files.train`` chunk by chunk, each chunk preprocessed as read.
+
+    Attributes:
+        spec: The spec whose ``data.files.train`` is streamed.
+        preprocess: The fitted preprocess step applied to every chunk.
+        num_requests: Requests in the file (from a first pass), which fixes the steps per epoch.
+        ctr: Click rate of the file, the models' prior.
+    """
+
+    spec: Spec
+    preprocess: Preprocess
+    num_requests: int
+    ctr: float
+
+
+def _epoch(
+    data: Prepared | StreamedRequests, rng: np.random.Generator, batch_requests: int
+) -> Iterator[tuple[Prepared, np.ndarray]]:
+    """One epoch's batches as (prepared requests, indices of a batch's requests in them).
+
+    A streamed chunk's requests are shuffled; the ones that do not fill a whole batch are carried
+    into the next chunk, so only the epoch's last batch can be short.
+    """
+    if isinstance(data, Prepared):
+        order = rng.permutation(data.num_requests)
+        for start in range(0, data.num_requests, batch_requests):
+            yield data, order[start : start + batch_requests]
+        return
+    leftover: RequestSet | None = None
+    for chunk in train_chunks(data.spec):
+        if leftover is not None:
+            chunk = concat_requests([leftover, chunk])
+        order = rng.permutation(chunk.num_requests)
+        full = chunk.num_requests - chunk.num_requests % batch_requests
+        if full:
+            prepared = prepare(data.preprocess, chunk.subset(order[:full]))
+            for start in range(0, full, batch_requests):
+                yield prepared, np.arange(start, start + batch_requests)
+        leftover = chunk.subset(order[full:]) if full < chunk.num_requests else None
+    if leftover is not None:
+        yield prepare(data.preprocess, leftover), np.arange(leftover.num_requests)
+
+
 def fit(
-    model: RankingModel, data: Prepared, spec: Spec, name: str, progress: ProgressFn | None = None
+    model: RankingModel,
+    data: Prepared | StreamedRequests,
+    spec: Spec,
+    name: str,
+    progress: ProgressFn | None = None,
 ) -> None:
-    """Train ``model`` in place with Adam on binary cross-entropy, batches of whole requests."""
+    """Train ``model`` in place with Adam on binary cross-entropy, batches of whole requests.
+
+    Args:
+        model: The tier's model.
+        data: Preprocessed requests in memory, or requests streamed from the training log.
+        spec: The spec (training settings and seed).
+        name: Tier name, passed to ``progress``.
+        progress: Optional per-step callback.
+
+    Raises:
+        DataError: The streamed training file holds more requests than its first pass counted.
+    """
     cfg = spec.training
     rng = np.random.default_rng([spec.seed, 3])
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
@@ -102,13 +171,17 @@ def fit(
     schedule = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=cfg.learning_rate, total_steps=total, pct_start=0.1
     )
-    model.set_prior(float(data.labels.mean()))
+    model.set_prior(float(data.labels.mean()) if isinstance(data, Prepared) else data.ctr)
     model.train()
     step = 0
     for _ in range(cfg.epochs):
-        order = rng.permutation(data.num_requests)
-        for start in range(0, data.num_requests, cfg.batch_requests):
-            inputs, labels = _batch(data, order[start : start + cfg.batch_requests])
+        for batch_data, requests in _epoch(data, rng, cfg.batch_requests):
+            if step == total:
+                raise DataError(
+                    f"{spec.data.files.train if spec.data.files else 'training data'}: holds more "
+                    f"requests than the {data.num_requests} counted before training; did it change?"
+                )
+            inputs, labels = _batch(batch_data, requests)
             loss = loss_fn(model.logits(*inputs), labels)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -137,7 +210,9 @@ class TierMetrics:
 def measure(scores: np.ndarray, data: Prepared) -> dict[str, float]:
     """NE and AUC of ``scores`` on ``data``: overall, informative requests, other requests.
 
-    Every NE uses the background CTR of the whole set, so the three are comparable.
+    Every NE uses the background CTR of the whole set, so the three are comparable. A subset without
+    requests gets NaN: data read from logs has no informative flag, so its informative subset is
+    empty and its "other" subset is the whole set.
     """
     labels = data.labels.numpy()
     ctr = float(labels.mean())
@@ -152,23 +227,47 @@ def measure(scores: np.ndarray, data: Prepared) -> dict[str, float]:
     return out
 
 
+USER_MODEL_SKIPPED = "user model, not trained"
+"""Why ``train`` skips a tier the user brings (``model:`` instead of ``architecture:``)."""
+
+
 @dataclass
 class TrainingReport:
-    """What ``toolkit train`` measured, also written to ``<checkpoints>/training.json``."""
+    """What ``toolkit train`` measured, also written to ``<checkpoints>/training.json``.
+
+    Attributes:
+        holdout_ctr: Click rate of the held-out requests.
+        holdout_requests: Held-out requests the metrics are measured on.
+        train_requests: Requests trained on per epoch.
+        tiers: Metrics of each trained tier.
+        skipped: Tiers not trained, with the reason.
+    """
 
     holdout_ctr: float
     holdout_requests: int
     train_requests: int
     tiers: dict[str, TierMetrics] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> dict:
-        """Plain-data form."""
-        return {
-            "holdout_ctr": self.holdout_ctr,
-            "holdout_requests": self.holdout_requests,
-            "train_requests": self.train_requests,
-            "tiers": {k: vars(v) for k, v in self.tiers.items()},
-        }
+        """Plain-data form; NaN metrics (such as the informative subset of logs) become None."""
+        return _finite(
+            {
+                "holdout_ctr": self.holdout_ctr,
+                "holdout_requests": self.holdout_requests,
+                "train_requests": self.train_requests,
+                "tiers": {k: vars(v) for k, v in self.tiers.items()},
+                "skipped": dict(self.skipped),
+            }
+        )
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
 
 
 def train(
@@ -177,7 +276,12 @@ def train(
     tiers: tuple[str, ...] | None = None,
     progress: ProgressFn | None = None,
 ) -> TrainingReport:
-    """Generate the demo data, fit the preprocess step, train each tier, save checkpoints.
+    """Fit the preprocess step, train each tier, save checkpoints and held-out metrics.
+
+    Generated data (no ``data.files``) is generated and trained on in memory. With ``data.files``,
+    a first pass over ``files.train`` counts its requests and fits the dense statistics, every
+    epoch streams the file again in chunks, and the held-out requests are the first
+    ``data.holdout_requests`` of ``files.holdout``. Tiers the user brings are skipped.
 
     Args:
         spec: The ensemble spec.
@@ -186,21 +290,37 @@ def train(
         progress: Optional per-step callback.
 
     Returns:
-        Held-out metrics per tier.
+        Held-out metrics per trained tier, and the skipped tiers.
+
+    Raises:
+        DataError: A log is missing, unreadable or invalid.
     """
     torch.manual_seed(spec.seed)
-    train_set = demo_train_set(spec)
-    holdout = demo_holdout_set(spec)
-    preprocess = Preprocess.fit(spec.features, train_set.user_dense, train_set.ad_dense)
-    train_data = prepare(preprocess, train_set)
+    train_data: Prepared | StreamedRequests
+    if spec.data.files is None:
+        train_set = demo_train_set(spec)
+        holdout = demo_holdout_set(spec)
+        preprocess = Preprocess.fit(spec.features, train_set.user_dense, train_set.ad_dense)
+        train_data = prepare(preprocess, train_set)
+    else:
+        holdout = demo_holdout_set(spec)
+        summary = summarize(spec, spec.data.files.train)
+        preprocess = Preprocess(
+            spec.features, summary.user_mean, summary.user_std, summary.ad_mean, summary.ad_std
+        )
+        train_data = StreamedRequests(spec, preprocess, summary.requests, summary.ctr)
     holdout_data = prepare(preprocess, holdout)
     save_preprocess(checkpoints, spec, preprocess)
     report = TrainingReport(
         holdout_ctr=float(holdout.labels.mean()),
         holdout_requests=holdout.num_requests,
-        train_requests=train_set.num_requests,
+        train_requests=train_data.num_requests,
     )
     for name in tiers or spec.tier_names:
+        if not spec.tier(name).trainable:
+            report.skipped[name] = USER_MODEL_SKIPPED
+            log.info("skipped %s: %s", name, USER_MODEL_SKIPPED)
+            continue
         torch.manual_seed(spec.seed)
         model = build_tier(spec, spec.tier(name))
         started = time.perf_counter()
@@ -211,5 +331,5 @@ def train(
         report.tiers[name] = TierMetrics(train_seconds=seconds, parameters=params, **metrics)
         save_tier(checkpoints, spec, name, model)
         log.info("trained %s in %.1fs: NE %.4f AUC %.4f", name, seconds, metrics["ne"], metrics["auc"])
-    (checkpoints / "training.json").write_text(json.dumps(report.to_json(), indent=2) + "\n")
+    (checkpoints / "training.json").write_text(json.dumps(report.to_json(), indent=2, allow_nan=False) + "\n")
     return report
