@@ -14,7 +14,11 @@ import click
 from toolkit import __version__
 
 _COMMANDS: dict[str, tuple[str, str]] = {
-    "train": ("toolkit.cli.train", "Train the demo tiers on generated data and save checkpoints."),
+    "train": (
+        "toolkit.cli.train",
+        "Train the demo tiers on generated data or request logs and save checkpoints.",
+    ),
+    "data": ("toolkit.cli.data", "Write generated requests as request logs; check the logs a spec reads."),
     "export": (
         "toolkit.cli.export",
         "Export every tier in every precision; gate each against PyTorch and time it.",

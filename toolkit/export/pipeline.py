@@ -142,7 +142,7 @@ def check_user_tiers(exporter: Exporter, names: tuple[str, ...]) -> dict[str, An
             model = OnnxFileTier(tier, spec)
         else:
             model = build_user_model(tier)
-        check_outputs(tier, model, exporter.parity_preprocessed()[0])
+        check_outputs(tier, model, exporter.timing_inputs(3))
         models[name] = model
     return models
 

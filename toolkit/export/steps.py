@@ -121,7 +121,10 @@ class Exporter:
         self.step(f"{name}: export to ONNX")
         started = time.perf_counter()
         export_preprocess(
-            self.preprocess, _as_torch(self.parity[0]), folder / ONNX_FILE, self.spec.export.opset
+            self.preprocess,
+            _as_torch(self.timing_inputs(3, preprocessed=False)),
+            folder / ONNX_FILE,
+            self.spec.export.opset,
         )
         session = cpu_session(str(folder / ONNX_FILE))
 
@@ -178,9 +181,7 @@ class Exporter:
             wrap_onnx_file(entry, self.spec, folder / ONNX_FILE, self.spec.export.opset)
         else:
             self.step(f"{tier}: export to ONNX")
-            export_tier(
-                model, _as_torch(self.parity_preprocessed()[0]), folder / ONNX_FILE, self.spec.export.opset
-            )
+            export_tier(model, _as_torch(self.timing_inputs(3)), folder / ONNX_FILE, self.spec.export.opset)
         if entry.model is not None and entry.model.layout == "pair":
             from toolkit.export.onnx_adapter import per_pair_cost
 

@@ -143,6 +143,15 @@ def _epoch(
         yield prepare(data.preprocess, leftover), np.arange(leftover.num_requests)
 
 
+def _schedule(optimizer: torch.optim.Optimizer, rate: float, total: int) -> Any:
+    """One-cycle learning rate, its warm-up at least two steps; a constant rate for under four steps."""
+    if total < 4:
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _step: 1.0)
+    return torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=rate, total_steps=total, pct_start=max(0.1, 2.0 / total)
+    )
+
+
 def fit(
     model: RankingModel,
     data: Prepared | StreamedRequests,
@@ -168,9 +177,7 @@ def fit(
     loss_fn = torch.nn.BCEWithLogitsLoss()
     steps_per_epoch = -(-data.num_requests // cfg.batch_requests)
     total = steps_per_epoch * cfg.epochs
-    schedule = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=cfg.learning_rate, total_steps=total, pct_start=0.1
-    )
+    schedule = _schedule(optimizer, cfg.learning_rate, total)
     model.set_prior(float(data.labels.mean()) if isinstance(data, Prepared) else data.ctr)
     model.train()
     step = 0

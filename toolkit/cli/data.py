@@ -1,0 +1,125 @@
+"""``toolkit data``: write generated requests as request logs, and check the logs a spec reads."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from toolkit.cli.common import fmt, load, output_console, results_table, spec_option
+
+
+@click.group("data")
+def command() -> None:
+    """Request logs: the files `data.files` in a spec points at.
+
+    Tiers train and are evaluated on generated requests unless the spec's data.files names request
+    logs (Criteo TSV, Parquet or CSV; see the README, "Request logs"). `write` turns generated
+    requests into such a file (to see the layout, or to test a pipeline on files); `check` reads
+    the files a spec names from end to end and reports what it found.
+    """
+
+
+@command.command("write")
+@spec_option
+@click.option(
+    "--format",
+    "fmt_",
+    type=click.Choice(["parquet", "csv", "criteo"]),
+    default="parquet",
+    show_default=True,
+    help="File format.",
+)
+@click.option(
+    "--split",
+    type=click.Choice(["train", "holdout"]),
+    default="train",
+    show_default=True,
+    help="Which generated requests: the training ones or the held-out ones (another seed).",
+)
+@click.option(
+    "--requests",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Requests to write (default: the spec's data.train_requests or data.holdout_requests).",
+)
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="File to write.")
+def write(spec_path: Path, fmt_: str, split: str, requests: int | None, out: Path) -> None:
+    """Write the spec's generated requests as a log file, and print the data.files columns for it.
+
+    Parquet and CSV hold one row per candidate with a request_id column and the user columns
+    repeated on each row; Criteo holds label, I1..I13 and C1..C26 (hex ids), one request per row.
+    """
+    import dataclasses
+
+    import yaml
+
+    from toolkit.data.generator import generate_requests
+    from toolkit.data.logs import default_columns, write_requests
+
+    spec = load(spec_path)
+    count = requests or (spec.data.train_requests if split == "train" else spec.data.holdout_requests)
+    generated = generate_requests(
+        spec.features,
+        count,
+        (spec.data.candidates.min, spec.data.candidates.max),
+        spec.data.informative_share,
+        seed=spec.seed * 1000 + (1 if split == "train" else 2),
+        world_seed=spec.seed,
+    )
+    write_requests(generated, spec, out, fmt_)
+    console = output_console()
+    console.print(
+        f"wrote {generated.num_requests} requests ({generated.num_candidates} rows) to {out}", highlight=False
+    )
+    if spec.data.files is None:
+        columns = {
+            k: list(v) if isinstance(v, tuple) else v
+            for k, v in dataclasses.asdict(default_columns(spec, fmt_)).items()
+            if v
+        }
+        snippet = yaml.safe_dump(
+            {"data": {"files": {"format": fmt_, split: str(out), "columns": columns}}},
+            default_flow_style=None,
+            sort_keys=False,
+            width=100,
+        )
+        console.print(
+            f"to read it, add to the spec:\n{snippet}", highlight=False, soft_wrap=True, markup=False
+        )
+
+
+@command.command("check")
+@spec_option
+def check(spec_path: Path) -> None:
+    """Read every file the spec's data.files names, end to end, and print what each holds.
+
+    Exits 1 with a one-line error naming the file and column at the first problem (a column
+    missing, a value that does not parse, user columns that disagree within a request).
+    """
+    from toolkit.data.logs import summarize
+    from toolkit.errors import SpecError
+
+    spec = load(spec_path)
+    files = spec.data.files
+    if files is None:
+        raise SpecError(f"{spec_path}: key 'data.files' is not set; the spec uses generated data")
+    table = results_table(
+        f"{files.format} logs of {spec_path}",
+        ["split", "file", "requests", "candidates", "per request", "CTR"],
+        left=2,
+    )
+    splits = {"train": files.train, "holdout": files.holdout}
+    if files.calibration:
+        splits["calibration"] = files.calibration
+    for split, path in splits.items():
+        summary = summarize(spec, path)
+        table.add_row(
+            split,
+            path,
+            f"{summary.requests:,}",
+            f"{summary.candidates:,}",
+            fmt(summary.candidates / max(summary.requests, 1), 2),
+            f"{summary.ctr:.2%}",
+        )
+    output_console().print(table)
