@@ -49,15 +49,15 @@ bench-pytriton: install
 	$(BIN)/python benchmarks/pytriton_baseline.py --spec $(SPEC)
 
 lint: install
-	$(BIN)/ruff check toolkit tests benchmarks
-	$(BIN)/ruff format --check toolkit tests benchmarks
+	$(BIN)/ruff check toolkit tests benchmarks examples
+	$(BIN)/ruff format --check toolkit tests benchmarks examples
 
 test: lint
 	$(BIN)/pytest -p no:cacheprovider
 
 format: install
-	$(BIN)/ruff format toolkit tests benchmarks
-	$(BIN)/ruff check --fix toolkit tests benchmarks
+	$(BIN)/ruff format toolkit tests benchmarks examples
+	$(BIN)/ruff check --fix toolkit tests benchmarks examples
 
 clean:
 	rm -rf checkpoints artifacts model_repository

@@ -278,3 +278,20 @@ def test_spec_refuses_bad_user_model_entries_naming_the_key(tiny_spec_dict, mode
     with pytest.raises(SpecError) as exc:
         spec_from_dict(tiny_spec_dict, source="tiny.yaml")
     assert f"key '{key}'" in str(exc.value) and expected in str(exc.value)
+
+
+def test_the_readme_example_model_fits_its_spec_entry(tmp_path) -> None:
+    import yaml
+
+    root = Path(__file__).resolve().parents[2]
+    data = yaml.safe_load((root / "examples" / "byom" / "spec.yaml").read_text(encoding="utf-8"))
+    entry = next(t for t in data["tiers"] if t["name"] == "my_ranker")["model"]
+    entry["path"] = str(root / entry["path"])
+    spec = spec_from_dict(data, source="examples/byom/spec.yaml")
+    untrained = build_user_model(spec.tier("my_ranker"))
+    entry["checkpoint"] = str(tmp_path / "my_ranker.pt")
+    torch.save(untrained.model.state_dict(), entry["checkpoint"])
+    spec = spec_from_dict(data, source="examples/byom/spec.yaml")
+    tier = build_user_model(spec.tier("my_ranker"))
+    check_outputs(spec.tier("my_ranker"), tier, _example(spec))
+    assert spec.tier_names == ("lite", "standard", "my_ranker", "xl")
