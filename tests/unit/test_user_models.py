@@ -287,6 +287,7 @@ def test_the_readme_example_model_fits_its_spec_entry(tmp_path) -> None:
     data = yaml.safe_load((root / "examples" / "byom" / "spec.yaml").read_text(encoding="utf-8"))
     entry = next(t for t in data["tiers"] if t["name"] == "my_ranker")["model"]
     entry["path"] = str(root / entry["path"])
+    assert entry.pop("checkpoint") == "checkpoints/my_ranker.pt"
     spec = spec_from_dict(data, source="examples/byom/spec.yaml")
     untrained = build_user_model(spec.tier("my_ranker"))
     entry["checkpoint"] = str(tmp_path / "my_ranker.pt")
