@@ -296,3 +296,17 @@ def test_the_readme_example_model_fits_its_spec_entry(tmp_path) -> None:
     tier = build_user_model(spec.tier("my_ranker"))
     check_outputs(spec.tier("my_ranker"), tier, _example(spec))
     assert spec.tier_names == ("lite", "standard", "my_ranker", "xl")
+
+
+def test_checkpoint_with_a_wrong_shape_names_the_tensor(tiny_spec_dict, models_dir, tmp_path) -> None:
+    spec = _spec(tiny_spec_dict, models_dir)
+    state = build_user_model(spec.tier("mine")).model.state_dict()
+    state["user.weight"] = torch.zeros(7, 7)
+    path = tmp_path / "reshaped.pt"
+    torch.save(state, path)
+    tiny_spec_dict["tiers"].pop()
+    spec = _spec(tiny_spec_dict, models_dir, checkpoint=str(path))
+    with pytest.raises(UserModelError) as exc:
+        build_user_model(spec.tier("mine"))
+    message = _one_line_naming_mine(exc)
+    assert "does not fit the model (size mismatch for user.weight" in message and "[7, 7]" in message

@@ -278,7 +278,12 @@ def build_user_model(tier: TierSpec) -> UserTier:
     if tier.model.checkpoint:
         path = Path(tier.model.checkpoint)
         state = _state_dict(tier.name, path)
-        result = model.load_state_dict(state, strict=False)
+        try:
+            result = model.load_state_dict(state, strict=False)
+        except RuntimeError as exc:
+            lines = [line.strip() for line in str(exc).splitlines() if "size mismatch" in line]
+            detail = lines[0].replace("torch.Size", "").rstrip(".") if lines else _first_line(exc)
+            raise _fail(tier.name, f"checkpoint {str(path)!r} does not fit the model ({detail})") from None
         if result.missing_keys or result.unexpected_keys:
             parts = []
             if result.missing_keys:
