@@ -28,7 +28,6 @@ from toolkit.errors import UserModelError
 from toolkit.spec.schema import USER_TENSORS, Spec, TierSpec, UserModelSpec
 
 TORCH_DTYPES = {"float32": torch.float32, "int64": torch.int64, "int32": torch.int32}
-_EPS = 1e-7
 
 
 def _fail(tier: str, problem: str) -> UserModelError:
@@ -131,28 +130,6 @@ class UserTier(nn.Module):
         inputs = self.adapter(user_dense, user_sparse, user_history, ad_dense, ad_sparse)
         output = self.model(**dict(zip(self.adapter.names, inputs, strict=True)))
         return as_probabilities(self.tier_name, output, ad_dense.shape[0], self.spec.output)
-
-    def logits(
-        self,
-        user_dense: torch.Tensor,
-        user_sparse: torch.Tensor,
-        user_history: torch.Tensor,
-        ad_dense: torch.Tensor,
-        ad_sparse: torch.Tensor,
-        request_index: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """Click logits [N] of one request, or of many with ``request_index`` (one call per request)."""
-        if request_index is None:
-            probs = self.forward(user_dense, user_sparse, user_history, ad_dense, ad_sparse)
-        else:
-            parts = []
-            bounds = torch.searchsorted(request_index, torch.arange(user_dense.shape[0] + 1))
-            for r in range(user_dense.shape[0]):
-                lo, hi = int(bounds[r]), int(bounds[r + 1])
-                user = (t[r : r + 1] for t in (user_dense, user_sparse, user_history))
-                parts.append(self.forward(*user, ad_dense[lo:hi], ad_sparse[lo:hi]))
-            probs = torch.cat(parts)
-        return torch.logit(probs.clamp(_EPS, 1 - _EPS))
 
 
 @contextlib.contextmanager
