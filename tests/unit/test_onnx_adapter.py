@@ -563,3 +563,38 @@ def test_per_pair_cost_of_exported_user_tiers(
 def test_per_pair_cost_refuses_bad_counts(files: dict[str, Path], tiny_spec: Spec) -> None:
     with pytest.raises(FlopsError, match="at least 1"):
         per_pair_cost(files["old13"], tiny_spec, [0, 4])
+
+
+def test_raw_inputs_get_the_values_the_client_sent(
+    files: dict[str, Path], tiny_spec: Spec, tiny_spec_dict: dict[str, Any], tmp_path: Path
+) -> None:
+    raw_inputs = [
+        {**item, "values": "raw"} if item["name"] in ("user", "ad") else item for item in PAIR_INPUTS
+    ]
+    spec, tier = _onnx_tier(tiny_spec_dict, files["pair18"], raw_inputs, "pair", "logit")
+    generated = generate_requests(tiny_spec.features, 3, (2, 6), 0.5, seed=12)
+    preprocess = Preprocess.fit(tiny_spec.features, generated.user_dense * 3 + 1, generated.ad_dense - 2)
+    statistics = preprocess.statistics()
+    out = tmp_path / "raw.onnx"
+    wrap_onnx_file(tier, spec, out, opset=18, statistics=statistics)
+    session, original = cpu_session(str(out)), cpu_session(str(files["pair18"]))
+    reference = OnnxFileTier(tier, spec, statistics=statistics)
+    for r in range(generated.num_requests):
+        request = generated.request(r)
+        with torch.no_grad():
+            tensors = preprocess(*(torch.from_numpy(request[k]) for k in REQUEST_TENSORS))
+        pre = {k: t.numpy() for k, t in zip(REQUEST_TENSORS, tensors, strict=True)}
+        n = len(request["ad_dense"])
+        feeds = {
+            "user": np.repeat(request["user_dense"], n, 0),
+            "ids": np.concatenate([np.repeat(pre["user_sparse"], n, 0), pre["ad_sparse"]], 1),
+            "ad": request["ad_dense"],
+        }
+        (logits,) = original.run(None, feeds)
+        want = 1.0 / (1.0 + np.exp(-logits.reshape(n).astype(np.float64)))
+        (got,) = session.run([SCORE], pre)
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+        ref = reference(*(torch.from_numpy(pre[k]) for k in REQUEST_TENSORS)).numpy()
+        np.testing.assert_allclose(got, ref, rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="statistics are needed"):
+        wrap_onnx_file(tier, spec, tmp_path / "none.onnx", opset=18)

@@ -265,8 +265,21 @@ def test_output_mismatch_is_one_line_naming_the_tier(tiny_spec_dict, models_dir,
             "tiers[3].model.inputs[0].dtype",
             "expected one of float32, int64, int32",
         ),
+        (
+            {"factory": "x:y", "inputs": [{"name": "a", "tensors": ["ad_sparse"], "values": "raw"}]},
+            "tiers[3].model.inputs[0].values",
+            "raw applies to dense features",
+        ),
     ],
-    ids=["both-kinds", "factory-and-onnx", "bad-factory", "mixed-levels", "no-candidates", "dtype"],
+    ids=[
+        "both-kinds",
+        "factory-and-onnx",
+        "bad-factory",
+        "mixed-levels",
+        "no-candidates",
+        "dtype",
+        "raw-ids",
+    ],
 )
 def test_spec_refuses_bad_user_model_entries_naming_the_key(tiny_spec_dict, model, key, expected) -> None:
     entry = {"name": "mine", "architecture": "lite"} if not model else {"name": "mine", "model": model}
@@ -310,3 +323,23 @@ def test_checkpoint_with_a_wrong_shape_names_the_tensor(tiny_spec_dict, models_d
         build_user_model(spec.tier("mine"))
     message = _one_line_naming_mine(exc)
     assert "does not fit the model (size mismatch for user.weight" in message and "[7, 7]" in message
+
+
+def test_raw_inputs_reach_the_model_as_the_client_sent_them(tiny_spec_dict, models_dir) -> None:
+    inputs = [{**TOWER_INPUTS[0], "values": "raw"}, {**TOWER_INPUTS[1], "values": "raw"}, TOWER_INPUTS[2]]
+    spec = _spec(tiny_spec_dict, models_dir, inputs=inputs)
+    raw = generate_requests(spec.features, 3, (4, 4), 0.5, seed=2)
+    preprocess = Preprocess.fit(spec.features, raw.user_dense * 5 + 3, raw.ad_dense * 2 - 1)
+    tier = build_user_model(spec.tier("mine"), preprocess.statistics())
+    seen = {}
+    tier.model.register_forward_pre_hook(lambda _m, _a, kw: seen.update(kw), with_kwargs=True)
+    request = raw.request(0)
+    with torch.no_grad():
+        pre = preprocess(*(torch.from_numpy(request[k]) for k in REQUEST_TENSORS))
+        tier(*pre)
+    np.testing.assert_allclose(seen["user"].numpy(), request["user_dense"], rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(seen["ads"].numpy(), request["ad_dense"], rtol=1e-5, atol=1e-5)
+    assert not np.allclose(pre[0].numpy(), request["user_dense"], rtol=1e-2)
+    np.testing.assert_array_equal(seen["ad_ids"].numpy(), pre[4].numpy())
+    with pytest.raises(ValueError, match="statistics are needed"):
+        build_user_model(spec.tier("mine"))

@@ -32,7 +32,7 @@ from toolkit.errors import UserModelError
 from toolkit.evaluate.flops import FlopsError, _constants, _fix_candidates, _infer, _node_flops
 from toolkit.export.onnx_export import SCORE
 from toolkit.export.parity import cpu_session
-from toolkit.models.user import InputAdapter, as_probabilities
+from toolkit.models.user import RAW_STATISTICS, InputAdapter, Statistics, as_probabilities, needs_statistics
 from toolkit.spec.schema import CANDIDATE_TENSORS, DENSE_TENSORS, USER_TENSORS, Spec, TierSpec
 
 __all__ = [
@@ -274,11 +274,24 @@ def _reconcile(tier: TierSpec, model: onnx.ModelProto, opset: int) -> onnx.Model
     return converted
 
 
+def _sources(tier: TierSpec, raw: dict[str, str]) -> set[str]:
+    """Names of the values the adapter's outputs are made from (a request tensor or its raw form)."""
+    assert tier.model is not None
+    return {raw.get(t, t) if item.values == "raw" else t for item in tier.model.inputs for t in item.tensors}
+
+
+def _user_sources(raw: dict[str, str]) -> list[str]:
+    """The user-level request tensors and their raw forms."""
+    return [*USER_TENSORS, *(raw[t] for t in USER_TENSORS if t in raw)]
+
+
 def _adapter_model(
-    tier: TierSpec, spec: Spec, opset: int, ir_version: int
+    tier: TierSpec, spec: Spec, opset: int, ir_version: int, statistics: Statistics | None = None
 ) -> tuple[onnx.ModelProto, list[str]]:
     """The adapter graph: five request inputs -> one output per model input (``input/<name>``)."""
     assert tier.model is not None
+    if needs_statistics(tier.model) and statistics is None:
+        raise ValueError("an input takes raw dense values: the preprocess statistics are needed")
     widths = request_widths(spec)
     pair = tier.model.layout == "pair"
     inputs = [
@@ -292,6 +305,20 @@ def _adapter_model(
     outputs: list[onnx.ValueInfoProto] = []
     tiled: dict[str, str] = {}
     used_user = {t for item in tier.model.inputs for t in item.tensors if t in USER_TENSORS}
+    raw: dict[str, str] = {}
+    for name, (mean, std) in RAW_STATISTICS.items():
+        if any(item.values == "raw" and name in item.tensors for item in tier.model.inputs):
+            assert statistics is not None
+            raw[name] = f"adapter/{name}_raw"
+            scaled = f"adapter/{name}_scaled"
+            initializers += [
+                numpy_helper.from_array(statistics[std].numpy().astype(np.float32), f"adapter/{std}"),
+                numpy_helper.from_array(statistics[mean].numpy().astype(np.float32), f"adapter/{mean}"),
+            ]
+            nodes += [
+                helper.make_node("Mul", [name, f"adapter/{std}"], [scaled], name=scaled),
+                helper.make_node("Add", [scaled, f"adapter/{mean}"], [raw[name]], name=raw[name]),
+            ]
     if pair and used_user:
         initializers += [
             numpy_helper.from_array(np.array([0], np.int64), "adapter/zero"),
@@ -306,18 +333,18 @@ def _adapter_model(
                 "Concat", ["adapter/n", "adapter/one"], ["adapter/rows"], name="adapter/rows", axis=0
             ),
         ]
-        for name in REQUEST_TENSORS:
-            if name in used_user:
-                tiled[name] = f"adapter/{name}_tiled"
-                nodes.append(
-                    helper.make_node("Expand", [name, "adapter/rows"], [tiled[name]], name=tiled[name])
-                )
+        for source in sorted(_sources(tier, raw) & set(_user_sources(raw))):
+            tiled[source] = f"adapter/{source}_tiled" if source in USER_TENSORS else f"{source}_tiled"
+            nodes.append(
+                helper.make_node("Expand", [source, "adapter/rows"], [tiled[source]], name=tiled[source])
+            )
     names = []
     for index, item in enumerate(tier.model.inputs):
         want = _ONNX_TYPES[item.resolved_dtype]
         parts = []
         for tensor in item.tensors:
-            source = tiled.get(tensor, tensor)
+            source = raw.get(tensor, tensor) if item.values == "raw" else tensor
+            source = tiled.get(source, source)
             if _request_type(tensor) != want:
                 cast = f"adapter/{index}/{tensor}_cast"
                 nodes.append(helper.make_node("Cast", [source], [cast], name=cast, to=want))
@@ -337,7 +364,9 @@ def _adapter_model(
     return model, names
 
 
-def wrap_onnx_file(tier: TierSpec, spec: Spec, out_path: Path, opset: int) -> None:
+def wrap_onnx_file(
+    tier: TierSpec, spec: Spec, out_path: Path, opset: int, statistics: Statistics | None = None
+) -> None:
     """Write an ONNX tier as the toolkit deploys every tier: five request inputs, ``score`` FP32 [N].
 
     The adapter (built with ``onnx.helper``, the same computation as
@@ -356,6 +385,8 @@ def wrap_onnx_file(tier: TierSpec, spec: Spec, out_path: Path, opset: int) -> No
         out_path: ``model.onnx`` to write (external data beside it past 1.5 GB of weights).
         opset: Opset the user's file is converted to when it is older than 8, and the one imported
             when it imports no default domain at all.
+        statistics: The preprocess step's dense statistics; needed when an input takes raw dense
+            values (``x * std + mean`` in the adapter).
 
     Raises:
         UserModelError: The file does not pass :func:`check_onnx_file`, cannot be converted, or the
@@ -373,7 +404,7 @@ def wrap_onnx_file(tier: TierSpec, spec: Spec, out_path: Path, opset: int) -> No
     user_output = user.graph.output[0]
     out_type = user_output.type.tensor_type.elem_type
     user = onnx.compose.add_prefix(user, USER_PREFIX, rename_functions=False)
-    adapter, adapter_outputs = _adapter_model(tier, spec, version, user.ir_version)
+    adapter, adapter_outputs = _adapter_model(tier, spec, version, user.ir_version, statistics)
     io_map = [
         (out, USER_PREFIX + item.name) for out, item in zip(adapter_outputs, tier.model.inputs, strict=True)
     ]
@@ -431,7 +462,9 @@ class OnnxFileTier(nn.Module):
         session: ONNX Runtime CPU session of the user's file.
     """
 
-    def __init__(self, tier: TierSpec, spec: Spec, threads: int = 1) -> None:
+    def __init__(
+        self, tier: TierSpec, spec: Spec, threads: int = 1, statistics: Statistics | None = None
+    ) -> None:
         """Check the tier's file (:func:`check_onnx_file`) and open it in ONNX Runtime.
 
         Raises:
@@ -442,7 +475,7 @@ class OnnxFileTier(nn.Module):
         assert tier.model is not None
         self.tier_name = tier.name
         self.spec = tier.model
-        self.adapter = InputAdapter(tier.model)
+        self.adapter = InputAdapter(tier.model, statistics)
         try:
             self.session = cpu_session(tier.model.onnx, threads)
         except Exception as exc:  # noqa: BLE001 - ONNX Runtime fails in many ways

@@ -129,6 +129,7 @@ def check_user_tiers(exporter: Exporter, names: tuple[str, ...]) -> dict[str, An
     from toolkit.models.user import build_user_model, check_outputs
 
     spec = exporter.spec
+    statistics = exporter.preprocess.statistics()
     models: dict[str, Any] = {}
     for name in names:
         tier = spec.tier(name)
@@ -139,9 +140,9 @@ def check_user_tiers(exporter: Exporter, names: tuple[str, ...]) -> dict[str, An
             from toolkit.export.onnx_adapter import OnnxFileTier, check_onnx_file
 
             check_onnx_file(tier, spec)
-            model = OnnxFileTier(tier, spec)
+            model = OnnxFileTier(tier, spec, statistics=statistics)
         else:
-            model = build_user_model(tier)
+            model = build_user_model(tier, statistics)
         check_outputs(tier, model, exporter.timing_inputs(3))
         models[name] = model
     return models

@@ -178,7 +178,9 @@ class Exporter:
             from toolkit.export.onnx_adapter import wrap_onnx_file
 
             self.step(f"{tier}: wrap {entry.model.onnx} to take the request tensors")
-            wrap_onnx_file(entry, self.spec, folder / ONNX_FILE, self.spec.export.opset)
+            wrap_onnx_file(
+                entry, self.spec, folder / ONNX_FILE, self.spec.export.opset, self.preprocess.statistics()
+            )
         else:
             self.step(f"{tier}: export to ONNX")
             export_tier(model, _as_torch(self.timing_inputs(3)), folder / ONNX_FILE, self.spec.export.opset)

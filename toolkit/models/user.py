@@ -39,17 +39,37 @@ def _first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {lines[0] if lines else ''}".rstrip(": ")
 
 
+Statistics = dict[str, torch.Tensor]
+"""The preprocess step's dense statistics (``user_mean``, ``user_std``, ``ad_mean``, ``ad_std``, [1, D])."""
+
+RAW_STATISTICS = {"user_dense": ("user_mean", "user_std"), "ad_dense": ("ad_mean", "ad_std")}
+"""Which statistics undo the normalisation of each dense request tensor."""
+
+
+def needs_statistics(model: UserModelSpec) -> bool:
+    """Whether any input takes raw dense values (so the adapter needs the preprocess statistics)."""
+    return any(i.values == "raw" for i in model.inputs)
+
+
 class InputAdapter(nn.Module):
     """The five request tensors -> a user model's inputs, in the order of ``model.inputs``.
 
-    For a per-pair model the user tensors are tiled to one row per candidate (``expand`` for one
-    request, ``index_select`` on each candidate's request for many).
+    Inputs with ``values: raw`` get their dense tensors de-normalised (``x * std + mean``). For a
+    per-pair model the user tensors are tiled to one row per candidate (``expand`` for one request,
+    ``index_select`` on each candidate's request for many).
     """
 
-    def __init__(self, model: UserModelSpec) -> None:
+    def __init__(self, model: UserModelSpec, statistics: Statistics | None = None) -> None:
         super().__init__()
-        self.items = [(i.name, i.tensors, TORCH_DTYPES[i.resolved_dtype]) for i in model.inputs]
+        self.items = [
+            (i.name, i.tensors, TORCH_DTYPES[i.resolved_dtype], i.values == "raw") for i in model.inputs
+        ]
         self.pair = model.layout == "pair"
+        if needs_statistics(model):
+            if statistics is None:
+                raise ValueError("an input takes raw dense values: the preprocess statistics are needed")
+            for key, value in statistics.items():
+                self.register_buffer(key, value.detach().clone().float())
 
     def forward(
         self,
@@ -66,10 +86,13 @@ class InputAdapter(nn.Module):
         )
         n = ad_dense.shape[0]
         out = []
-        for _name, names, dtype in self.items:
+        for _name, names, dtype, raw in self.items:
             parts = []
             for name in names:
                 t = tensors[name]
+                if raw and name in RAW_STATISTICS:
+                    mean, std = RAW_STATISTICS[name]
+                    t = t * getattr(self, std) + getattr(self, mean)
                 if self.pair and name in USER_TENSORS:
                     t = t.expand(n, t.shape[1]) if request_index is None else t.index_select(0, request_index)
                 parts.append(t.to(dtype))
@@ -79,7 +102,7 @@ class InputAdapter(nn.Module):
     @property
     def names(self) -> list[str]:
         """The model's input names, in order."""
-        return [name for name, _, _ in self.items]
+        return [item[0] for item in self.items]
 
 
 def as_probabilities(tier: str, output: Any, n: int, kind: str) -> torch.Tensor:
@@ -110,13 +133,13 @@ class UserTier(nn.Module):
         adapter: Builds its inputs from the request tensors.
     """
 
-    def __init__(self, tier: TierSpec, model: nn.Module) -> None:
+    def __init__(self, tier: TierSpec, model: nn.Module, statistics: Statistics | None = None) -> None:
         super().__init__()
         assert tier.model is not None
         self.tier_name = tier.name
         self.spec = tier.model
         self.model = model
-        self.adapter = InputAdapter(tier.model)
+        self.adapter = InputAdapter(tier.model, statistics)
 
     def forward(
         self,
@@ -234,8 +257,10 @@ def check_signature(tier: TierSpec, model: nn.Module) -> None:
         )
 
 
-def build_user_model(tier: TierSpec) -> UserTier:
+def build_user_model(tier: TierSpec, statistics: Statistics | None = None) -> UserTier:
     """Build a factory tier's model, load its checkpoint and check its signature.
+
+    ``statistics`` (the preprocess step's) are needed when an input takes raw dense values.
 
     Raises:
         UserModelError: Factory not importable or failing, not a module, checkpoint missing or not
@@ -269,7 +294,7 @@ def build_user_model(tier: TierSpec) -> UserTier:
                 parts.append(f"unexpected {', '.join(result.unexpected_keys[:3])}")
             raise _fail(tier.name, f"checkpoint {str(path)!r} does not fit the model ({'; '.join(parts)})")
     check_signature(tier, model)
-    return UserTier(tier, model.eval()).eval()
+    return UserTier(tier, model.eval(), statistics).eval()
 
 
 def check_outputs(tier: TierSpec, model: nn.Module, example: dict[str, np.ndarray]) -> None:
@@ -315,8 +340,9 @@ def load_any_tier(spec: Spec, checkpoints: Path, name: str) -> nn.Module:
     tier = spec.tier(name)
     if tier.kind == "onnx":
         raise _fail(name, "is an ONNX file; it has no PyTorch model")
+    from toolkit.train.checkpoints import load_preprocess, load_tier
+
     if tier.kind == "factory":
-        return build_user_model(tier)
-    from toolkit.train.checkpoints import load_tier
+        return build_user_model(tier, load_preprocess(checkpoints, spec).statistics())
 
     return load_tier(checkpoints, spec, name)

@@ -234,11 +234,15 @@ class ModelInput:
             first).
         dtype: ``float32``, ``int64`` or ``int32``; the request tensors are cast to it in the graph.
             Default: ``float32`` if every tensor is dense, else ``int64``.
+        values: ``preprocessed``: dense features normalised with the training statistics (what the
+            demo tiers take); ``raw``: dense features as the client sent them (the tier undoes the
+            normalisation in its graph), for a model trained on raw values. Ids are always folded.
     """
 
     name: str
     tensors: tuple[str, ...]
     dtype: str = ""
+    values: Literal["preprocessed", "raw"] = "preprocessed"
 
     def __post_init__(self) -> None:
         if not self.name:
@@ -251,6 +255,10 @@ class ModelInput:
                 raise KeyedValueError(f"tensors[{i}]", f"expected one of {', '.join(known)}, got {tensor!r}")
         if len(set(self.tensors)) != len(self.tensors):
             raise KeyedValueError("tensors", "names a request tensor twice")
+        if self.values == "raw" and not any(t in DENSE_TENSORS for t in self.tensors):
+            raise KeyedValueError(
+                "values", "raw applies to dense features (user_dense, ad_dense); ids are always folded"
+            )
         if self.dtype and self.dtype not in MODEL_DTYPES:
             raise KeyedValueError("dtype", f"expected one of {', '.join(MODEL_DTYPES)}, got {self.dtype!r}")
 
