@@ -64,14 +64,19 @@ def _candidates(value: str | None) -> tuple[int, int] | None:
 )
 @click.option("--tier", help="Request parameter `tier` (force a tier; default: routed).")
 @click.option("--latency-budget-ms", type=click.FloatRange(min=0, min_open=True), help="Request parameter.")
-@click.option("--candidates", metavar="MIN:MAX", help="Candidates per request (default: the spec's data).")
+@click.option(
+    "--candidates",
+    metavar="MIN:MAX",
+    help="Candidates per generated request (default: the spec's data). With data.files in the spec and "
+    "no --candidates, the requests are the held-out log's instead of generated ones.",
+)
 @click.option(
     "--requests",
     "pool",
     type=click.IntRange(min=1),
     default=500,
     show_default=True,
-    help="Generated requests, cycled.",
+    help="Requests (generated, or the first of the held-out log), cycled.",
 )
 @click.option(
     "--slo-ms", type=click.FloatRange(min=0, min_open=True), help="Report the highest load with p99 <= this."
@@ -128,9 +133,14 @@ def command(
             f"{tier!r} is not a tier of the spec ({', '.join(spec.tier_names)})", param_hint="--tier"
         )
     bounds = _candidates(candidates) or (spec.data.candidates.min, spec.data.candidates.max)
-    requests = generate_requests(
-        spec.features, pool, bounds, spec.data.informative_share, seed=99, world_seed=spec.seed
-    )
+    if spec.data.files is not None and candidates is None:
+        from toolkit.data.demo import demo_holdout_set
+
+        requests = demo_holdout_set(spec, pool)
+    else:
+        requests = generate_requests(
+            spec.features, pool, bounds, spec.data.informative_share, seed=99, world_seed=spec.seed
+        )
     address = url or f"{spec.triton.host}:{spec.triton.grpc_port}"
     policy = StabilityPolicy(window_s=window_s, max_windows=max_windows)
     console = Console(stderr=True)
