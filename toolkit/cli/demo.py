@@ -87,8 +87,8 @@ def command(
             server.start()
             server.wait_ready()
         console.log(f"tritonserver ready at {server.grpc_url} (pid {server.pid}, log {server.log_path})")
-        warmup = requests.subset(range(min(8, requests.num_requests)))
-        for name in spec.tier_names:
+        warmup = requests.subset(range(min(16, requests.num_requests)))
+        for name in (*spec.tier_names, None):
             replay(server.grpc_url, spec.name, warmup, name, concurrency)
         runs = [(None, "routed"), *[(name, f"forced {name}") for name in spec.tier_names]]
         results = {}
@@ -137,7 +137,11 @@ def command(
         "NE: normalized entropy, lower is better; every row uses the same requests and background CTR."
     )
     click.echo(f"server log: {server.log_path}")
-    if any(row.failed for row in rows):
+    failures = {label: results[tier].errors for tier, label in runs if results[tier].errors}
+    for label, errors in failures.items():
+        kinds = ", ".join(f"{count} {kind}" for kind, count in errors.most_common())
+        click.echo(f"{label}: {kinds}")
+    if failures:
         raise click.ClickException("some requests failed; see the server log")
 
 
