@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -88,3 +91,17 @@ def free_port_options(repository: Path, log_file: Path) -> Any:
         metrics_port=free_port(),
         log_file=log_file,
     )
+
+
+@contextlib.contextmanager
+def serving(repository: Path, log_dir: Path) -> Iterator[Any]:
+    """A real tritonserver on ``repository`` on free ports; skips the test where there is none."""
+    from toolkit.errors import ServerError
+    from toolkit.serve import TritonServer, find_tritonserver
+
+    try:
+        find_tritonserver(None)
+    except ServerError as exc:
+        pytest.skip(f"no tritonserver on this machine: {exc}")
+    with TritonServer(free_port_options(repository, log_dir / "tritonserver.log")) as running:
+        yield running

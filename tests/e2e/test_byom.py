@@ -20,14 +20,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import free_port_options, run_cli, tiny_spec_dict, write_spec
+from helpers import run_cli, serving, tiny_spec_dict, write_spec
 
 from toolkit.client import RankingClient
 from toolkit.data import REQUEST_TENSORS, demo_holdout_set
-from toolkit.errors import ServerError
 from toolkit.export import cpu_session, read_manifest
 from toolkit.repository import MARKER
-from toolkit.serve import TritonServer, find_tritonserver
+from toolkit.serve import TritonServer
 from toolkit.spec import load_spec
 from toolkit.train.checkpoints import load_preprocess
 
@@ -217,12 +216,7 @@ def byom(pipeline, tmp_path_factory: pytest.TempPathFactory) -> Byom:
 
 @pytest.fixture(scope="module")
 def byom_server(byom, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServer]:
-    try:
-        find_tritonserver(None)
-    except ServerError as exc:
-        pytest.skip(f"no tritonserver on this machine: {exc}")
-    log = tmp_path_factory.mktemp("byom_server") / "tritonserver.log"
-    with TritonServer(free_port_options(byom.repository, log)) as running:
+    with serving(byom.repository, tmp_path_factory.mktemp("byom_server")) as running:
         yield running
 
 
