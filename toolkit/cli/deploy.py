@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
+import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from toolkit.cli.common import folder, load, spec_option
+
+if TYPE_CHECKING:
+    from toolkit.repository import DeployResult
+    from toolkit.spec import Spec
 
 
 @click.command("deploy")
@@ -18,8 +25,16 @@ from toolkit.cli.common import folder, load, spec_option
 )
 @click.option(
     "--out",
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Repository folder to write; replaced atomically (default: the spec's paths.repository).",
+    metavar="PATH|s3://BUCKET/PREFIX",
+    help="Repository folder to write; replaced atomically (default: the spec's paths.repository). "
+    "An s3://BUCKET/PREFIX URL publishes the repository there with boto3 instead (written to a "
+    "temporary folder first), each model's config.pbtxt last; see --s3-endpoint.",
+)
+@click.option(
+    "--s3-endpoint",
+    metavar="URL",
+    help="With --out s3://...: an S3-compatible endpoint such as http://HOST:9000 (default: AWS S3). "
+    "Credentials come from AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and AWS_DEFAULT_REGION.",
 )
 @click.option(
     "--backend",
@@ -53,7 +68,8 @@ from toolkit.cli.common import folder, load, spec_option
 def command(
     spec_path: Path,
     artifacts: Path | None,
-    out: Path | None,
+    out: str | None,
+    s3_endpoint: str | None,
     backend: str | None,
     tritonserver: Path | None,
     target: str | None,
@@ -73,27 +89,65 @@ def command(
 
     The repository is written beside --out and renamed into place, so a failed deploy leaves the
     previous one as it was; a folder that deploy did not write is never replaced.
+
+    With --out s3://BUCKET/PREFIX the repository is written to a temporary folder and published:
+    each changed model into a new version folder, its config.pbtxt (pinning that version) last, the
+    marker file after every model, and only then are old versions and removed models deleted.
     """
     from toolkit.repository import deploy
     from toolkit.repository.backend import resolve_backend
-    from toolkit.repository.writer import MARKER_FORMAT
+    from toolkit.repository.object_store import is_s3_url, parse_endpoint, parse_s3_url
 
     spec = load(spec_path)
+    out = out if out is not None else spec.paths.repository
+    publishing = is_s3_url(out)
+    if s3_endpoint is not None and not publishing:
+        raise click.UsageError("--s3-endpoint needs --out s3://BUCKET/PREFIX")
+    if publishing:
+        parse_s3_url(out, "--out")
+        if s3_endpoint is not None:
+            parse_endpoint(s3_endpoint)
     target = target or spec.triton.target
     chosen = "onnxruntime" if target == "gpu" and backend is None else None
     chosen = chosen or resolve_backend(backend or spec.triton.backend, tritonserver)
-    result = deploy(
-        spec,
-        folder(artifacts, spec.paths.artifacts),
-        folder(out, spec.paths.repository),
-        chosen,
-        target,
-        _pins(pins),
-    )
+    with (
+        tempfile.TemporaryDirectory(prefix="toolkit-deploy-")
+        if publishing
+        else contextlib.nullcontext() as tmp
+    ):
+        destination = Path(tmp) / "model_repository" if tmp is not None else Path(out)
+        result = deploy(
+            spec, folder(artifacts, spec.paths.artifacts), destination, chosen, target, _pins(pins)
+        )
+        if tmp is not None:
+            _publish(spec, result, out, s3_endpoint, chosen)
+            return
     click.echo(
         f"{'replaced' if result.replaced else 'wrote'} {result.repository}/ "
         f"(target {result.target}, tier backend: {chosen})"
     )
+    _describe(spec, result)
+
+
+def _publish(spec: Spec, result: DeployResult, url: str, endpoint: str | None, backend: str) -> None:
+    from toolkit.repository.object_store import publish
+
+    via = f" through {endpoint}" if endpoint else ""
+    click.echo(f"publishing to {url}{via} (target {result.target}, tier backend: {backend}):")
+    order = [*spec.tier_names, spec.preprocess_model, spec.gate_model, spec.router_model, spec.name]
+    published = publish(result.repository, url, endpoint, order=order, progress=click.echo)
+    uploaded = [m for m in published.models if not m.unchanged]
+    click.echo(
+        f"{'replaced' if published.replaced else 'published'} {published.url}/: {len(uploaded)} model(s) "
+        f"uploaded, {len(published.models) - len(uploaded)} unchanged, {len(published.removed)} stale "
+        f"object(s) removed; Triton reads it as --model-repository={published.triton_url}"
+    )
+    _describe(spec, result)
+
+
+def _describe(spec: Spec, result: DeployResult) -> None:
+    from toolkit.repository.writer import MARKER_FORMAT
+
     if result.replaced_older:
         click.echo(
             f"note: the repository replaced was written by {result.replaced_older}; it was replaced "

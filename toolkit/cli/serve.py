@@ -35,8 +35,15 @@ _WATCH_INTERVAL_S = 0.5
 )
 @click.option(
     "--repository",
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Model repository to serve (default: the spec's paths.repository).",
+    metavar="PATH|s3://BUCKET/PREFIX",
+    help="Model repository to serve (default: the spec's paths.repository), or an s3://BUCKET/PREFIX "
+    "URL that tritonserver reads itself (credentials from AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and "
+    "AWS_DEFAULT_REGION); see --s3-endpoint.",
+)
+@click.option(
+    "--s3-endpoint",
+    metavar="URL",
+    help="With --repository s3://...: an S3-compatible endpoint such as http://HOST:9000 (default: AWS S3).",
 )
 @click.option("--host", help="Address every endpoint binds to (default: the spec's triton.host, 127.0.0.1).")
 @click.option("--grpc-port", type=click.IntRange(1, 65535), help="gRPC port (default: the spec's).")
@@ -92,7 +99,8 @@ _WATCH_INTERVAL_S = 0.5
 )
 def command(
     spec_path: Path,
-    repository: Path | None,
+    repository: str | None,
+    s3_endpoint: str | None,
     host: str | None,
     grpc_port: int | None,
     http_port: int | None,
@@ -109,9 +117,14 @@ def command(
 
     Waits until the server is ready, prints its gRPC, HTTP and metrics addresses and its log file,
     then keeps it running; on Ctrl-C or SIGTERM it stops the server cleanly and exits 0.
+
+    An s3:// repository (as `toolkit deploy --out s3://...` publishes it) is read by tritonserver
+    itself, which copies each model it loads to a local temporary folder; the server is started with
+    --disable-auto-complete-config so a model whose config.pbtxt is not uploaded yet is skipped.
     """
     from rich.console import Console
 
+    from toolkit.repository.object_store import check_repository, is_s3_url
     from toolkit.serve import ServerOptions, TritonServer
     from toolkit.spec import TritonSpec, load_spec
 
@@ -123,9 +136,16 @@ def command(
     else:
         spec = load_spec(spec_path)
         triton = spec.triton
-        repository = repository if repository is not None else Path(spec.paths.repository)
+        repository = repository if repository is not None else spec.paths.repository
+    if s3_endpoint is not None and not is_s3_url(repository):
+        raise click.UsageError("--s3-endpoint needs --repository s3://BUCKET/PREFIX")
+    if is_s3_url(repository):
+        note = check_repository(str(repository), s3_endpoint)
+        if note:
+            click.echo(note, err=True)
     options = ServerOptions(
-        repository=repository,
+        repository=repository if is_s3_url(repository) else Path(str(repository)),
+        s3_endpoint=s3_endpoint,
         host=host if host is not None else triton.host,
         grpc_port=grpc_port if grpc_port is not None else triton.grpc_port,
         http_port=http_port if http_port is not None else triton.http_port,

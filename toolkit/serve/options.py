@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from toolkit.errors import ServerError
+from toolkit.errors import RepositoryError, ServerError
 from toolkit.serve.locate import TritonInstall
 
 ModelControlMode = Literal["none", "explicit", "poll"]
@@ -21,7 +21,9 @@ class ServerOptions:
     """How to run one Triton server.
 
     Attributes:
-        repository: The model repository folder.
+        repository: The model repository folder, or an ``s3://BUCKET/PREFIX`` URL (a string) that
+            Triton reads itself, with credentials from the environment (``AWS_ACCESS_KEY_ID``,
+            ``AWS_SECRET_ACCESS_KEY``, ``AWS_DEFAULT_REGION``).
         host: Address the gRPC, HTTP and metrics endpoints bind to.
         grpc_port: gRPC port.
         http_port: HTTP port (also used to probe readiness).
@@ -39,13 +41,15 @@ class ServerOptions:
         log_verbose: Triton's ``--log-verbose`` level (0 is off).
         extra_args: More ``tritonserver`` arguments, passed last and as given.
         require_onnxruntime: Refuse to start unless the python backend can import onnxruntime.
+        s3_endpoint: With an ``s3://`` repository: an S3-compatible endpoint such as
+            ``http://HOST:9000`` (default: AWS S3).
 
     Raises:
         ServerError: A value is out of range, the repository does not exist, or a combination is
             inconsistent (for example ``load_models`` outside ``explicit`` mode).
     """
 
-    repository: Path
+    repository: Path | str
     host: str = "127.0.0.1"
     grpc_port: int = 8001
     http_port: int = 8000
@@ -60,16 +64,22 @@ class ServerOptions:
     log_verbose: int = 0
     extra_args: tuple[str, ...] = ()
     require_onnxruntime: bool = True
+    s3_endpoint: str | None = None
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "repository", Path(self.repository))
+        if self.is_s3:
+            self._check_s3()
+        else:
+            object.__setattr__(self, "repository", Path(self.repository))
+            if self.s3_endpoint is not None:
+                raise ServerError("An S3 endpoint needs an s3://BUCKET/PREFIX repository.")
         for name in ("tritonserver", "log_file"):
             value = getattr(self, name)
             if value is not None:
                 object.__setattr__(self, name, Path(value))
         for name in ("load_models", "backend_config", "extra_args"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
-        if not self.repository.is_dir():
+        if not self.is_s3 and not Path(self.repository).is_dir():
             raise ServerError(f"Model repository {self.repository} does not exist or is not a directory.")
         if not self.host:
             raise ServerError("The host to bind must not be empty (use 127.0.0.1 for local only).")
@@ -103,6 +113,30 @@ class ServerOptions:
                 )
 
     @property
+    def is_s3(self) -> bool:
+        """Whether the repository is an ``s3://`` URL."""
+        return isinstance(self.repository, str) and self.repository.startswith("s3://")
+
+    @property
+    def model_repository(self) -> str:
+        """The ``--model-repository`` value: the absolute folder, or the URL in Triton's S3 form."""
+        if self.is_s3:
+            from toolkit.repository.object_store import triton_repository_url
+
+            return triton_repository_url(str(self.repository), self.s3_endpoint)
+        return str(Path(self.repository).resolve())
+
+    def _check_s3(self) -> None:
+        from toolkit.repository.object_store import parse_endpoint, parse_s3_url
+
+        try:
+            parse_s3_url(str(self.repository), "--repository")
+            if self.s3_endpoint is not None:
+                parse_endpoint(self.s3_endpoint)
+        except RepositoryError as exc:
+            raise ServerError(str(exc)) from None
+
+    @property
     def ports(self) -> dict[str, int]:
         """Each port by the flag that sets it."""
         return {
@@ -126,7 +160,9 @@ class ServerOptions:
 def build_argv(options: ServerOptions, install: TritonInstall, backend_dir: Path | None) -> list[str]:
     """Return the ``tritonserver`` command line for ``options``.
 
-    Every endpoint binds ``options.host`` explicitly (the server's own default is 0.0.0.0).
+    Every endpoint binds ``options.host`` explicitly (the server's own default is 0.0.0.0). An
+    ``s3://`` repository also gets ``--disable-auto-complete-config``, so a model folder whose
+    ``config.pbtxt`` is not uploaded yet is skipped rather than loaded with a guessed config.
 
     Args:
         options: What to run.
@@ -136,7 +172,7 @@ def build_argv(options: ServerOptions, install: TritonInstall, backend_dir: Path
     """
     argv = [
         str(install.binary),
-        f"--model-repository={options.repository.resolve()}",
+        f"--model-repository={options.model_repository}",
         f"--grpc-address={options.host}",
         f"--grpc-port={options.grpc_port}",
         f"--http-address={options.host}",
@@ -146,6 +182,8 @@ def build_argv(options: ServerOptions, install: TritonInstall, backend_dir: Path
         f"--exit-timeout-secs={options.exit_timeout_s}",
         f"--model-control-mode={options.model_control_mode}",
     ]
+    if options.is_s3:
+        argv.append("--disable-auto-complete-config")
     if backend_dir is not None:
         argv.append(f"--backend-directory={backend_dir}")
     if install.cache_dir is not None:
@@ -168,7 +206,8 @@ def build_env(
 
     ``python_bin_dir`` goes first on ``PATH`` so the python backend stub imports that environment's
     packages; with the bundled server, its libraries and then ``python_lib_dir`` go first on
-    ``LD_LIBRARY_PATH``.
+    ``LD_LIBRARY_PATH``. ``AWS_DEFAULT_REGION`` is set from ``AWS_REGION`` when only the latter is
+    set: Triton's S3 client reads no other.
 
     Args:
         install: The server binary found.
@@ -177,6 +216,8 @@ def build_env(
         python_lib_dir: Folder of that Python's ``libpython`` (see :func:`python_library_dir`).
     """
     env = dict(os.environ if base is None else base)
+    if "AWS_REGION" in env and "AWS_DEFAULT_REGION" not in env:
+        env["AWS_DEFAULT_REGION"] = env["AWS_REGION"]  # Triton's S3 client reads only the latter
     env["PATH"] = _prepend(str(python_bin_dir), env.get("PATH", ""))
     if install.libs_dir is not None:
         if python_lib_dir is not None:
