@@ -157,7 +157,9 @@ def test_deploy_publishes_every_model_config_last_and_the_marker_when_out_is_s3(
     spec = pipeline.spec
     stored = keys(endpoint, "ranking/prod")
     local = {
-        p.relative_to(pipeline.repository).as_posix() for p in pipeline.repository.rglob("*") if p.is_file()
+        p.relative_to(pipeline.repository).as_posix()
+        for p in pipeline.repository.rglob("*")
+        if p.is_file() and "__pycache__" not in p.parts
     }
     local_models = {key for key in local if "/" in key}
     assert local_models <= stored
