@@ -308,7 +308,7 @@ def test_the_readme_example_model_fits_its_spec_entry(tmp_path) -> None:
     spec = spec_from_dict(data, source="examples/byom/spec.yaml")
     tier = build_user_model(spec.tier("my_ranker"))
     check_outputs(spec.tier("my_ranker"), tier, _example(spec))
-    assert spec.tier_names == ("lite", "standard", "my_ranker", "xl")
+    assert spec.tier_names == ("lite", "my_ranker", "standard", "xl")
 
 
 def test_checkpoint_with_a_wrong_shape_names_the_tensor(tiny_spec_dict, models_dir, tmp_path) -> None:
