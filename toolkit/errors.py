@@ -6,6 +6,12 @@ tensor or flag at fault.
 """
 
 
+def first_line(exc: BaseException) -> str:
+    """``Type: first line of the message`` of an exception from a library, for one-line errors."""
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0] if lines else ''}".rstrip(": ")
+
+
 class ToolkitError(Exception):
     """Base class of every error the toolkit raises on purpose."""
 

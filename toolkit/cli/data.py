@@ -54,19 +54,12 @@ def write(spec_path: Path, fmt_: str, split: str, requests: int | None, out: Pat
 
     import yaml
 
-    from toolkit.data.generator import generate_requests
+    from toolkit.data.demo import generated_split
     from toolkit.data.logs import default_columns, write_requests
 
     spec = load(spec_path)
     count = requests or (spec.data.train_requests if split == "train" else spec.data.holdout_requests)
-    generated = generate_requests(
-        spec.features,
-        count,
-        (spec.data.candidates.min, spec.data.candidates.max),
-        spec.data.informative_share,
-        seed=spec.seed * 1000 + (1 if split == "train" else 2),
-        world_seed=spec.seed,
-    )
+    generated = generated_split(spec, split, count)
     write_requests(generated, spec, out, fmt_)
     console = output_console()
     console.print(

@@ -29,7 +29,7 @@ def demo_train_set(spec: Spec) -> RequestSet:
             f"{spec.source or spec.name}: data.files.train ({files.train}) is streamed, not loaded whole; "
             "iterate train_chunks(spec) instead of calling demo_train_set"
         )
-    return _generate(spec, spec.data.train_requests, salt=1)
+    return _generate(spec, spec.data.train_requests, SPLITS["train"])
 
 
 def train_chunks(spec: Spec) -> Iterator[RequestSet]:
@@ -53,7 +53,7 @@ def demo_holdout_set(spec: Spec, num_requests: int | None = None) -> RequestSet:
     files = spec.data.files
     if files is not None:
         return read_requests(spec, files.holdout, count)
-    return _generate(spec, count, salt=2)
+    return _generate(spec, count, SPLITS["holdout"])
 
 
 def demo_quantization_set(spec: Spec) -> RequestSet:
@@ -65,7 +65,7 @@ def demo_quantization_set(spec: Spec) -> RequestSet:
     files = spec.data.files
     if files is not None:
         return read_requests(spec, files.calibration or files.train, spec.export.calibration_requests)
-    return _generate(spec, spec.export.calibration_requests, salt=3)
+    return _generate(spec, spec.export.calibration_requests, SPLITS["quantization"])
 
 
 def demo_gate_set(spec: Spec, num_requests: int) -> RequestSet:
@@ -77,7 +77,20 @@ def demo_gate_set(spec: Spec, num_requests: int) -> RequestSet:
     files = spec.data.files
     if files is not None:
         return read_requests(spec, files.calibration or files.train, num_requests)
-    return _generate(spec, num_requests, salt=4)
+    return _generate(spec, num_requests, SPLITS["gate"])
+
+
+SPLITS = {"train": 1, "holdout": 2, "quantization": 3, "gate": 4}
+"""Each generated split's salt: the splits share the spec's world and differ in traffic."""
+
+
+def generated_split(spec: Spec, split: str, num_requests: int) -> RequestSet:
+    """Generated requests of one split, whatever ``data.files`` says.
+
+    ``split`` is ``train``, ``holdout``, ``quantization`` or ``gate``; the same spec always gives
+    the same requests.
+    """
+    return _generate(spec, num_requests, SPLITS[split])
 
 
 def _generate(spec: Spec, num_requests: int, salt: int) -> RequestSet:

@@ -28,11 +28,18 @@ from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
 from toolkit.data.requests import REQUEST_TENSORS
-from toolkit.errors import UserModelError
+from toolkit.errors import first_line
 from toolkit.evaluate.flops import FlopsError, _constants, _fix_candidates, _infer, _node_flops
 from toolkit.export.onnx_export import SCORE
 from toolkit.export.parity import cpu_session
-from toolkit.models.user import RAW_STATISTICS, InputAdapter, Statistics, as_probabilities, needs_statistics
+from toolkit.models.user import (
+    RAW_STATISTICS,
+    InputAdapter,
+    Statistics,
+    as_probabilities,
+    needs_statistics,
+    tier_error,
+)
 from toolkit.spec.schema import CANDIDATE_TENSORS, DENSE_TENSORS, USER_TENSORS, Spec, TierSpec
 
 __all__ = [
@@ -64,15 +71,6 @@ _NO_REDUNDANCY = 1e-3
 
 # Taint classes of per_pair_cost, ordered so that a node's class is the largest of its inputs'.
 _CONST, _SHAPE, _USER, _CAND = range(4)
-
-
-def _fail(tier: str, problem: str) -> UserModelError:
-    return UserModelError(f"tier {tier!r}: {problem}")
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {lines[0] if lines else ''}".rstrip(": ")
 
 
 def _dtype_name(elem_type: int) -> str:
@@ -114,11 +112,11 @@ def _load(tier: TierSpec) -> onnx.ModelProto:
     assert tier.model is not None and tier.model.onnx
     path = Path(tier.model.onnx)
     if not path.is_file():
-        raise _fail(tier.name, f"ONNX file {str(path)!r} not found")
+        raise tier_error(tier.name, f"ONNX file {str(path)!r} not found")
     try:
         return onnx.load(str(path))
     except (OSError, DecodeError, ValueError, RuntimeError) as exc:
-        raise _fail(tier.name, f"cannot read ONNX file {str(path)!r} ({_first_line(exc)})") from None
+        raise tier_error(tier.name, f"cannot read ONNX file {str(path)!r} ({first_line(exc)})") from None
 
 
 def _graph_inputs(graph: onnx.GraphProto) -> list[onnx.ValueInfoProto]:
@@ -151,25 +149,25 @@ def check_onnx_file(tier: TierSpec, spec: Spec) -> onnx.ModelProto:
     """
     model = tier.model
     if model is None or not model.onnx:
-        raise _fail(tier.name, "is not an ONNX tier (it has no model.onnx)")
+        raise tier_error(tier.name, "is not an ONNX tier (it has no model.onnx)")
     proto = _load(tier)
     try:
         onnx.checker.check_model(model.onnx)  # by path: files past 2 GB cannot be checked as a proto
     except (onnx.checker.ValidationError, ValueError) as exc:
-        raise _fail(
-            tier.name, f"ONNX file {model.onnx!r} is not a valid model ({_first_line(exc)})"
+        raise tier_error(
+            tier.name, f"ONNX file {model.onnx!r} is not a valid model ({first_line(exc)})"
         ) from None
     inputs = {value.name: value for value in _graph_inputs(proto.graph)}
     mapped = {item.name: item for item in model.inputs}
     for name in inputs:
         if name not in mapped:
-            raise _fail(
+            raise tier_error(
                 tier.name,
                 f"ONNX input {name!r} is not mapped by model.inputs (it maps {', '.join(mapped)})",
             )
     for name in mapped:
         if name not in inputs:
-            raise _fail(
+            raise tier_error(
                 tier.name,
                 f"model.inputs maps {name!r}, which the ONNX file has no input of; "
                 f"its inputs: {', '.join(inputs) or '(none)'}",
@@ -178,10 +176,10 @@ def check_onnx_file(tier: TierSpec, spec: Spec) -> onnx.ModelProto:
     for item in model.inputs:
         value = inputs[item.name]
         if not value.type.HasField("tensor_type"):
-            raise _fail(tier.name, f"ONNX input {item.name!r} is not a tensor")
+            raise tier_error(tier.name, f"ONNX input {item.name!r} is not a tensor")
         elem_type = value.type.tensor_type.elem_type
         if elem_type != _ONNX_TYPES[item.resolved_dtype]:
-            raise _fail(
+            raise tier_error(
                 tier.name,
                 f"wrong dtype: ONNX input {item.name!r} is {_dtype_name(elem_type)}, model.inputs gives "
                 f"{item.resolved_dtype} (set its dtype to match the file)",
@@ -190,13 +188,13 @@ def check_onnx_file(tier: TierSpec, spec: Spec) -> onnx.ModelProto:
         if dims is None:
             continue
         if len(dims) != 2:
-            raise _fail(
+            raise tier_error(
                 tier.name,
                 f"ONNX input {item.name!r} has shape {_show(dims)}; expected rank 2 (rows, features)",
             )
         width = sum(widths[t] for t in item.tensors)
         if isinstance(dims[1], int) and dims[1] != width:
-            raise _fail(
+            raise tier_error(
                 tier.name,
                 f"ONNX input {item.name!r} has {dims[1]} features (dim 1), model.inputs gives {width} "
                 f"({' + '.join(f'{t} {widths[t]}' for t in item.tensors)})",
@@ -204,7 +202,7 @@ def check_onnx_file(tier: TierSpec, spec: Spec) -> onnx.ModelProto:
         one_row = model.layout == "request" and item.level == "user"
         if isinstance(dims[0], int) and not (one_row and dims[0] == 1):
             want = "dynamic or 1 (one row per request)" if one_row else "dynamic (one row per candidate)"
-            raise _fail(
+            raise tier_error(
                 tier.name,
                 f"ONNX input {item.name!r} has a fixed dim 0 of {dims[0]}; it must be {want}",
             )
@@ -216,27 +214,29 @@ def _check_output(tier: str, graph: onnx.GraphProto) -> None:
     outputs = list(graph.output)
     if len(outputs) != 1:
         names = ", ".join(o.name for o in outputs) or "(none)"
-        raise _fail(
+        raise tier_error(
             tier, f"the ONNX file has {len(outputs)} outputs ({names}); expected exactly one (scores)"
         )
     value = outputs[0]
     if not value.type.HasField("tensor_type"):
-        raise _fail(tier, f"ONNX output {value.name!r} is not a tensor")
+        raise tier_error(tier, f"ONNX output {value.name!r} is not a tensor")
     elem_type = value.type.tensor_type.elem_type
     if elem_type not in _FLOAT_OUTPUTS:
-        raise _fail(tier, f"ONNX output {value.name!r} is {_dtype_name(elem_type)}; expected float32 scores")
+        raise tier_error(
+            tier, f"ONNX output {value.name!r} is {_dtype_name(elem_type)}; expected float32 scores"
+        )
     dims = _dims(value)
     if dims is None:
         return
     ok_rank = len(dims) == 1 or (len(dims) == 2 and dims[1] == 1)
     if not ok_rank:
-        raise _fail(
+        raise tier_error(
             tier,
             f"ONNX output {value.name!r} has shape {_show(dims)}; expected [N] or [N, 1] "
             "(one score per candidate)",
         )
     if isinstance(dims[0], int):
-        raise _fail(
+        raise tier_error(
             tier,
             f"ONNX output {value.name!r} has a fixed dim 0 of {dims[0]}; it must be the candidate "
             "count N (dynamic)",
@@ -263,10 +263,10 @@ def _reconcile(tier: TierSpec, model: onnx.ModelProto, opset: int) -> onnx.Model
     try:
         converted = onnx.version_converter.convert_version(model, opset)
     except Exception as exc:  # noqa: BLE001 - the converter fails in many ways
-        raise _fail(
+        raise tier_error(
             tier.name,
             f"the ONNX file uses opset {version}, and converting it to opset {opset} failed "
-            f"({_first_line(exc)}); export it with opset 13 or later",
+            f"({first_line(exc)}); export it with opset 13 or later",
         ) from None
     converted.ir_version = max(
         converted.ir_version, helper.find_min_ir_version_for(list(converted.opset_import))
@@ -413,8 +413,8 @@ def wrap_onnx_file(
             adapter, user, io_map, producer_name="adaptive-ranking-toolkit", doc_string=""
         )
     except (ValueError, onnx.checker.ValidationError) as exc:
-        raise _fail(
-            tier.name, f"cannot merge the input adapter with the ONNX file ({_first_line(exc)})"
+        raise tier_error(
+            tier.name, f"cannot merge the input adapter with the ONNX file ({first_line(exc)})"
         ) from None
     graph = merged.graph
     source = USER_PREFIX + user_output.name
@@ -434,7 +434,7 @@ def wrap_onnx_file(
     try:
         onnx.checker.check_model(merged)
     except (onnx.checker.ValidationError, ValueError) as exc:
-        raise _fail(tier.name, f"the wrapped ONNX model is not valid ({_first_line(exc)})") from None
+        raise tier_error(tier.name, f"the wrapped ONNX model is not valid ({first_line(exc)})") from None
     out_path.parent.mkdir(parents=True, exist_ok=True)
     weights = sum(
         numpy_helper.to_array(t).nbytes if not t.raw_data else len(t.raw_data) for t in graph.initializer
@@ -479,8 +479,8 @@ class OnnxFileTier(nn.Module):
         try:
             self.session = cpu_session(tier.model.onnx, threads)
         except Exception as exc:  # noqa: BLE001 - ONNX Runtime fails in many ways
-            raise _fail(
-                tier.name, f"ONNX Runtime cannot load {tier.model.onnx!r} ({_first_line(exc)})"
+            raise tier_error(
+                tier.name, f"ONNX Runtime cannot load {tier.model.onnx!r} ({first_line(exc)})"
             ) from None
         self.output_names = [o.name for o in self.session.get_outputs()]
 
@@ -503,8 +503,8 @@ class OnnxFileTier(nn.Module):
         try:
             outputs = self.session.run(self.output_names, feeds)
         except Exception as exc:  # noqa: BLE001 - ONNX Runtime fails in many ways
-            raise _fail(
-                self.tier_name, f"ONNX Runtime fails on the mapped inputs ({_first_line(exc)})"
+            raise tier_error(
+                self.tier_name, f"ONNX Runtime fails on the mapped inputs ({first_line(exc)})"
             ) from None
         result: Any = [torch.from_numpy(np.asarray(o)) for o in outputs]
         return as_probabilities(self.tier_name, result, ad_dense.shape[0], self.spec.output)

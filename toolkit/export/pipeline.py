@@ -137,9 +137,8 @@ def check_user_tiers(exporter: Exporter, names: tuple[str, ...]) -> dict[str, An
             continue
         exporter.step(f"{name}: checking the {tier.kind} model against the spec")
         if tier.kind == "onnx":
-            from toolkit.export.onnx_adapter import OnnxFileTier, check_onnx_file
+            from toolkit.export.onnx_adapter import OnnxFileTier
 
-            check_onnx_file(tier, spec)
             model = OnnxFileTier(tier, spec, statistics=statistics)
         else:
             model = build_user_model(tier, statistics)

@@ -24,19 +24,15 @@ import torch
 from torch import nn
 
 from toolkit.data.requests import REQUEST_TENSORS
-from toolkit.errors import UserModelError
+from toolkit.errors import UserModelError, first_line
 from toolkit.spec.schema import USER_TENSORS, Spec, TierSpec, UserModelSpec
 
 TORCH_DTYPES = {"float32": torch.float32, "int64": torch.int64, "int32": torch.int32}
 
 
-def _fail(tier: str, problem: str) -> UserModelError:
+def tier_error(tier: str, problem: str) -> UserModelError:
+    """The one-line error about user tier ``tier``: ``tier '<name>': <problem>``."""
     return UserModelError(f"tier {tier!r}: {problem}")
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {lines[0] if lines else ''}".rstrip(": ")
 
 
 Statistics = dict[str, torch.Tensor]
@@ -55,8 +51,7 @@ class InputAdapter(nn.Module):
     """The five request tensors -> a user model's inputs, in the order of ``model.inputs``.
 
     Inputs with ``values: raw`` get their dense tensors de-normalised (``x * std + mean``). For a
-    per-pair model the user tensors are tiled to one row per candidate (``expand`` for one request,
-    ``index_select`` on each candidate's request for many).
+    per-pair model the user tensors are tiled to one row per candidate (``expand``).
     """
 
     def __init__(self, model: UserModelSpec, statistics: Statistics | None = None) -> None:
@@ -78,9 +73,8 @@ class InputAdapter(nn.Module):
         user_history: torch.Tensor,
         ad_dense: torch.Tensor,
         ad_sparse: torch.Tensor,
-        request_index: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, ...]:
-        """The model's inputs from preprocessed request tensors (user ones with leading dim 1 or B)."""
+        """The model's inputs from one preprocessed request (user tensors with leading dim 1)."""
         tensors = dict(
             zip(REQUEST_TENSORS, (user_dense, user_sparse, user_history, ad_dense, ad_sparse), strict=True)
         )
@@ -94,7 +88,7 @@ class InputAdapter(nn.Module):
                     mean, std = RAW_STATISTICS[name]
                     t = t * getattr(self, std) + getattr(self, mean)
                 if self.pair and name in USER_TENSORS:
-                    t = t.expand(n, t.shape[1]) if request_index is None else t.index_select(0, request_index)
+                    t = t.expand(n, t.shape[1])
                 parts.append(t.to(dtype))
             out.append(parts[0] if len(parts) == 1 else torch.cat(parts, dim=1))
         return tuple(out)
@@ -114,9 +108,11 @@ def as_probabilities(tier: str, output: Any, n: int, kind: str) -> torch.Tensor:
     if isinstance(output, tuple | list) and len(output) == 1:
         output = output[0]
     if not isinstance(output, torch.Tensor):
-        raise _fail(tier, f"the model returned {type(output).__name__}; expected one tensor of shape [N]")
+        raise tier_error(
+            tier, f"the model returned {type(output).__name__}; expected one tensor of shape [N]"
+        )
     if tuple(output.shape) not in ((n,), (n, 1)):
-        raise _fail(
+        raise tier_error(
             tier,
             f"the model's output has shape {list(output.shape)} for {n} candidates; "
             f"expected [{n}] or [{n}, 1] (one score per candidate)",
@@ -178,19 +174,19 @@ def import_factory(tier: TierSpec) -> Callable[..., Any]:
     assert tier.model is not None
     module_name, _, attr = tier.model.factory.partition(":")
     if tier.model.path and not Path(tier.model.path).is_dir():
-        raise _fail(tier.name, f"model.path {tier.model.path!r} is not a folder")
+        raise tier_error(tier.name, f"model.path {tier.model.path!r} is not a folder")
     with _on_path(tier.model.path):
         try:
             module = importlib.import_module(module_name)
         except Exception as exc:  # noqa: BLE001 - any import failure is the user's module's
-            raise _fail(tier.name, f"cannot import {module_name!r} ({_first_line(exc)})") from None
+            raise tier_error(tier.name, f"cannot import {module_name!r} ({first_line(exc)})") from None
     target: Any = module
     for part in attr.split("."):
         if not hasattr(target, part):
-            raise _fail(tier.name, f"module {module_name!r} has no attribute {attr!r}")
+            raise tier_error(tier.name, f"module {module_name!r} has no attribute {attr!r}")
         target = getattr(target, part)
     if not callable(target):
-        raise _fail(tier.name, f"{tier.model.factory!r} is not callable")
+        raise tier_error(tier.name, f"{tier.model.factory!r} is not callable")
     return target
 
 
@@ -208,19 +204,21 @@ def factory_source_digest(tier: TierSpec) -> str:
 
 def _state_dict(tier: str, path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
-        raise _fail(tier, f"checkpoint {str(path)!r} not found")
+        raise tier_error(tier, f"checkpoint {str(path)!r} not found")
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - pickles of whole modules land here too
-        raise _fail(
+        raise tier_error(
             tier,
-            f"checkpoint {str(path)!r} cannot be loaded with weights_only=True ({_first_line(exc)}); "
+            f"checkpoint {str(path)!r} cannot be loaded with weights_only=True ({first_line(exc)}); "
             "save model.state_dict()",
         ) from None
     if isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
         data = data["state_dict"]
     if not isinstance(data, dict) or not all(isinstance(v, torch.Tensor) for v in data.values()):
-        raise _fail(tier, f"checkpoint {str(path)!r} holds no state_dict (a mapping of names to tensors)")
+        raise tier_error(
+            tier, f"checkpoint {str(path)!r} holds no state_dict (a mapping of names to tensors)"
+        )
     return data
 
 
@@ -240,7 +238,7 @@ def check_signature(tier: TierSpec, model: nn.Module) -> None:
     named = [n for n, p in params.items() if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
     extra = [n for n in mapped if n not in named]
     if extra and not takes_any:
-        raise _fail(
+        raise tier_error(
             tier.name,
             f"model.inputs maps {extra[0]!r}, but the model's forward() takes ({', '.join(named)})",
         )
@@ -250,7 +248,7 @@ def check_signature(tier: TierSpec, model: nn.Module) -> None:
         if p.default is p.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD) and n not in mapped
     ]
     if needed:
-        raise _fail(
+        raise tier_error(
             tier.name,
             f"the model's forward() needs input {needed[0]!r}, which model.inputs does not map "
             f"(it maps {', '.join(mapped)})",
@@ -271,9 +269,9 @@ def build_user_model(tier: TierSpec, statistics: Statistics | None = None) -> Us
     try:
         model = factory(**tier.model.kwargs)
     except Exception as exc:  # noqa: BLE001 - the user's factory may fail any way
-        raise _fail(tier.name, f"factory {tier.model.factory!r} failed ({_first_line(exc)})") from None
+        raise tier_error(tier.name, f"factory {tier.model.factory!r} failed ({first_line(exc)})") from None
     if not isinstance(model, nn.Module):
-        raise _fail(
+        raise tier_error(
             tier.name,
             f"factory {tier.model.factory!r} returned {type(model).__name__}, expected a torch.nn.Module",
         )
@@ -284,15 +282,19 @@ def build_user_model(tier: TierSpec, statistics: Statistics | None = None) -> Us
             result = model.load_state_dict(state, strict=False)
         except RuntimeError as exc:
             lines = [line.strip() for line in str(exc).splitlines() if "size mismatch" in line]
-            detail = lines[0].replace("torch.Size", "").rstrip(".") if lines else _first_line(exc)
-            raise _fail(tier.name, f"checkpoint {str(path)!r} does not fit the model ({detail})") from None
+            detail = lines[0].replace("torch.Size", "").rstrip(".") if lines else first_line(exc)
+            raise tier_error(
+                tier.name, f"checkpoint {str(path)!r} does not fit the model ({detail})"
+            ) from None
         if result.missing_keys or result.unexpected_keys:
             parts = []
             if result.missing_keys:
                 parts.append(f"missing {', '.join(result.missing_keys[:3])}")
             if result.unexpected_keys:
                 parts.append(f"unexpected {', '.join(result.unexpected_keys[:3])}")
-            raise _fail(tier.name, f"checkpoint {str(path)!r} does not fit the model ({'; '.join(parts)})")
+            raise tier_error(
+                tier.name, f"checkpoint {str(path)!r} does not fit the model ({'; '.join(parts)})"
+            )
     check_signature(tier, model)
     return UserTier(tier, model.eval(), statistics).eval()
 
@@ -316,14 +318,14 @@ def check_outputs(tier: TierSpec, model: nn.Module, example: dict[str, np.ndarra
             raise
         except Exception as exc:  # noqa: BLE001 - the user's forward may fail any way
             mapped = ", ".join(f"{i.name}: {i.resolved_dtype}" for i in spec.inputs)
-            raise _fail(
+            raise tier_error(
                 tier.name,
-                f"the model fails on its mapped inputs ({mapped}): {_first_line(exc)}; "
+                f"the model fails on its mapped inputs ({mapped}): {first_line(exc)}; "
                 "check model.inputs (dtype, tensors)",
             ) from None
         values = scores.numpy()
         if not np.isfinite(values).all() or values.min() < 0 or values.max() > 1:
-            raise _fail(
+            raise tier_error(
                 tier.name,
                 f"scores lie in [{values.min():.4g}, {values.max():.4g}], not in [0, 1]; "
                 f"set model.output to {'logit' if spec.output == 'probability' else 'probability'}?",
@@ -339,7 +341,7 @@ def load_any_tier(spec: Spec, checkpoints: Path, name: str) -> nn.Module:
     """
     tier = spec.tier(name)
     if tier.kind == "onnx":
-        raise _fail(name, "is an ONNX file; it has no PyTorch model")
+        raise tier_error(name, "is an ONNX file; it has no PyTorch model")
     from toolkit.train.checkpoints import load_preprocess, load_tier
 
     if tier.kind == "factory":
