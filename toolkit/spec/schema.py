@@ -337,12 +337,15 @@ class TierSpec:
         architecture: A registered architecture (``lite``, ``standard``, ``xl``).
         params: Size knobs of that architecture; validated by its config class.
         model: Instead of an architecture: the user's PyTorch model or ONNX file.
+        pool: With ``pools``: the pool whose servers run this tier (default: the entry pool, the
+            first of ``pools``).
     """
 
     name: str
     architecture: str = ""
     params: dict[str, Any] = field(default_factory=dict)
     model: UserModelSpec | None = None
+    pool: str = ""
 
     def __post_init__(self) -> None:
         check_name(self.name, "tier name")
@@ -731,6 +734,160 @@ class ValidationSpec:
     long_history: Literal["reject", "truncate"] = "reject"
 
 
+POOL_NAME_PATTERN = re.compile(r"^[a-z]([-a-z0-9]{0,30}[a-z0-9])?$")
+"""Pool names: DNS labels (they name a repository folder and the pool's Kubernetes objects)."""
+
+_HOST_PORT = re.compile(
+    r"^(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?):(?P<port>\d{1,5})$"
+)
+_NAMESPACE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+
+
+def check_address(value: str, key: str) -> None:
+    """Raise KeyedValueError (on ``key``) unless ``value`` is a gRPC address ``host:port``."""
+    match = _HOST_PORT.match(value) if isinstance(value, str) else None
+    if not match or not 1 <= int(match["port"]) <= 65535:
+        raise KeyedValueError(
+            key, f"expected a gRPC address host:port (port 1-65535, IPv6 in brackets), got {value!r}"
+        )
+
+
+@dataclass(frozen=True)
+class PoolSpec:
+    """A pool: one Triton deployment (a set of identical servers) that serves some of the tiers.
+
+    The first pool of ``pools`` is the *entry* pool: its servers hold the ensemble, the router, the
+    preprocess step and the gate besides their tiers, and clients call them. The router calls tiers
+    of its own pool through BLS and tiers of other pools over gRPC, at ``addresses``.
+
+    Attributes:
+        name: Pool name, a DNS label (``cpu``, ``big``); ``toolkit deploy`` writes its repository
+            to ``<out>/<name>``.
+        hardware: ``cpu`` or ``gpu``: the deploy target of its tiers (``gpu``: TensorRT engines or
+            ONNX Runtime on GPU instances of an NGC tritonserver) and what its pods request.
+        addresses: gRPC addresses (``host:port``) of the pool's servers, which the router of the
+            entry pool calls; tried in turn when one is unreachable. Default: the pool's Kubernetes
+            Service (from the ``kubernetes`` section). ``toolkit deploy --pool-address`` overrides.
+        timeout_ms: Deadline of the router's calls to this pool (0: ``triton.tier_timeout_ms``).
+        retry_after_ms: How long the router leaves an address alone after a call to it failed or
+            timed out; then one request tries it again.
+        cpu: CPU request of each of its pods (a Kubernetes quantity: ``"4"``, ``"500m"``).
+        memory: Memory request and limit of each pod (``"8Gi"``).
+        gpus: GPUs per pod (``nvidia.com/gpu``); default 1 for ``gpu`` pools, 0 for ``cpu`` pools.
+        min_replicas: Fewest pods the autoscaler keeps.
+        max_replicas: Most pods the autoscaler starts.
+        cpu_target_utilization: Autoscaler target, percent of the CPU request.
+        queue_time_target_us: When > 0, the autoscaler also scales on Triton's mean queue time per
+            request (microseconds) through a custom-metrics adapter.
+    """
+
+    name: str
+    hardware: Literal["cpu", "gpu"] = "cpu"
+    addresses: tuple[str, ...] = ()
+    timeout_ms: float = 0.0
+    retry_after_ms: float = 1000.0
+    cpu: str = "2"
+    memory: str = "4Gi"
+    gpus: int = -1
+    min_replicas: int = 1
+    max_replicas: int = 4
+    cpu_target_utilization: int = 70
+    queue_time_target_us: int = 0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not POOL_NAME_PATTERN.match(self.name):
+            raise KeyedValueError(
+                "name",
+                f"pool name {self.name!r} is not a DNS label: lowercase letters, digits and '-', starting "
+                "with a letter, at most 32 characters",
+            )
+        if self.hardware not in TARGETS:
+            raise KeyedValueError("hardware", f"expected one of {', '.join(TARGETS)}, got {self.hardware!r}")
+        for i, address in enumerate(self.addresses):
+            check_address(address, f"addresses[{i}]")
+        if len(set(self.addresses)) != len(self.addresses):
+            raise KeyedValueError("addresses", "addresses must differ")
+        if not math.isfinite(self.timeout_ms) or self.timeout_ms < 0:
+            raise KeyedValueError("timeout_ms", f"must be a number >= 0, got {self.timeout_ms}")
+        if not math.isfinite(self.retry_after_ms) or self.retry_after_ms <= 0:
+            raise KeyedValueError("retry_after_ms", f"must be a number > 0, got {self.retry_after_ms}")
+        if self.gpus == -1:
+            object.__setattr__(self, "gpus", 1 if self.hardware == "gpu" else 0)
+        if self.gpus < 0:
+            raise KeyedValueError("gpus", f"must be >= 0, got {self.gpus}")
+        if self.hardware == "gpu" and self.gpus < 1:
+            raise KeyedValueError("gpus", "a gpu pool needs at least 1 GPU per pod")
+        if self.hardware == "cpu" and self.gpus:
+            raise KeyedValueError("gpus", f"a cpu pool requests no GPUs, got {self.gpus}")
+        if self.min_replicas < 1:
+            raise KeyedValueError("min_replicas", f"must be at least 1, got {self.min_replicas}")
+        if self.max_replicas < self.min_replicas:
+            raise KeyedValueError(
+                "max_replicas", f"must be >= min_replicas ({self.min_replicas}), got {self.max_replicas}"
+            )
+        if not 1 <= self.cpu_target_utilization <= 1000:
+            raise KeyedValueError(
+                "cpu_target_utilization",
+                f"must be a percentage in 1..1000, got {self.cpu_target_utilization}",
+            )
+        if self.queue_time_target_us < 0:
+            raise KeyedValueError("queue_time_target_us", f"must be >= 0, got {self.queue_time_target_us}")
+
+
+@dataclass(frozen=True)
+class KubernetesSpec:
+    """Where and how ``toolkit k8s`` runs the pools on a Kubernetes cluster.
+
+    Attributes:
+        namespace: Namespace of every object (default: the ensemble name as a DNS label).
+        repository: ``s3://bucket/prefix`` the repositories are published to with ``toolkit deploy
+            --out``; a pool reads ``<repository>/<pool>`` (a spec without pools reads ``repository``).
+        s3_endpoint: An S3-compatible endpoint (``host:port`` or ``https://host:port``), or empty for
+            AWS S3.
+        s3_secret: Secret with ``AWS_ACCESS_KEY_ID`` and ``AWS_SECRET_ACCESS_KEY`` for Triton, or
+            empty to rely on the pods' identity (``service_account``).
+        s3_region: ``AWS_DEFAULT_REGION`` of the pods, or empty.
+        service_account: Service account of the pods, or empty.
+        image: Triton image of the pools (default: the NGC tritonserver release the toolkit's
+            bundled server matches).
+        entry_image: Image of the entry pool when it differs (with remote pools its router needs
+            ``tritonclient[grpc]`` in the python backend's Python; ``toolkit k8s`` writes a
+            Dockerfile for it).
+        cluster_domain: The cluster's DNS domain, for the pools' Service addresses.
+        kubernetes_version: Version whose schemas the manifests are validated against.
+        kserve: Write KServe InferenceServices instead of Deployments and Services.
+        model_control_mode: ``explicit`` (load every model at start; changes roll out as new pods)
+            or ``poll``.
+    """
+
+    namespace: str = ""
+    repository: str = ""
+    s3_endpoint: str = ""
+    s3_secret: str = ""
+    s3_region: str = ""
+    service_account: str = ""
+    image: str = ""
+    entry_image: str = ""
+    cluster_domain: str = "cluster.local"
+    kubernetes_version: str = "1.30"
+    kserve: bool = False
+    model_control_mode: Literal["explicit", "poll"] = "explicit"
+
+    def __post_init__(self) -> None:
+        if self.repository and not self.repository.startswith("s3://"):
+            raise KeyedValueError(
+                "repository", f"expected an s3://bucket/prefix URL, got {self.repository!r}"
+            )
+        if self.namespace and not _NAMESPACE.match(self.namespace):
+            raise KeyedValueError(
+                "namespace", f"{self.namespace!r} is not a DNS label (lowercase letters, digits and '-')"
+            )
+        if not re.match(r"^\d+\.\d+$", self.kubernetes_version):
+            raise KeyedValueError(
+                "kubernetes_version", f"expected MAJOR.MINOR such as 1.30, got {self.kubernetes_version!r}"
+            )
+
+
 @dataclass(frozen=True)
 class PathsSpec:
     """Where each stage writes, relative to the working directory unless absolute."""
@@ -756,6 +913,9 @@ class Spec:
         triton: Repository and server settings.
         validation: What the router does with out-of-range ids and long histories.
         paths: Output folders.
+        pools: Where the tiers run, one Triton deployment per pool, the entry pool first (empty:
+            one deployment serves everything).
+        kubernetes: Settings of ``toolkit k8s``.
         source: File the spec was read from (empty when built in code).
     """
 
@@ -770,6 +930,8 @@ class Spec:
     triton: TritonSpec = field(default_factory=TritonSpec)
     validation: ValidationSpec = field(default_factory=ValidationSpec)
     paths: PathsSpec = field(default_factory=PathsSpec)
+    pools: tuple[PoolSpec, ...] = ()
+    kubernetes: KubernetesSpec = field(default_factory=KubernetesSpec)
     source: str = ""
 
     def __post_init__(self) -> None:
@@ -825,6 +987,36 @@ class Spec:
                     f"routing.rules[{i}].tier",
                     f"expected one of the tiers ({', '.join(names)}), got {rule.tier!r}",
                 )
+        self._check_pools()
+
+    def _check_pools(self) -> None:
+        pools = [p.name for p in self.pools]
+        dupes = sorted({n for n in pools if pools.count(n) > 1})
+        if dupes:
+            raise KeyedValueError("pools", f"pool names must be unique, repeated: {', '.join(dupes)}")
+        for i, tier in enumerate(self.tiers):
+            if tier.pool and not pools:
+                raise KeyedValueError(f"tiers[{i}].pool", "names a pool, but the spec has no pools section")
+            if tier.pool and tier.pool not in pools:
+                raise KeyedValueError(
+                    f"tiers[{i}].pool", f"expected one of the pools ({', '.join(pools)}), got {tier.pool!r}"
+                )
+        if not pools:
+            return
+        if self.tier_pool(self.tiers[0].name) != self.entry_pool:
+            raise KeyedValueError(
+                "tiers[0].pool",
+                f"the cheapest tier {self.tiers[0].name!r} must run in the entry pool {self.entry_pool!r} "
+                "(the first of pools): it answers when every other tier fails",
+            )
+        if self.triton.target != "cpu":
+            raise KeyedValueError(
+                "triton.target", "with pools, each pool's hardware is its target; leave triton.target out"
+            )
+        used = {self.tier_pool(t.name) for t in self.tiers}
+        for i, pool in enumerate(self.pools):
+            if pool.name not in used and i > 0:
+                raise KeyedValueError(f"pools[{i}]", f"pool {pool.name!r} runs no tier")
 
     @property
     def default_tier(self) -> str:
@@ -855,6 +1047,35 @@ class Spec:
     def reserved_model_names(self) -> tuple[str, ...]:
         """Model names the ensemble itself uses besides the tiers."""
         return (self.preprocess_model, self.router_model, self.gate_model)
+
+    @property
+    def entry_pool(self) -> str:
+        """The pool clients call (the first of ``pools``), or "" without pools."""
+        return self.pools[0].name if self.pools else ""
+
+    def tier_pool(self, name: str) -> str:
+        """The pool tier ``name`` runs in ("" without pools)."""
+        return self.tier(name).pool or self.entry_pool
+
+    def pool(self, name: str) -> PoolSpec:
+        """Return the pool called ``name``.
+
+        Raises:
+            KeyError: No pool has that name.
+        """
+        for pool in self.pools:
+            if pool.name == name:
+                return pool
+        raise KeyError(name)
+
+    def pool_tiers(self, name: str) -> tuple[str, ...]:
+        """Tiers of pool ``name``, cheapest first."""
+        return tuple(t.name for t in self.tiers if self.tier_pool(t.name) == name)
+
+    @property
+    def remote_tiers(self) -> tuple[str, ...]:
+        """Tiers the router calls over gRPC: those outside the entry pool."""
+        return tuple(t.name for t in self.tiers if self.tier_pool(t.name) != self.entry_pool)
 
     def tier(self, name: str) -> TierSpec:
         """Return the tier called ``name``.
