@@ -17,9 +17,15 @@ from .policy import (
     request_features,
     top_candidates,
 )
+from .remote import DEADLINE_EXCEEDED, RETRYABLE, AddressBook, RemoteTier, grpc_status
 from .validate import InputSchema, validate_request
 
 __all__ = [
+    "DEADLINE_EXCEEDED",
+    "RETRYABLE",
+    "AddressBook",
+    "RemoteTier",
+    "grpc_status",
     "LatencyTracker",
     "calibrate_lambda",
     "calibrate_lambda_to_cost",

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from .learned import choose_tier
+from .remote import RemoteTier
 
 _OPS = {
     "<": operator.lt,
@@ -85,6 +86,9 @@ class RouterConfig:
         tier_timeout_ms: Deadline of each tier call, after which the next cheaper tier answers; a
             tier whose recent calls (the budget's percentile) take longer is skipped until its slow
             calls age out; 0: no deadline.
+        remote_tiers: Tiers served by another pool, called over gRPC instead of BLS: per tier its
+            ``pool``, the ``addresses`` of the pool's servers, the call's ``timeout_ms`` and how long
+            a failed address is left alone, ``retry_after_ms`` (see :class:`~.remote.RemoteTier`).
     """
 
     tiers: tuple[str, ...]
@@ -106,6 +110,7 @@ class RouterConfig:
     preprocess_model: str = ""
     preprocess_outputs: dict[str, str] = field(default_factory=dict)
     tier_timeout_ms: float = 0.0
+    remote_tiers: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.policy not in POLICIES:
@@ -134,6 +139,10 @@ class RouterConfig:
                 "default_budget_ms must be >= 0, budget_percentile in (0, 100], budget_window >= 1, "
                 "budget_max_age_s > 0"
             )
+        for tier, remote in self.remote_tiers.items():
+            if tier not in self.tiers or tier == self.tiers[0]:
+                raise ValueError(f"remote tier {tier!r} must be one of the tiers other than the cheapest")
+            RemoteTier.from_dict(tier, remote)
 
     def to_json(self) -> str:
         """Serialise for ``router.json``."""
@@ -157,6 +166,7 @@ class RouterConfig:
             "preprocess_model": self.preprocess_model,
             "preprocess_outputs": self.preprocess_outputs,
             "tier_timeout_ms": self.tier_timeout_ms,
+            "remote_tiers": self.remote_tiers,
         }
         return json.dumps(data, indent=2) + "\n"
 

@@ -3,7 +3,11 @@
 Reads ``router.json`` beside this file. Per request: validates the raw request, runs the preprocess
 model through BLS, picks a tier with the routing policy that ``toolkit deploy`` copied beside it
 (package ``toolkit_router``), calls that tier through BLS (stepping down to cheaper tiers when it
-fails) and returns its scores plus, per candidate, the index of the tier that scored it. With
+fails) and returns its scores plus, per candidate, the index of the tier that scored it. Tiers that
+another pool serves (``remote_tiers`` in ``router.json``) are called over gRPC with
+``tritonclient.grpc.aio`` instead: the pool's addresses in turn, an address that failed left alone for
+a while, and the same step-down when the pool does not answer in time. Every decision and failure is
+counted, in the log and as the Prometheus counter ``toolkit_router_events_total``. With
 ``max_batch_size: 1`` (the config gives the router a queue policy that way), every tensor arrives
 with a leading dimension of 1, which is dropped on the way in and added on the way out.
 """
@@ -24,8 +28,12 @@ import triton_python_backend_utils as pb_utils
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from toolkit_router import (  # noqa: E402
+    DEADLINE_EXCEEDED,
+    RETRYABLE,
+    AddressBook,
     InputSchema,
     LatencyTracker,
+    RemoteTier,
     RequestContext,
     RouterConfig,
     RoutingError,
@@ -33,6 +41,7 @@ from toolkit_router import (  # noqa: E402
     cascade_scores,
     decide,
     gate_features,
+    grpc_status,
     parse_parameters,
     request_features,
     top_candidates,
@@ -42,6 +51,60 @@ from toolkit_router import (  # noqa: E402
 INPUTS = ("user_dense", "user_sparse", "user_history", "ad_dense", "ad_sparse")
 CANDIDATE_INPUTS = ("ad_dense", "ad_sparse")
 _LOG_EVERY = 1000
+_EVENTS_METRIC = "toolkit_router_events_total"
+_CHANNEL_ARGS = [
+    ("grpc.max_send_message_length", 2**31 - 1),
+    ("grpc.max_receive_message_length", 2**31 - 1),
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 500),
+    ("grpc.lb_policy_name", "round_robin"),
+]
+"""Channels to other pools: a server that comes back is reached within ~0.5 s (gRPC's default
+reconnect backoff grows to minutes), and a DNS name that resolves to several pods is balanced."""
+
+
+class _Events:
+    """Counts of router events, in the log and as a Prometheus counter when the backend has metrics."""
+
+    def __init__(self, router: str) -> None:
+        self.counts: Counter[str] = Counter()
+        self._router = router
+        self._metrics: dict[str, object] = {}
+        family = getattr(pb_utils, "MetricFamily", None)
+        self._family = (
+            family(
+                name=_EVENTS_METRIC,
+                description="Router events by kind (tier served, reason, fallback, error, timeout, remote "
+                "call outcome per address) and subject (tier, pool or address)",
+                kind=family.COUNTER,
+            )
+            if family is not None
+            else None
+        )
+
+    def __getitem__(self, key: str) -> int:
+        return self.counts[key]
+
+    def __setitem__(self, key: str, value: int) -> None:
+        added = value - self.counts[key]
+        self.counts[key] = value
+        if self._family is not None and added > 0:
+            metric = self._metrics.get(key)
+            if metric is None:
+                event, _, subject = key.partition(":")
+                metric = self._family.Metric(
+                    labels={"router": self._router, "event": event, "subject": subject}
+                )
+                self._metrics[key] = metric
+            metric.increment(added)
+
+    def items(self) -> object:
+        return self.counts.items()
+
+    def close(self) -> None:
+        self._metrics.clear()
+        self._family = None
 
 
 class _TierError(Exception):
@@ -71,9 +134,28 @@ class TritonPythonModel:
             max_age_s=self.config.budget_max_age_s,
         )
         self.schema = InputSchema.from_dict(self.config.inputs)
-        self.counts: Counter[str] = Counter()
+        self.counts = _Events(args.get("model_name", "router"))
         self.served = 0
         self.batched = json.loads(args.get("model_config") or "{}").get("max_batch_size", 0) > 0
+        self.remote = {t: RemoteTier.from_dict(t, d) for t, d in self.config.remote_tiers.items()}
+        self.books: dict[str, AddressBook] = {}
+        for remote in self.remote.values():
+            self.books.setdefault(remote.pool, AddressBook(remote.addresses, remote.retry_after_ms / 1000.0))
+        self._clients: dict[str, object] = {}
+        self._grpc = None
+        if self.remote:
+            try:
+                import tritonclient.grpc.aio as grpc_aio
+            except ImportError as exc:
+                raise RuntimeError(
+                    f"tiers {', '.join(self.remote)} run in other pools, which the router calls with "
+                    f"tritonclient[grpc], but this Python cannot import it ({exc}); install it in the "
+                    "python backend's environment (toolkit k8s writes a Dockerfile for the entry pool)"
+                ) from None
+            from tritonclient.utils import np_to_triton_dtype
+
+            self._grpc = grpc_aio
+            self._np_to_triton = np_to_triton_dtype
 
     async def execute(self, requests: list) -> list:
         """Route and score each request; a refused request gets INVALID_ARGUMENT, others are unaffected.
@@ -183,6 +265,8 @@ class TritonPythonModel:
 
     async def _score(self, tier: str, inputs: list) -> np.ndarray:
         """``tier``'s scores; :class:`_TierError` when it fails, is not loaded or misses the deadline."""
+        if tier in self.remote:
+            return await self._score_remote(self.remote[tier], inputs)
         started = time.perf_counter()
         n = int(inputs[INPUTS.index("ad_dense")].as_numpy().shape[0])
         limit = self.config.tier_timeout_ms
@@ -201,6 +285,80 @@ class TritonPythonModel:
         if response.has_error():
             raise _TierError(tier, f"tier {tier!r} failed: {response.error().message()}")
         return pb_utils.get_output_tensor_by_name(response, "score").as_numpy().astype(np.float32, copy=False)
+
+    async def _score_remote(self, remote: RemoteTier, inputs: list) -> np.ndarray:
+        """Scores of a tier of another pool, over gRPC; :class:`_TierError` when no address answers.
+
+        The pool's addresses are tried in turn (one further along each call) within one deadline,
+        ``remote.timeout_ms``, for all tries: an address that refuses (UNAVAILABLE, NOT_FOUND,
+        CANCELLED) is left alone for ``retry_after_ms`` and the next is tried; one that times out is
+        left alone too and the call gives up; any other error gives up at once. Counts per address
+        ``remote_ok``, ``remote_unavailable``, ``remote_timeout`` or ``remote_error``, per tier
+        ``retry`` and ``timeout``, and per pool ``remote_resting`` when every address is resting.
+        """
+        tier, book = remote.tier, self.books[remote.pool]
+        n = int(inputs[INPUTS.index("ad_dense")].as_numpy().shape[0])
+        started = time.perf_counter()
+        deadline_s = remote.timeout_ms / 1000.0
+        addresses = book.candidates()
+        if not addresses:
+            self.counts[f"remote_resting:{remote.pool}"] += 1
+            raise _TierError(
+                tier,
+                f"tier {tier!r}: every server of pool {remote.pool!r} failed within the last "
+                f"{remote.retry_after_ms:g} ms ({', '.join(book.addresses)}); next try in "
+                f"{book.seconds_to_retry() * 1000:.0f} ms",
+            )
+        failures = []
+        for i, address in enumerate(addresses):
+            remaining = deadline_s - (time.perf_counter() - started)
+            if remaining <= 0:
+                break
+            if i:
+                self.counts[f"retry:{tier}"] += 1
+            try:
+                scores = await self._call_remote(address, tier, inputs, remaining)
+            except Exception as exc:
+                status = grpc_status(exc)
+                message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                failures.append(f"{address}: {message}")
+                if status == DEADLINE_EXCEEDED:
+                    book.failed(address)
+                    self.counts[f"remote_timeout:{address}"] += 1
+                    self.counts[f"timeout:{tier}"] += 1
+                    self.latency.observe(tier, n, (time.perf_counter() - started) * 1000.0)
+                    break
+                if status in RETRYABLE:
+                    book.failed(address)
+                    self.counts[f"remote_unavailable:{address}"] += 1
+                    continue
+                self.counts[f"remote_error:{address}"] += 1
+                break
+            book.succeeded(address)
+            self.counts[f"remote_ok:{address}"] += 1
+            self.latency.observe(tier, n, (time.perf_counter() - started) * 1000.0)
+            return scores
+        raise _TierError(tier, f"tier {tier!r} of pool {remote.pool!r} failed: " + "; ".join(failures))
+
+    async def _call_remote(self, address: str, tier: str, inputs: list, timeout_s: float) -> np.ndarray:
+        """One gRPC call of ``tier`` at ``address``; the client is made here, in the serving event loop."""
+        client = self._clients.get(address)
+        if client is None:
+            client = self._grpc.InferenceServerClient(address, channel_args=_CHANNEL_ARGS)
+            self._clients[address] = client
+        request = []
+        for tensor in inputs:
+            array = tensor.as_numpy()
+            item = self._grpc.InferInput(tensor.name(), list(array.shape), self._np_to_triton(array.dtype))
+            item.set_data_from_numpy(array)
+            request.append(item)
+        result = await client.infer(
+            model_name=tier,
+            inputs=request,
+            outputs=[self._grpc.InferRequestedOutput("score")],
+            client_timeout=timeout_s,
+        )
+        return result.as_numpy("score").astype(np.float32, copy=False)
 
     async def _rescore(self, tier: str, tensors: dict, top: np.ndarray) -> np.ndarray:
         """Scores of ``tier`` for the candidates at ``top`` (the user tensors are passed as they are)."""
@@ -271,3 +429,4 @@ class TritonPythonModel:
     def finalize(self) -> None:
         """Log the decision counts once more at unload."""
         pb_utils.Logger.log_info(f"router decisions: {dict(sorted(self.counts.items()))}")
+        self.counts.close()
