@@ -65,6 +65,15 @@ if TYPE_CHECKING:
     help="Deploy this variant of the tier instead of the fastest passing one; repeat for several. "
     "Beats the spec's triton.pin.",
 )
+@click.option(
+    "--pool-address",
+    "pool_addresses",
+    multiple=True,
+    metavar="POOL=HOST:PORT",
+    help="With pools: a gRPC address of the pool's servers for the router to call, instead of the "
+    "spec's pools[].addresses (default: the pool's Kubernetes Service); repeat for several servers "
+    "or pools.",
+)
 def command(
     spec_path: Path,
     artifacts: Path | None,
@@ -74,6 +83,7 @@ def command(
     tritonserver: Path | None,
     target: str | None,
     pins: tuple[str, ...],
+    pool_addresses: tuple[str, ...],
 ) -> None:
     """Write the Triton model repository: the ensemble, preprocess, router and one model per tier.
 
@@ -93,6 +103,12 @@ def command(
     With --out s3://BUCKET/PREFIX the repository is written to a temporary folder and published:
     each changed model into a new version folder, its config.pbtxt (pinning that version) last, the
     marker file after every model, and only then are old versions and removed models deleted.
+
+    With pools in the spec, --out holds one repository per pool, OUT/POOL (s3://BUCKET/PREFIX/POOL):
+    the entry pool (the first) gets the ensemble, router, preprocess step and its own tiers, every
+    other pool only its tiers, deployed for the pool's hardware. The router calls those over gRPC at
+    the pool's addresses (--pool-address, the spec's, or the pool's Kubernetes Service). Other pools
+    are published before the entry pool, so a router never calls a tier its pool does not have yet.
     """
     from toolkit.repository import deploy
     from toolkit.repository.backend import resolve_backend
@@ -107,9 +123,16 @@ def command(
         parse_s3_url(out, "--out")
         if s3_endpoint is not None:
             parse_endpoint(s3_endpoint)
-    target = target or spec.triton.target
+    if spec.pools and target is not None:
+        raise click.UsageError(
+            f"--target: the spec has pools ({', '.join(p.name for p in spec.pools)}); each pool's "
+            "hardware is its target"
+        )
+    if not spec.pools:
+        target = target or spec.triton.target
     chosen = "onnxruntime" if target == "gpu" and backend is None else None
     chosen = chosen or resolve_backend(backend or spec.triton.backend, tritonserver)
+    addresses = _addresses(pool_addresses)
     with (
         tempfile.TemporaryDirectory(prefix="toolkit-deploy-")
         if publishing
@@ -117,15 +140,27 @@ def command(
     ):
         destination = Path(tmp) / "model_repository" if tmp is not None else Path(out)
         result = deploy(
-            spec, folder(artifacts, spec.paths.artifacts), destination, chosen, target, _pins(pins)
+            spec,
+            folder(artifacts, spec.paths.artifacts),
+            destination,
+            chosen,
+            target,
+            _pins(pins),
+            addresses,
         )
         if tmp is not None:
             _publish(spec, result, out, s3_endpoint, chosen)
             return
-    click.echo(
-        f"{'replaced' if result.replaced else 'wrote'} {result.repository}/ "
-        f"(target {result.target}, tier backend: {chosen})"
-    )
+    if result.pools:
+        click.echo(
+            f"{'replaced' if result.replaced else 'wrote'} {result.repository}/ with one repository per "
+            f"pool (tier backend on cpu pools: {chosen})"
+        )
+    else:
+        click.echo(
+            f"{'replaced' if result.replaced else 'wrote'} {result.repository}/ "
+            f"(target {result.target}, tier backend: {chosen})"
+        )
     _describe(spec, result)
 
 
@@ -133,15 +168,25 @@ def _publish(spec: Spec, result: DeployResult, url: str, endpoint: str | None, b
     from toolkit.repository.object_store import publish
 
     via = f" through {endpoint}" if endpoint else ""
-    click.echo(f"publishing to {url}{via} (target {result.target}, tier backend: {backend}):")
     order = [*spec.tier_names, spec.preprocess_model, spec.gate_model, spec.router_model, spec.name]
-    published = publish(result.repository, url, endpoint, order=order, progress=click.echo)
-    uploaded = [m for m in published.models if not m.unchanged]
-    click.echo(
-        f"{'replaced' if published.replaced else 'published'} {published.url}/: {len(uploaded)} model(s) "
-        f"uploaded, {len(published.models) - len(uploaded)} unchanged, {len(published.removed)} stale "
-        f"object(s) removed; Triton reads it as --model-repository={published.triton_url}"
-    )
+    url = url.rstrip("/")
+    places = [(result.repository, url, f"target {result.target}, tier backend: {backend}")]
+    if result.pools:
+        ordered = sorted(result.pools, key=lambda pool: pool.entry)
+        places = [
+            (pool.repository, f"{url}/{pool.name}", f"pool {pool.name}, {pool.target}, {pool.backend}")
+            for pool in ordered
+        ]
+    for local, where, what in places:
+        click.echo(f"publishing to {where}{via} ({what}):")
+        published = publish(local, where, endpoint, order=order, progress=click.echo)
+        uploaded = [m for m in published.models if not m.unchanged]
+        click.echo(
+            f"{'replaced' if published.replaced else 'published'} {published.url}/: {len(uploaded)} "
+            f"model(s) uploaded, {len(published.models) - len(uploaded)} unchanged, "
+            f"{len(published.removed)} stale object(s) removed; Triton reads it as "
+            f"--model-repository={published.triton_url}"
+        )
     _describe(spec, result)
 
 
@@ -153,6 +198,9 @@ def _describe(spec: Spec, result: DeployResult) -> None:
             f"note: the repository replaced was written by {result.replaced_older}; it was replaced "
             f"whole (format {MARKER_FORMAT} now), not updated in place"
         )
+    if result.pools:
+        _describe_pools(spec, result)
+        return
     click.echo(f"  {spec.name:<28} ensemble entry point: the router")
     click.echo(f"  {spec.preprocess_model:<28} feature transforms (ONNX), called by the router")
     click.echo(
@@ -163,6 +211,51 @@ def _describe(spec: Spec, result: DeployResult) -> None:
         click.echo(f"  {spec.gate_model:<28} learned policy's gate (ONNX), called by the router")
     for name, selection in result.selections.items():
         click.echo(f"  {name:<28} tier {selection.variant}: {selection.reason}")
+
+
+def _describe_pools(spec: Spec, result: DeployResult) -> None:
+    from toolkit.repository.writer import remote_timeout_ms
+
+    for pool in result.pools:
+        role = (
+            "entry pool: clients call it"
+            if pool.entry
+            else f"called by the router at {', '.join(pool.addresses)}"
+        )
+        click.echo(f"  pool {pool.name} ({pool.target}, {pool.backend}) -> {pool.repository.name}/: {role}")
+        if pool.entry:
+            click.echo(f"    {spec.name:<26} ensemble entry point: the router")
+            click.echo(f"    {spec.preprocess_model:<26} feature transforms (ONNX), called by the router")
+            click.echo(
+                f"    {spec.router_model:<26} BLS router: policy {spec.routing.policy!r}; tiers of "
+                "other pools over gRPC"
+            )
+            if spec.gate_model in pool.models:
+                click.echo(f"    {spec.gate_model:<26} learned policy's gate (ONNX), called by the router")
+        for name in pool.tiers:
+            selection = result.selections[name]
+            click.echo(f"    {name:<26} tier {selection.variant}: {selection.reason}")
+        if not pool.entry:
+            click.echo(
+                f"    (router deadline {remote_timeout_ms(spec, pool.name):g} ms per call, then the next "
+                f"cheaper tier; a failed address rests {spec.pool(pool.name).retry_after_ms:g} ms)"
+            )
+
+
+def _addresses(values: tuple[str, ...]) -> dict[str, tuple[str, ...]]:
+    from toolkit.spec.schema import KeyedValueError, check_address
+
+    addresses: dict[str, tuple[str, ...]] = {}
+    for value in values:
+        pool, sep, address = value.partition("=")
+        if not sep or not pool.strip():
+            raise click.BadParameter(f"{value!r} is not POOL=HOST:PORT", param_hint="--pool-address")
+        try:
+            check_address(address.strip(), pool)
+        except KeyedValueError as exc:
+            raise click.BadParameter(f"{value!r}: {exc}", param_hint="--pool-address") from None
+        addresses[pool.strip()] = (*addresses.get(pool.strip(), ()), address.strip())
+    return addresses
 
 
 def _pins(values: tuple[str, ...]) -> dict[str, str]:

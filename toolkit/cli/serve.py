@@ -45,6 +45,12 @@ _WATCH_INTERVAL_S = 0.5
     metavar="URL",
     help="With --repository s3://...: an S3-compatible endpoint such as http://HOST:9000 (default: AWS S3).",
 )
+@click.option(
+    "--pool",
+    metavar="NAME",
+    help="With pools in the spec: serve this pool's repository, REPOSITORY/NAME (default without "
+    "--repository: the entry pool, the first in the spec). Give each pool's server its own ports.",
+)
 @click.option("--host", help="Address every endpoint binds to (default: the spec's triton.host, 127.0.0.1).")
 @click.option("--grpc-port", type=click.IntRange(1, 65535), help="gRPC port (default: the spec's).")
 @click.option("--http-port", type=click.IntRange(1, 65535), help="HTTP port (default: the spec's).")
@@ -101,6 +107,7 @@ def command(
     spec_path: Path,
     repository: str | None,
     s3_endpoint: str | None,
+    pool: str | None,
     host: str | None,
     grpc_port: int | None,
     http_port: int | None,
@@ -121,6 +128,10 @@ def command(
     An s3:// repository (as `toolkit deploy --out s3://...` publishes it) is read by tritonserver
     itself, which copies each model it loads to a local temporary folder; the server is started with
     --disable-auto-complete-config so a model whose config.pbtxt is not uploaded yet is skipped.
+
+    With pools in the spec, each pool is its own server: `toolkit serve --pool big --grpc-port 8101
+    --http-port 8100 --metrics-port 8102` serves the pool big, and plain `toolkit serve` the entry
+    pool, whose router calls the others at the addresses `toolkit deploy` wrote into it.
     """
     from rich.console import Console
 
@@ -132,11 +143,20 @@ def command(
         click.core.ParameterSource.DEFAULT
     )
     if repository is not None and not spec_given and not spec_path.exists():
+        if pool is not None:
+            raise click.UsageError(f"--pool needs a spec with pools; {spec_path} does not exist")
         triton = TritonSpec()
     else:
         spec = load_spec(spec_path)
         triton = spec.triton
+        if pool is not None and pool not in {p.name for p in spec.pools}:
+            known = ", ".join(p.name for p in spec.pools) or "the spec has no pools"
+            raise click.BadParameter(f"{pool!r} is not a pool of {spec_path} ({known})", param_hint="--pool")
+        if pool is None and repository is None and spec.pools:
+            pool = spec.entry_pool
         repository = repository if repository is not None else spec.paths.repository
+        if pool is not None:
+            repository = f"{str(repository).rstrip('/')}/{pool}"
     if s3_endpoint is not None and not is_s3_url(repository):
         raise click.UsageError("--s3-endpoint needs --repository s3://BUCKET/PREFIX")
     if is_s3_url(repository):

@@ -124,9 +124,13 @@ def select_variant(
 
 
 def select_variants(
-    spec: Spec, manifest: dict[str, Any], target: str, pins: dict[str, str] | None = None
+    spec: Spec,
+    manifest: dict[str, Any],
+    target: str,
+    pins: dict[str, str] | None = None,
+    tiers: tuple[str, ...] | None = None,
 ) -> dict[str, Selection]:
-    """Choose a variant for every tier of ``spec``; ``pins`` (from ``--pin``) beat the spec's.
+    """Choose a variant for every tier of ``spec`` (or of ``tiers``); ``pins`` (``--pin``) beat the spec's.
 
     Raises:
         RepositoryError: A tier is missing from the manifest, or :func:`select_variant` refused.
@@ -138,7 +142,7 @@ def select_variants(
             f"--pin {unknown[0]}=...: not a tier of the spec ({', '.join(spec.tier_names)})"
         )
     out = {}
-    for tier in spec.tier_names:
+    for tier in spec.tier_names if tiers is None else tiers:
         entry = manifest.get("tiers", {}).get(tier)
         if entry is None:
             raise RepositoryError(f"tier {tier!r} is not in the manifest; run `toolkit export`")

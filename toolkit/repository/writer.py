@@ -6,6 +6,7 @@ import datetime as dt
 import json
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from toolkit.repository import configs
 from toolkit.repository.gate import gate_path, read_calibration
 from toolkit.repository.select import Selection, select_variants
 from toolkit.router.policy import RouterConfig, RuleConfig
+from toolkit.router.remote import RemoteTier
 from toolkit.router.validate import InputSchema
 from toolkit.spec.schema import Spec
 from toolkit.spec.variants import GPU
@@ -47,6 +49,8 @@ class DeployResult:
         target: ``cpu`` or ``gpu``.
         replaced_older: When the replaced repository was written in another repository format,
             what wrote it (``toolkit <version>, repository format <n>``); empty otherwise.
+        pools: With ``pools`` in the spec: each pool's repository (``repository`` is then the folder
+            that holds them and ``target`` is empty).
     """
 
     repository: Path
@@ -56,6 +60,7 @@ class DeployResult:
     replaced: bool
     target: str = "cpu"
     replaced_older: str = ""
+    pools: tuple[PoolRepository, ...] = ()
 
     @property
     def variants(self) -> dict[str, str]:
@@ -67,6 +72,7 @@ def router_settings(
     spec: Spec,
     latency_prior_ms: dict[str, dict[str, float]] | None = None,
     learned: dict[str, Any] | None = None,
+    remote_tiers: dict[str, dict[str, Any]] | None = None,
 ) -> RouterConfig:
     """The router's configuration (``router.json``) derived from the spec.
 
@@ -74,6 +80,8 @@ def router_settings(
         spec: The ensemble spec.
         latency_prior_ms: Per tier, the deployed variant's measured latency by candidate count.
         learned: With the learned policy, ``toolkit calibrate``'s ``calibration.json``.
+        remote_tiers: Tiers of other pools and where to call them (see
+            :class:`~toolkit.router.remote.RemoteTier`).
     """
     learned = learned or {}
     return RouterConfig(
@@ -96,6 +104,7 @@ def router_settings(
         preprocess_model=spec.preprocess_model,
         preprocess_outputs=dict(PREPROCESSED),
         tier_timeout_ms=spec.triton.tier_timeout_ms,
+        remote_tiers=dict(remote_tiers or {}),
     )
 
 
@@ -143,6 +152,7 @@ def _write_router(
     spec: Spec,
     latency_prior_ms: dict[str, dict[str, float]] | None = None,
     learned: dict[str, Any] | None = None,
+    remote_tiers: dict[str, dict[str, Any]] | None = None,
 ) -> None:
     folder = staging / spec.router_model
     write_config(folder, configs.router_config(spec))
@@ -150,7 +160,7 @@ def _write_router(
     version.mkdir(parents=True, exist_ok=True)
     shutil.copy2(_PYTHON_MODELS / "router.py", version / "model.py")
     shutil.copytree(_ROUTER_PACKAGE, version / "toolkit_router", ignore=shutil.ignore_patterns("__pycache__"))
-    settings = router_settings(spec, latency_prior_ms, learned)
+    settings = router_settings(spec, latency_prior_ms, learned, remote_tiers)
     (version / "router.json").write_text(settings.to_json(), encoding="utf-8")
 
 
@@ -181,6 +191,36 @@ def _check_replaceable(out: Path) -> tuple[bool, str]:
     return True, ""
 
 
+@dataclass(frozen=True)
+class PoolRepository:
+    """The repository of one pool, as ``deploy`` wrote it for a spec with ``pools``.
+
+    Attributes:
+        name: The pool.
+        repository: Its folder, ``<out>/<name>``.
+        target: ``cpu`` or ``gpu`` (the pool's hardware).
+        backend: Backend of its tiers (and, in the entry pool, of the preprocess step).
+        models: Models it holds, entry point first in the entry pool.
+        tiers: Tiers it serves.
+        entry: Whether it is the entry pool (ensemble, router, preprocess, gate).
+        addresses: For other pools: where the entry pool's router calls it.
+    """
+
+    name: str
+    repository: Path
+    target: str
+    backend: str
+    models: tuple[str, ...]
+    tiers: tuple[str, ...]
+    entry: bool
+    addresses: tuple[str, ...] = ()
+
+
+def remote_timeout_ms(spec: Spec, pool: str) -> float:
+    """Deadline of the router's calls to ``pool``: its own, else ``triton.tier_timeout_ms``, else 1 s."""
+    return spec.pool(pool).timeout_ms or spec.triton.tier_timeout_ms or 1000.0
+
+
 def deploy(
     spec: Spec,
     artifacts: Path,
@@ -188,6 +228,7 @@ def deploy(
     backend: str,
     target: str | None = None,
     pins: dict[str, str] | None = None,
+    pool_addresses: dict[str, tuple[str, ...]] | None = None,
 ) -> DeployResult:
     """Write the model repository for ``spec`` from the exported artifacts.
 
@@ -196,23 +237,52 @@ def deploy(
     :func:`~toolkit.repository.select.select_variant`). The repository is written beside ``out``
     and renamed into place, so a failed deploy leaves the previous repository as it was.
 
+    With ``pools`` in the spec, ``out`` holds one repository per pool, ``<out>/<pool>``: the entry
+    pool's has the ensemble, the router, the preprocess step (and the gate) and its own tiers; every
+    other pool's has only its tiers, each deployed for the pool's hardware (a ``gpu`` pool with the
+    ``onnxruntime`` backend). The router calls those tiers over gRPC at the pool's addresses
+    (``pool_addresses``, else the spec's, else the pool's Kubernetes Service).
+
     Args:
         spec: The ensemble spec.
         artifacts: Export output (with ``manifest.json``).
         out: Repository folder to (re)place.
         backend: ``onnxruntime`` or ``python`` for the tiers and the preprocess step (the GPU
             target needs ``onnxruntime``).
-        target: ``cpu`` or ``gpu`` (default: the spec's ``triton.target``).
+        target: ``cpu`` or ``gpu`` (default: the spec's ``triton.target``); with pools, each pool's
+            hardware is its target and this must be None.
         pins: Variant per tier that overrides the choice.
+        pool_addresses: With pools: gRPC addresses per pool that beat the spec's.
 
     Raises:
         RepositoryError: The manifest lacks a tier or a passing variant, a pin is invalid, a file
-            changed since export, or ``out`` holds something the toolkit did not write.
+            changed since export, ``out`` holds something the toolkit did not write, or (with
+            pools) a target is given or an address is for a pool the spec lacks.
     """
-    target = target or spec.triton.target
+    from toolkit.k8s.fleet import pool_addresses as addresses_of
+
     if backend not in BACKENDS:
         raise RepositoryError(f"backend {backend!r} is not one of {', '.join(BACKENDS)}")
-    if target == GPU and backend != "onnxruntime":
+    pool_addresses = pool_addresses or {}
+    if spec.pools:
+        if target is not None:
+            raise RepositoryError(
+                f"the spec has pools ({', '.join(p.name for p in spec.pools)}): each pool's hardware is "
+                "its target; drop --target"
+            )
+        unknown = sorted(set(pool_addresses) - {p.name for p in spec.pools[1:]})
+        if unknown:
+            raise RepositoryError(
+                f"--pool-address {unknown[0]}=...: not a pool the router calls "
+                f"({', '.join(p.name for p in spec.pools[1:]) or 'none'})"
+            )
+        targets = {tier: spec.pool(spec.tier_pool(tier)).hardware for tier in spec.tier_names}
+    else:
+        if pool_addresses:
+            raise RepositoryError("--pool-address needs a spec with pools")
+        target = target or spec.triton.target
+        targets = dict.fromkeys(spec.tier_names, target)
+    if not spec.pools and target == GPU and backend != "onnxruntime":
         raise RepositoryError(
             f"--target gpu needs --backend onnxruntime (an NGC tritonserver with TensorRT), not {backend!r}"
         )
@@ -224,56 +294,130 @@ def deploy(
             )
         pre_variant = manifest["preprocess"]["variants"][FP32]
         verify_files(artifacts, pre_variant, spec.preprocess_model)
-        selections = select_variants(spec, manifest, target, pins)
+        selections: dict[str, Selection] = {}
+        for one in sorted(set(targets.values())):
+            tiers = tuple(t for t in spec.tier_names if targets[t] == one)
+            selections.update(select_variants(spec, manifest, one, pins, tiers))
+        selections = {name: selections[name] for name in spec.tier_names}
         entries = {name: manifest["tiers"][name]["variants"][s.variant] for name, s in selections.items()}
         for name, entry in entries.items():
             verify_files(artifacts, entry, f"tier {name!r} ({selections[name].variant})")
     except ExportError as exc:
         raise RepositoryError(str(exc)) from None
     learned = read_calibration(spec, artifacts) if spec.routing.policy == "learned" else None
+    priors = {
+        name: {str(n): float(ms) for n, ms in entry.get("latency_ms", {}).get(targets[name], {}).items()}
+        for name, entry in entries.items()
+    }
+    remote = {
+        tier: RemoteTier(
+            tier,
+            spec.tier_pool(tier),
+            addresses_of(spec, spec.tier_pool(tier), pool_addresses),
+            remote_timeout_ms(spec, spec.tier_pool(tier)),
+            spec.pool(spec.tier_pool(tier)).retry_after_ms,
+        )
+        for tier in spec.remote_tiers
+    }
+
+    def write_tiers(folder: Path, tiers: tuple[str, ...]) -> None:
+        for name in tiers:
+            entry = entries[name]
+            if targets[name] == GPU:
+                digest = entry["files"][0]["sha256"] if entry.get("files") else ""
+                config = configs.gpu_tier_config(spec, name, selections[name].variant, model_sha256=digest)
+                write_config(folder / name, config)
+                _copy_files(artifacts, entry, folder / name / "1")
+            else:
+                _write_onnx_model(folder, artifacts, entry, configs.tier_config(spec, name, backend), backend)
+
+    def write_entry(folder: Path) -> None:
+        _write_onnx_model(folder, artifacts, pre_variant, configs.preprocess_config(spec, backend), backend)
+        _write_router(
+            folder,
+            spec,
+            {name: p for name, p in priors.items() if p},
+            learned,
+            {tier: r.to_dict() for tier, r in remote.items()},
+        )
+        if learned is not None:
+            write_config(folder / spec.gate_model, configs.gate_config(spec, backend, learned["features"]))
+            (folder / spec.gate_model / "1").mkdir()
+            shutil.copy2(gate_path(spec, artifacts), folder / spec.gate_model / "1" / "model.onnx")
+            if backend == "python":
+                shutil.copy2(_PYTHON_MODELS / "onnx_runner.py", folder / spec.gate_model / "1" / "model.py")
+        write_config(folder / spec.name, configs.ensemble_config(spec))
+        (folder / spec.name / "1").mkdir()
+
+    entry_models = (spec.name, spec.preprocess_model, spec.router_model)
+    if learned is not None:
+        entry_models = (*entry_models, spec.gate_model)
+    marker = {
+        "format": MARKER_FORMAT,
+        "toolkit_version": __version__,
+        "ensemble": spec.name,
+        "spec": spec.source,
+        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+    }
     out = out.resolve()
+    pools: list[PoolRepository] = []
+    if spec.pools:
+        for pool in spec.pools:
+            tiers = spec.pool_tiers(pool.name)
+            entry = pool.name == spec.entry_pool
+            pools.append(
+                PoolRepository(
+                    name=pool.name,
+                    repository=out / pool.name,
+                    target=pool.hardware,
+                    backend="onnxruntime" if pool.hardware == GPU else backend,
+                    models=(*(entry_models if entry else ()), *tiers),
+                    tiers=tiers,
+                    entry=entry,
+                    addresses=() if entry else addresses_of(spec, pool.name, pool_addresses),
+                )
+            )
+
+    def write(staging: Path) -> None:
+        if not spec.pools:
+            write_tiers(staging, spec.tier_names)
+            write_entry(staging)
+            _write_marker(staging, {**marker, "backend": backend, "target": target}, selections)
+            return
+        for pool in pools:
+            folder = staging / pool.name
+            folder.mkdir()
+            write_tiers(folder, pool.tiers)
+            if pool.entry:
+                write_entry(folder)
+            extra = {"backend": pool.backend, "target": pool.target, "pool": pool.name, "entry": pool.entry}
+            _write_marker(folder, {**marker, **extra}, {t: selections[t] for t in pool.tiers})
+        pools_marker = {p.name: {"tiers": list(p.tiers), "target": p.target, "entry": p.entry} for p in pools}
+        _write_marker(staging, {**marker, "backend": backend, "pools": pools_marker}, selections)
+
+    replacing, older = _replace(out, write)
+    models = (*entry_models[:3], *spec.tier_names, *entry_models[3:])
+    return DeployResult(out, backend, models, selections, replacing, target or "", older, tuple(pools))
+
+
+def _write_marker(folder: Path, marker: dict[str, Any], selections: dict[str, Selection]) -> None:
+    marker = {
+        **marker,
+        "variants": {name: s.variant for name, s in selections.items()},
+        "selection": {name: s.reason for name, s in selections.items()},
+    }
+    (folder / MARKER).write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
+
+
+def _replace(out: Path, write: Callable[[Path], None]) -> tuple[bool, str]:
+    """Write a repository with ``write`` into a staging folder beside ``out``, then rename it into place."""
     replacing, older = _check_replaceable(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = out.with_name(f".{out.name}.staging-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
     try:
         staging.mkdir()
-        for name, entry in entries.items():
-            if target == GPU:
-                digest = entry["files"][0]["sha256"] if entry.get("files") else ""
-                config = configs.gpu_tier_config(spec, name, selections[name].variant, model_sha256=digest)
-                write_config(staging / name, config)
-                _copy_files(artifacts, entry, staging / name / "1")
-            else:
-                config = configs.tier_config(spec, name, backend)
-                _write_onnx_model(staging, artifacts, entry, config, backend)
-        _write_onnx_model(staging, artifacts, pre_variant, configs.preprocess_config(spec, backend), backend)
-        priors = {
-            name: {str(n): float(ms) for n, ms in entry.get("latency_ms", {}).get(target, {}).items()}
-            for name, entry in entries.items()
-        }
-        _write_router(staging, spec, {name: p for name, p in priors.items() if p}, learned)
-        if learned is not None:
-            config = configs.gate_config(spec, backend, learned["features"])
-            write_config(staging / spec.gate_model, config)
-            (staging / spec.gate_model / "1").mkdir()
-            shutil.copy2(gate_path(spec, artifacts), staging / spec.gate_model / "1" / "model.onnx")
-            if backend == "python":
-                shutil.copy2(_PYTHON_MODELS / "onnx_runner.py", staging / spec.gate_model / "1" / "model.py")
-        write_config(staging / spec.name, configs.ensemble_config(spec))
-        (staging / spec.name / "1").mkdir()
-        marker = {
-            "format": MARKER_FORMAT,
-            "toolkit_version": __version__,
-            "ensemble": spec.name,
-            "spec": spec.source,
-            "backend": backend,
-            "target": target,
-            "variants": {name: s.variant for name, s in selections.items()},
-            "selection": {name: s.reason for name, s in selections.items()},
-            "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        }
-        (staging / MARKER).write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
+        write(staging)
         old = out.with_name(f".{out.name}.old-{os.getpid()}")
         if out.exists():
             os.replace(out, old)
@@ -283,7 +427,4 @@ def deploy(
         raise RepositoryError(f"{out}: writing the repository failed: {exc}") from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    models = (spec.name, spec.preprocess_model, spec.router_model, *spec.tier_names)
-    if learned is not None:
-        models = (*models, spec.gate_model)
-    return DeployResult(out, backend, models, selections, replacing, target, older)
+    return replacing, older
