@@ -19,6 +19,7 @@ from toolkit.k8s import (
     ManifestError,
     PoolDeployment,
     dns_label,
+    pods_address,
     pool_manifests,
     render_yaml,
     service_address,
@@ -66,9 +67,15 @@ def gpu_pool(**changes: Any) -> PoolDeployment:
 
 
 def by_kind(manifests: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    kinds = [item["kind"] for item in manifests]
+    """Manifests by kind; the headless Service under ``Service/pods``."""
+    kinds = [
+        "Service/pods"
+        if item["kind"] == "Service" and item["spec"].get("clusterIP") == "None"
+        else item["kind"]
+        for item in manifests
+    ]
     assert len(kinds) == len(set(kinds)), kinds
-    return {item["kind"]: item for item in manifests}
+    return dict(zip(kinds, manifests, strict=True))
 
 
 def container(deployment: dict[str, Any]) -> dict[str, Any]:
@@ -82,9 +89,10 @@ def container(deployment: dict[str, Any]) -> dict[str, Any]:
 @pytest.mark.parametrize("make_pool", [cpu_pool, gpu_pool], ids=["cpu", "gpu"])
 def test_every_manifest_validates_strictly(make_pool: Any) -> None:
     manifests = pool_manifests(CLUSTER, make_pool())
-    assert [m["kind"] for m in manifests] == [
+    assert list(by_kind(manifests)) == [
         "Deployment",
         "Service",
+        "Service/pods",
         "HorizontalPodAutoscaler",
         "PodDisruptionBudget",
     ]
@@ -215,7 +223,7 @@ def test_replicas_left_to_the_hpa_unless_given_or_not_autoscaled() -> None:
     assert "replicas" not in by_kind(pool_manifests(CLUSTER, cpu_pool()))["Deployment"]["spec"]
     assert by_kind(pool_manifests(CLUSTER, cpu_pool(replicas=3)))["Deployment"]["spec"]["replicas"] == 3
     fixed = pool_manifests(CLUSTER, cpu_pool(autoscale=False))
-    assert [m["kind"] for m in fixed] == ["Deployment", "Service", "PodDisruptionBudget"]
+    assert list(by_kind(fixed)) == ["Deployment", "Service", "Service/pods", "PodDisruptionBudget"]
     assert fixed[0]["spec"]["replicas"] == 2
     validate(fixed)
 
@@ -234,6 +242,26 @@ def test_service_exposes_the_three_ports_and_selects_the_pods() -> None:
     named = {p["name"]: p["containerPort"] for p in container(manifests["Deployment"])["ports"]}
     assert named == {"grpc": 7001, "http": 7000, "metrics": 7002}
     assert service_address(CLUSTER, cpu_pool()) == "ads-ranking-cpu.ranking.svc.cluster.local:8001"
+
+
+def test_headless_service_resolves_to_the_ready_pods_on_the_grpc_port() -> None:
+    manifests = by_kind(pool_manifests(CLUSTER, gpu_pool(grpc_port=7001)))
+    headless = manifests["Service/pods"]
+    assert headless["metadata"]["name"] == "ads-ranking-big-pods"
+    assert headless["metadata"]["labels"] == manifests["Service"]["metadata"]["labels"]
+    spec = headless["spec"]
+    assert spec["clusterIP"] == "None" and spec["publishNotReadyAddresses"] is False
+    assert spec["selector"] == manifests["Service"]["spec"]["selector"]
+    assert spec["ports"] == [{"name": "grpc", "port": 7001, "targetPort": "grpc", "protocol": "TCP"}]
+    # A headless Service maps no ports: the pods must listen on the port the address names.
+    named = {p["name"]: p["containerPort"] for p in container(manifests["Deployment"])["ports"]}
+    assert named["grpc"] == 7001
+    assert pods_address(CLUSTER, gpu_pool()) == "ads-ranking-big-pods.ranking.svc.cluster.local:8001"
+    # The headless name is five characters longer than the pool's other objects.
+    near = ClusterSettings(namespace="ranking", ensemble="a" * 55)
+    assert len(pool_manifests(near, cpu_pool(s3_secret=None), kserve=True)[0]["metadata"]["name"]) == 59
+    with pytest.raises(ManifestError, match=r"Service name 'a+-cpu-pods' is longer than 63 characters"):
+        pool_manifests(near, cpu_pool())
 
 
 def test_hpa_min_max_and_cpu_target_as_given_without_queue_metric() -> None:
@@ -311,9 +339,14 @@ def mutated(path: list[Any], value: Any) -> list[dict[str, Any]]:
             r"Additional properties are not allowed \('pathh' was unexpected\)$",
         ),
         ([1, "spec", "portz"], [], r"^Service ads-ranking-cpu: spec: .*'portz' was unexpected"),
-        ([2, "spec", "maxReplicas"], "10", r"^HorizontalPodAutoscaler ads-ranking-cpu: spec\.maxReplicas: "),
         (
-            [3, "spec", "selector", "matchLabels"],
+            [2, "spec", "publishNotReadyAddresses"],
+            "no",
+            r"^Service ads-ranking-cpu-pods: spec\.publishNotReadyAddresses: 'no' is not of type 'boolean'",
+        ),
+        ([3, "spec", "maxReplicas"], "10", r"^HorizontalPodAutoscaler ads-ranking-cpu: spec\.maxReplicas: "),
+        (
+            [4, "spec", "selector", "matchLabels"],
             "app",
             r"^PodDisruptionBudget ads-ranking-cpu: spec\.selector",
         ),
@@ -328,7 +361,16 @@ def mutated(path: list[Any], value: Any) -> list[dict[str, Any]]:
             r"^Deployment ads-ranking-cpu: metadata\.labels team='a b'",
         ),
     ],
-    ids=["wrong-type", "unknown-field", "service-unknown", "hpa-type", "pdb-type", "bad-name", "bad-label"],
+    ids=[
+        "wrong-type",
+        "unknown-field",
+        "service-unknown",
+        "headless-type",
+        "hpa-type",
+        "pdb-type",
+        "bad-name",
+        "bad-label",
+    ],
 )
 def test_invalid_manifest_rejected_with_one_line_naming_the_object(
     path: list[Any], value: Any, message: str
@@ -543,6 +585,8 @@ def test_write_manifests_writes_one_file_per_pool_and_a_summary(tmp_path: Path) 
         assert documents == pool_manifests(CLUSTER, pool)
     summary = paths[-1].read_text()
     assert "ads-ranking-cpu.ranking.svc.cluster.local:8001" in summary
+    assert "ads-ranking-big-pods.ranking.svc.cluster.local:8001" in summary
+    assert "kubectl apply -f cpu.yaml\nkubectl apply -f big.yaml" in summary  # no entry pool: as given
     assert "s3://https://minio.storage:9000/models/ads/big" in summary
     assert "create secret generic s3-creds" in summary
     assert QUEUE_TIME_METRIC in summary and "metricsQuery" in summary

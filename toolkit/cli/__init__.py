@@ -27,6 +27,10 @@ _COMMANDS: dict[str, tuple[str, str]] = {
         "toolkit.cli.deploy",
         "Write the Triton model repository: tiers, preprocess, router, ensemble.",
     ),
+    "k8s": (
+        "toolkit.cli.k8s",
+        "Write validated Kubernetes manifests for the spec's pools (Deployments, Services, HPAs).",
+    ),
     "serve": ("toolkit.cli.serve", "Start Triton on a model repository and wait until it is ready."),
     "infer": ("toolkit.cli.infer", "Send one generated request through the ensemble over gRPC."),
     "demo": ("toolkit.cli.demo", "Serve the repository, send demo traffic, print what happened, stop."),

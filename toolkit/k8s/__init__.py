@@ -1,18 +1,23 @@
-"""Kubernetes manifests for Triton pools (Deployment, Service, HPA, PDB, or a KServe InferenceService).
+"""Kubernetes manifests for Triton pools (Deployment, Services, HPA, PDB, or a KServe InferenceService).
 
-Independent of the spec file: describe pools with :class:`PoolDeployment` and :class:`ClusterSettings`;
-see :mod:`toolkit.k8s.manifests`.
+:mod:`toolkit.k8s.manifests` is independent of the spec file: describe pools with :class:`PoolDeployment`
+and :class:`ClusterSettings`. :mod:`toolkit.k8s.fleet` maps an ensemble spec's ``pools`` and
+``kubernetes`` sections onto them (``toolkit k8s``).
 """
 
 from toolkit.k8s.manifests import (
+    PODS_SERVICE_SUFFIX,
     QUEUE_TIME_ADAPTER_RULE,
     QUEUE_TIME_METRIC,
     TRITON_IMAGE,
     ClusterSettings,
     ManifestError,
     PoolDeployment,
+    apply_order,
     dns_label,
     object_name,
+    pods_address,
+    pods_service_name,
     pool_manifests,
     render_yaml,
     service_address,
@@ -24,14 +29,18 @@ from toolkit.k8s.manifests import (
 )
 
 __all__ = [
+    "PODS_SERVICE_SUFFIX",
     "QUEUE_TIME_ADAPTER_RULE",
     "QUEUE_TIME_METRIC",
     "TRITON_IMAGE",
     "ClusterSettings",
     "ManifestError",
     "PoolDeployment",
+    "apply_order",
     "dns_label",
     "object_name",
+    "pods_address",
+    "pods_service_name",
     "pool_manifests",
     "render_yaml",
     "service_address",

@@ -5,14 +5,14 @@ serves its own model repository from object storage (``s3://bucket/prefix/<pool>
 describes a pool with :class:`PoolDeployment` and the cluster-wide settings with :class:`ClusterSettings`,
 and turns them into plain ``dict`` manifests:
 
-* :func:`pool_manifests` -- Deployment, Service, HorizontalPodAutoscaler and PodDisruptionBudget of one
-  pool (or, with ``kserve=True``, a KServe InferenceService, its PodDisruptionBudget and, for S3
-  credentials, a ServiceAccount);
+* :func:`pool_manifests` -- Deployment, Service, headless Service (``<ensemble>-<pool>-pods``),
+  HorizontalPodAutoscaler and PodDisruptionBudget of one pool (or, with ``kserve=True``, a KServe
+  InferenceService, its PodDisruptionBudget and, for S3 credentials, a ServiceAccount);
 * :func:`render_yaml` -- multi-document YAML;
 * :func:`validate` -- strict validation against the Kubernetes JSON schemas bundled with
   ``kubernetes-validate`` (offline), plus the name and label rules the API server applies;
-* :func:`write_manifests` -- validates every pool, then writes ``<pool>.yaml`` per pool and a
-  ``README.md`` summary.
+* :func:`write_manifests` -- validates every pool, then writes ``<pool>.yaml`` per pool, a ``README.md``
+  summary and any extra files (such as a Dockerfile) given.
 
 Choices made here (see the function docstrings for the details):
 
@@ -24,6 +24,11 @@ Choices made here (see the function docstrings for the details):
   not atomic (objects are uploaded one by one), so a poll can load a half-written model, and replicas poll
   independently, so for a while they serve different versions -- including a router in one pool that
   disagrees with the tier it calls in another.
+* **Two Services per pool**: a ClusterIP Service ``<ensemble>-<pool>`` for clients (one virtual IP, which
+  balances per connection) and a headless Service ``<ensemble>-<pool>-pods`` (gRPC port only), whose DNS
+  name resolves to the pool's *ready* pods. Another pool's router calls a pool through the headless one and
+  balances its calls over the pods itself (gRPC ``round_robin``): through a virtual IP every long-lived
+  HTTP/2 connection would stay pinned to one pod.
 * **Probes** on Triton's HTTP port: startup and readiness ``GET /v2/health/ready`` (with
   ``--strict-readiness=true``: ready once every model is loaded), liveness ``GET /v2/health/live``. Triton
   opens its endpoints only after the start-up model loads, which read the repository from S3, so the
@@ -45,7 +50,6 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Literal
 
-import kubernetes_validate
 import yaml
 
 from toolkit.errors import ToolkitError
@@ -111,6 +115,9 @@ _S3_URL = re.compile(
 )
 _S3_ENDPOINT = re.compile(r"^(?P<scheme>https?://)?(?P<host>[A-Za-z0-9.-]+):(?P<port>\d+)$")
 _SELECTOR_KEYS = ("app.kubernetes.io/name", "app.kubernetes.io/instance")
+
+PODS_SERVICE_SUFFIX = "-pods"
+"""Suffix of a pool's headless Service name: ``<ensemble>-<pool>-pods``."""
 
 
 class ManifestError(ToolkitError, ValueError):
@@ -446,6 +453,30 @@ def service_address(cluster: ClusterSettings, pool: PoolDeployment) -> str:
     return f"{object_name(cluster, pool)}.{cluster.namespace}.svc.{cluster.cluster_domain}:{pool.grpc_port}"
 
 
+def pods_service_name(cluster: ClusterSettings, pool: PoolDeployment) -> str:
+    """Name of the pool's headless Service, ``<ensemble>-<pool>-pods``.
+
+    Raises:
+        ManifestError: It is longer than the 63 characters a Service name allows.
+    """
+    name = object_name(cluster, pool) + PODS_SERVICE_SUFFIX
+    if len(name) > 63:
+        raise ManifestError(
+            f"Service name {name!r} is longer than 63 characters; shorten the ensemble or pool."
+        )
+    return name
+
+
+def pods_address(cluster: ClusterSettings, pool: PoolDeployment) -> str:
+    """The gRPC address of a pool's headless Service: its DNS name resolves to every ready pod.
+
+    This is the address another pool's router calls the pool at (``name-pods.namespace.svc.domain:port``);
+    the pods listen on the same port, since a headless Service maps no ports.
+    """
+    host = f"{pods_service_name(cluster, pool)}.{cluster.namespace}.svc.{cluster.cluster_domain}"
+    return f"{host}:{pool.grpc_port}"
+
+
 def triton_args(pool: PoolDeployment) -> list[str]:
     """The ``tritonserver`` arguments of a pool's container (the command is ``tritonserver``).
 
@@ -665,6 +696,28 @@ def _service(cluster: ClusterSettings, pool: PoolDeployment, name: str) -> dict[
     }
 
 
+def _pods_service(cluster: ClusterSettings, pool: PoolDeployment, name: str) -> dict[str, Any]:
+    """The headless Service of the pool's ready pods, for clients that balance over the pods themselves."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        # Labelled as the pool's other objects (app.kubernetes.io/instance is the pool's object name).
+        "metadata": {
+            "name": pods_service_name(cluster, pool),
+            "namespace": cluster.namespace,
+            "labels": _labels(cluster, pool, name),
+        },
+        "spec": {
+            "type": "ClusterIP",
+            "clusterIP": "None",
+            "selector": _selector(name),
+            "ports": [{"name": "grpc", "port": pool.grpc_port, "targetPort": "grpc", "protocol": "TCP"}],
+            # Only ready pods (every model loaded) are in the DNS answer.
+            "publishNotReadyAddresses": False,
+        },
+    }
+
+
 def _hpa(cluster: ClusterSettings, pool: PoolDeployment, name: str) -> dict[str, Any]:
     metrics: list[dict[str, Any]] = [
         {
@@ -811,7 +864,10 @@ def pool_manifests(
 
     The plain form is a Deployment, a ClusterIP Service (ports ``grpc``, ``http``, ``metrics``), a
     HorizontalPodAutoscaler (``autoscaling/v2``, when ``pool.autoscale``) and a PodDisruptionBudget
-    (``policy/v1``), all named ``<ensemble>-<pool>``.
+    (``policy/v1``), all named ``<ensemble>-<pool>``, plus a headless Service ``<ensemble>-<pool>-pods``
+    (``clusterIP: None``, the gRPC port only, ready pods only): its DNS name, :func:`pods_address`, resolves
+    to the addresses of the pool's ready pods, so that a gRPC client -- the entry pool's router calling the
+    tiers of this pool -- balances its calls over them itself.
 
     The Deployment runs ``tritonserver`` of the NGC image on the pool's repository URL (S3 credentials from
     ``pool.s3_secret`` through ``secretKeyRef`` environment variables), with a memory-backed ``/dev/shm``,
@@ -820,7 +876,8 @@ def pool_manifests(
     ``/v2/health/live`` every 10 s (6 failures), all on the HTTP port. Rolling updates surge one pod and keep
     every serving pod until its replacement is ready; a 5 s pre-stop pause lets endpoints drop a stopping
     pod before Triton refuses new requests. gRPC clients keep long-lived HTTP/2 connections, which a
-    ClusterIP Service balances per connection: open several channels, or balance on the client.
+    ClusterIP Service balances per connection: open several channels, or balance on the client over the
+    headless Service.
 
     The HPA scales on CPU utilization (``cpu_target_utilization`` % of the request) and, when
     ``queue_time_target_us`` is set, on the Pods metric :data:`QUEUE_TIME_METRIC`, the mean queue time per
@@ -833,7 +890,8 @@ def pool_manifests(
     model format with ``storageUri`` the pool's ``s3://bucket/prefix``, KServe's HPA on CPU), plus a
     PodDisruptionBudget on its pods and, with ``s3_secret``, a ServiceAccount that carries the Secret and the
     endpoint annotations KServe's storage initializer reads. KServe then owns the Deployment, Service and
-    HPA; its Triton runtime serves HTTP on 8080 and gRPC on 9000 whatever the pool's ports say.
+    HPA; its Triton runtime serves HTTP on 8080 and gRPC on 9000 whatever the pool's ports say, and there
+    is no headless Service, so other pools cannot reach this one at :func:`pods_address`.
 
     Args:
         cluster: Cluster-wide settings.
@@ -844,12 +902,16 @@ def pool_manifests(
         The manifests; validate them with :func:`validate`.
 
     Raises:
-        ManifestError: The object name is too long, or the KServe form cannot express the pool.
+        ManifestError: An object name is too long, or the KServe form cannot express the pool.
     """
     name = object_name(cluster, pool)
     if kserve:
         return _kserve(cluster, pool, name)
-    manifests = [_deployment(cluster, pool, name), _service(cluster, pool, name)]
+    manifests = [
+        _deployment(cluster, pool, name),
+        _service(cluster, pool, name),
+        _pods_service(cluster, pool, name),
+    ]
     if pool.autoscale:
         manifests.append(_hpa(cluster, pool, name))
     manifests.append(_pdb(cluster, pool, name, _selector(name)))
@@ -890,6 +952,8 @@ def render_yaml(manifests: Iterable[Mapping[str, Any]]) -> str:
 
 def supported_kubernetes_versions() -> list[str]:
     """``major.minor`` versions whose schemas ``kubernetes-validate`` bundles (validation is offline)."""
+    import kubernetes_validate
+
     versions = {kubernetes_validate.utils.major_minor(v) for v in kubernetes_validate.utils.all_versions()}
     return sorted(versions, key=lambda v: tuple(int(part) for part in v.split(".")))
 
@@ -961,6 +1025,8 @@ _KSERVE_MODEL_FIELDS = frozenset(
 
 
 def _validate_inference_service(manifest: Mapping[str, Any], label: str, version: str) -> None:
+    import kubernetes_validate
+
     if manifest.get("apiVersion") != KSERVE_API_VERSION:
         raise ManifestError(
             f"{label}: apiVersion must be {KSERVE_API_VERSION}, got {manifest.get('apiVersion')!r}."
@@ -1044,6 +1110,8 @@ def validate(manifests: Iterable[Mapping[str, Any]], kubernetes_version: str = "
         ManifestError: (a ``ValueError``) with one line naming the kind and name of the first object that
             fails, the field path and the problem; or the version is not supported.
     """
+    import kubernetes_validate
+
     version = str(kubernetes_version).removeprefix("v")
     supported = supported_kubernetes_versions()
     if kubernetes_validate.utils.major_minor(version) not in supported:
@@ -1071,17 +1139,40 @@ def validate(manifests: Iterable[Mapping[str, Any]], kubernetes_version: str = "
 
 
 def summary_markdown(
-    cluster: ClusterSettings, pools: Sequence[PoolDeployment], *, kserve: bool = False
+    cluster: ClusterSettings,
+    pools: Sequence[PoolDeployment],
+    *,
+    kserve: bool = False,
+    entry_pool: str | None = None,
+    notes: Sequence[str] = (),
 ) -> str:
-    """A Markdown summary of the pools: table, apply steps, S3 Secret and custom-metrics needs."""
+    """A Markdown summary of the pools: table, apply steps, S3 Secret and custom-metrics needs.
+
+    Args:
+        cluster: Cluster-wide settings.
+        pools: The pools.
+        kserve: The pools are in the KServe form.
+        entry_pool: The pool clients call, whose router calls the other pools through their headless
+            Services; None when the pools are independent.
+        notes: More Markdown paragraphs, appended.
+    """
     lines = [
         f"# Triton pools of `{cluster.ensemble}` (namespace `{cluster.namespace}`)",
         "",
         "Generated by adaptive-ranking-toolkit; regenerate rather than edit.",
         "",
-        "| Pool | Hardware | Requests | Replicas | Model repository | Address (gRPC) |",
-        "| --- | --- | --- | --- | --- | --- |",
     ]
+    if kserve:
+        lines += [
+            "| Pool | Hardware | Requests | Replicas | Model repository | Address (gRPC) |",
+            "| --- | --- | --- | --- | --- | --- |",
+        ]
+    else:
+        lines += [
+            "| Pool | Hardware | Requests | Replicas | Model repository "
+            "| Service (gRPC) | Ready pods, headless (gRPC) |",
+            "| --- | --- | --- | --- | --- | --- | --- |",
+        ]
     for pool in pools:
         gpus = f", {pool.gpus} GPU" if pool.gpus else ""
         replicas = (
@@ -1089,12 +1180,33 @@ def summary_markdown(
             if pool.autoscale
             else str(pool.replicas or pool.min_replicas)
         )
-        address = "(KServe)" if kserve else f"`{service_address(cluster, pool)}`"
+        name = f"{pool.name} (entry)" if pool.name == entry_pool else pool.name
+        address = (
+            "(KServe)" if kserve else f"`{service_address(cluster, pool)}` | `{pods_address(cluster, pool)}`"
+        )
         lines.append(
-            f"| {pool.name} | {pool.hardware} | {pool.cpu} CPU, {pool.memory}{gpus} | {replicas} "
+            f"| {name} | {pool.hardware} | {pool.cpu} CPU, {pool.memory}{gpus} | {replicas} "
             f"| `{pool.triton_repository_url}` | {address} |"
         )
-    lines += ["", "Apply:", "", "```sh", f"kubectl create namespace {cluster.namespace}  # once"]
+    lines.append("")
+    others = [pool for pool in pools if entry_pool is not None and pool.name != entry_pool]
+    if entry_pool is not None and not kserve:
+        entry = next(pool for pool in pools if pool.name == entry_pool)
+        lines += [f"Clients call the entry pool `{entry_pool}` at `{service_address(cluster, entry)}`."]
+        if others:
+            lines[-1] += (
+                f" Its router calls the tiers of the other pools through their headless `-pods` Services "
+                f"({', '.join(f'`{pods_address(cluster, pool)}`' for pool in others)}): each DNS name "
+                "resolves to the pool's ready pods, and the router balances its calls over them."
+            )
+        lines.append("")
+    elif not kserve:
+        lines += [
+            "Each pool's ClusterIP Service balances per connection; its headless `-pods` Service resolves "
+            "to the pool's ready pods, for gRPC clients that balance over them.",
+            "",
+        ]
+    lines += ["Apply:", "", "```sh", f"kubectl create namespace {cluster.namespace}  # once"]
     secrets = sorted({pool.s3_secret for pool in pools if pool.s3_secret})
     for secret in secrets:
         lines.append(
@@ -1102,8 +1214,14 @@ def summary_markdown(
             "--from-literal=AWS_ACCESS_KEY_ID=... --from-literal=AWS_SECRET_ACCESS_KEY=... "
             "--from-literal=AWS_DEFAULT_REGION=..."
         )
-    lines += [f"kubectl apply -f {pool.name}.yaml" for pool in pools]
+    lines += [f"kubectl apply -f {pool.name}.yaml" for pool in apply_order(pools, entry_pool)]
     lines += ["```", ""]
+    if others:
+        lines += [
+            f"The pools the router calls are applied before the entry pool `{entry_pool}`; until they are "
+            "ready its router answers from the tiers of its own pool.",
+            "",
+        ]
     if kserve:
         lines += [
             "The KServe form needs KServe installed with RawDeployment mode and its Triton serving runtime.",
@@ -1121,7 +1239,16 @@ def summary_markdown(
             "```",
             "",
         ]
+    for note in notes:
+        lines += [note.rstrip("\n"), ""]
     return "\n".join(lines)
+
+
+def apply_order(pools: Sequence[PoolDeployment], entry_pool: str | None = None) -> list[PoolDeployment]:
+    """The pools in the order to apply them: the entry pool last, after the pools its router calls."""
+    return [pool for pool in pools if pool.name != entry_pool] + [
+        pool for pool in pools if pool.name == entry_pool
+    ]
 
 
 def write_manifests(
@@ -1131,8 +1258,11 @@ def write_manifests(
     *,
     kserve: bool = False,
     kubernetes_version: str = "1.30",
+    entry_pool: str | None = None,
+    notes: Sequence[str] = (),
+    extra_files: Mapping[str, str] | None = None,
 ) -> list[Path]:
-    """Validate every pool's manifests, then write ``<pool>.yaml`` for each and ``README.md``.
+    """Validate every pool's manifests, then write ``<pool>.yaml`` for each, ``README.md`` and extra files.
 
     Nothing is written unless every manifest validates. Files are replaced atomically; other files in
     ``out_dir`` are left alone.
@@ -1143,12 +1273,16 @@ def write_manifests(
         pools: The pools; names must differ.
         kserve: Write the KServe form (see :func:`pool_manifests`).
         kubernetes_version: Version to validate against.
+        entry_pool: The pool clients call, whose router calls the others (see :func:`summary_markdown`).
+        notes: More Markdown paragraphs for the summary.
+        extra_files: More files to write, file name to text (such as a Dockerfile).
 
     Returns:
-        The paths written: the pools' files in order, then the summary.
+        The paths written: the pools' files in order, the summary, then the extra files.
 
     Raises:
-        ManifestError: No pools, two pools share a name, or a manifest does not validate.
+        ManifestError: No pools, two pools share a name, the entry pool is not one of them, an extra file
+            name is not a plain file name or clashes, or a manifest does not validate.
     """
     if not pools:
         raise ManifestError("No pools to write.")
@@ -1156,6 +1290,13 @@ def write_manifests(
     duplicates = sorted({name for name in names if names.count(name) > 1})
     if duplicates:
         raise ManifestError(f"Pool names must differ; repeated: {', '.join(duplicates)}.")
+    if entry_pool is not None and entry_pool not in names:
+        raise ManifestError(f"Entry pool {entry_pool!r} is not one of the pools ({', '.join(names)}).")
+    extra = dict(extra_files or {})
+    taken = {f"{name}.yaml" for name in names} | {"README.md"}
+    for filename in extra:
+        if filename in taken or not filename or filename != Path(filename).name or filename.startswith("."):
+            raise ManifestError(f"Extra file name {filename!r} is not a plain file name of its own.")
     rendered: list[tuple[str, str]] = []
     for pool in pools:
         manifests = pool_manifests(cluster, pool, kserve=kserve)
@@ -1165,7 +1306,9 @@ def write_manifests(
             "regenerate rather than edit.\n"
         )
         rendered.append((f"{pool.name}.yaml", header + render_yaml(manifests)))
-    rendered.append(("README.md", summary_markdown(cluster, pools, kserve=kserve)))
+    summary = summary_markdown(cluster, pools, kserve=kserve, entry_pool=entry_pool, notes=notes)
+    rendered.append(("README.md", summary))
+    rendered += list(extra.items())
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written = []
