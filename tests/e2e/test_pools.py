@@ -11,7 +11,6 @@ and that the router counted all of it in its Prometheus counter.
 from __future__ import annotations
 
 import json
-import re
 import threading
 import time
 import urllib.request
@@ -31,6 +30,7 @@ from toolkit.errors import ServerError
 from toolkit.evaluate.offline import OfflineEnsemble
 from toolkit.repository import MARKER
 from toolkit.serve import ServerOptions, TritonServer, find_tritonserver, free_port
+from toolkit.serve.metrics import router_events as read_router_events
 from toolkit.spec import Spec, load_spec
 
 pytestmark = pytest.mark.e2e
@@ -118,14 +118,7 @@ def inference_count(server: TritonServer, model: str) -> int:
 
 def router_events(server: TritonServer) -> dict[tuple[str, str], float]:
     """The router's ``toolkit_router_events_total`` counters by (event, subject)."""
-    with _NO_PROXY.open(server.metrics_url, timeout=5) as reply:
-        text = reply.read().decode()
-    events = {}
-    for line in text.splitlines():
-        if line.startswith("toolkit_router_events_total{"):
-            labels = dict(re.findall(r'(\w+)="([^"]*)"', line[: line.index("}")]))
-            events[labels["event"], labels["subject"]] = float(line.rsplit(" ", 1)[1])
-    return events
+    return read_router_events(server.metrics_url)
 
 
 def test_deploy_writes_one_repository_per_pool(pools: Pools) -> None:
@@ -277,6 +270,9 @@ def test_deploy_refuses_bad_pool_flags(pools: Pools, pipeline, tmp_path: Path) -
     assert "--pool-address gpu=...: not a pool the router calls (big)" in unknown.stderr
     bad = run_cli("deploy", "--spec", spec, "--out", out, "--pool-address", "big=nohost", check=False)
     assert bad.returncode != 0 and "--pool-address" in bad.stderr and "'big=nohost'" in bad.stderr
-    target = run_cli("deploy", "--spec", spec, "--out", out, "--target", "cpu", check=False)
-    assert target.returncode != 0 and "--target" in target.stderr and "pools" in target.stderr
+    single = str(pipeline.spec_path)
+    no_pools = run_cli(
+        "deploy", "--spec", single, "--out", out, "--pool-address", "big=127.0.0.1:1", check=False
+    )
+    assert no_pools.returncode != 0 and "--pool-address needs a spec with pools" in no_pools.stderr
     assert not (tmp_path / "repo").exists()

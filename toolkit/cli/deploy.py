@@ -55,7 +55,8 @@ if TYPE_CHECKING:
     type=click.Choice(["cpu", "gpu"]),
     help="Hardware the tiers run on: cpu (ONNX variants on CPU instances) or gpu (TensorRT engines, "
     "or ONNX Runtime with the TensorRT accelerator, on GPU instances of an NGC tritonserver; needs "
-    "--backend onnxruntime). Default: the spec's triton.target.",
+    "--backend onnxruntime). Default: the spec's triton.target; with pools, each pool's hardware "
+    "(--target cpu deploys every pool for CPU, to try a GPU pool's split on a machine without one).",
 )
 @click.option(
     "--pin",
@@ -123,11 +124,6 @@ def command(
         parse_s3_url(out, "--out")
         if s3_endpoint is not None:
             parse_endpoint(s3_endpoint)
-    if spec.pools and target is not None:
-        raise click.UsageError(
-            f"--target: the spec has pools ({', '.join(p.name for p in spec.pools)}); each pool's "
-            "hardware is its target"
-        )
     if not spec.pools:
         target = target or spec.triton.target
     chosen = "onnxruntime" if target == "gpu" and backend is None else None

@@ -249,15 +249,15 @@ def deploy(
         out: Repository folder to (re)place.
         backend: ``onnxruntime`` or ``python`` for the tiers and the preprocess step (the GPU
             target needs ``onnxruntime``).
-        target: ``cpu`` or ``gpu`` (default: the spec's ``triton.target``); with pools, each pool's
-            hardware is its target and this must be None.
+        target: ``cpu`` or ``gpu`` (default: the spec's ``triton.target``); with pools, every
+            pool's (default: each pool's ``hardware``), for example to try GPU pools on a CPU machine.
         pins: Variant per tier that overrides the choice.
         pool_addresses: With pools: gRPC addresses per pool that beat the spec's.
 
     Raises:
         RepositoryError: The manifest lacks a tier or a passing variant, a pin is invalid, a file
             changed since export, ``out`` holds something the toolkit did not write, or (with
-            pools) a target is given or an address is for a pool the spec lacks.
+            pools) an address is for a pool the router does not call.
     """
     from toolkit.k8s.fleet import pool_addresses as addresses_of
 
@@ -265,24 +265,20 @@ def deploy(
         raise RepositoryError(f"backend {backend!r} is not one of {', '.join(BACKENDS)}")
     pool_addresses = pool_addresses or {}
     if spec.pools:
-        if target is not None:
-            raise RepositoryError(
-                f"the spec has pools ({', '.join(p.name for p in spec.pools)}): each pool's hardware is "
-                "its target; drop --target"
-            )
         unknown = sorted(set(pool_addresses) - {p.name for p in spec.pools[1:]})
         if unknown:
             raise RepositoryError(
                 f"--pool-address {unknown[0]}=...: not a pool the router calls "
                 f"({', '.join(p.name for p in spec.pools[1:]) or 'none'})"
             )
-        targets = {tier: spec.pool(spec.tier_pool(tier)).hardware for tier in spec.tier_names}
+        hardware = {pool.name: target or pool.hardware for pool in spec.pools}
+        targets = {tier: hardware[spec.tier_pool(tier)] for tier in spec.tier_names}
     else:
         if pool_addresses:
             raise RepositoryError("--pool-address needs a spec with pools")
         target = target or spec.triton.target
         targets = dict.fromkeys(spec.tier_names, target)
-    if not spec.pools and target == GPU and backend != "onnxruntime":
+    if target == GPU and backend != "onnxruntime":
         raise RepositoryError(
             f"--target gpu needs --backend onnxruntime (an NGC tritonserver with TensorRT), not {backend!r}"
         )
@@ -369,8 +365,8 @@ def deploy(
                 PoolRepository(
                     name=pool.name,
                     repository=out / pool.name,
-                    target=pool.hardware,
-                    backend="onnxruntime" if pool.hardware == GPU else backend,
+                    target=hardware[pool.name],
+                    backend="onnxruntime" if hardware[pool.name] == GPU else backend,
                     models=(*(entry_models if entry else ()), *tiers),
                     tiers=tiers,
                     entry=entry,
