@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 SPEC ?= ensembles/ads_ranking.yaml
 
 .PHONY: install demo test lint format clean help bench bench-precision bench-tiers bench-router bench-per-pair \
-	bench-adaptive bench-pytriton
+	bench-adaptive bench-pytriton bench-pools
 
 help:
 	@echo "make demo   - install, train, export, deploy, serve, send gRPC traffic, print a summary, stop"
@@ -28,7 +28,7 @@ demo: install
 	$(BIN)/toolkit deploy --spec $(SPEC)
 	$(BIN)/toolkit demo --spec $(SPEC)
 
-bench: bench-precision bench-tiers bench-per-pair bench-router bench-adaptive bench-pytriton
+bench: bench-precision bench-tiers bench-per-pair bench-router bench-adaptive bench-pytriton bench-pools
 
 bench-precision: install
 	$(BIN)/python benchmarks/precision.py --spec $(SPEC)
@@ -47,6 +47,9 @@ bench-adaptive: install
 
 bench-pytriton: install
 	$(BIN)/python benchmarks/pytriton_baseline.py --spec $(SPEC)
+
+bench-pools: install
+	$(BIN)/python benchmarks/pools.py
 
 lint: install
 	$(BIN)/ruff check toolkit tests benchmarks examples

@@ -22,6 +22,7 @@ from typing import Any
 import boto3
 import numpy as np
 import pytest
+import yaml
 from helpers import ROOT, run_cli
 
 from toolkit.client import RankingClient
@@ -300,3 +301,30 @@ def test_polling_server_switches_to_the_republished_tier_without_a_failed_reques
     stored = keys(endpoint, "ranking/canary")
     assert not any(key.startswith(f"{tier}/1/") for key in stored)
     assert any(key.startswith(f"{tier}/2/") for key in stored)
+
+
+def test_deploy_publishes_one_prefix_per_pool_the_entry_pool_last_when_the_spec_has_pools(
+    pipeline: Any, endpoint: str, tmp_path: Path
+) -> None:
+    data = yaml.safe_load(pipeline.spec_path.read_text(encoding="utf-8"))
+    data["pools"] = [{"name": "cpu"}, {"name": "big", "addresses": ["127.0.0.1:8101"]}]
+    data["tiers"][2]["pool"] = "big"
+    spec_path = tmp_path / "pools.yaml"
+    spec_path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    url = f"s3://{BUCKET}/fleet"
+    out = run_cli("deploy", "--spec", str(spec_path), "--out", url, "--s3-endpoint", endpoint).stdout
+    spec = pipeline.spec
+    big, cpu = keys(endpoint, "fleet/big"), keys(endpoint, "fleet/cpu")
+    assert {key.split("/")[0] for key in big} == {"xl", MARKER}
+    assert {key.split("/")[0] for key in cpu} == {
+        spec.name,
+        spec.preprocess_model,
+        spec.router_model,
+        "lite",
+        "standard",
+        MARKER,
+    }
+    assert remote_marker(endpoint, "fleet/big")["pool"] == "big"
+    assert remote_marker(endpoint, "fleet/cpu")["entry"] is True
+    assert out.index(f"publishing to {url}/big") < out.index(f"publishing to {url}/cpu")
+    assert not keys(endpoint, "fleet") - {f"big/{k}" for k in big} - {f"cpu/{k}" for k in cpu}
