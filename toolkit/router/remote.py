@@ -51,16 +51,25 @@ class RemoteTier:
     @classmethod
     def from_dict(cls, tier: str, data: dict[str, Any]) -> RemoteTier:
         """Read one entry of ``router.json``'s ``remote_tiers``."""
+        if not isinstance(data, dict):
+            raise ValueError(f"remote tier {tier!r}: expected a mapping, got {type(data).__name__}")
         try:
-            return cls(
-                tier=tier,
-                pool=str(data["pool"]),
-                addresses=tuple(data["addresses"]),
-                timeout_ms=float(data["timeout_ms"]),
-                retry_after_ms=float(data.get("retry_after_ms", 1000.0)),
-            )
-        except (KeyError, TypeError) as exc:
-            raise ValueError(f"remote tier {tier!r}: missing or bad key {exc}") from None
+            addresses = data["addresses"]
+            if not isinstance(addresses, list | tuple):
+                # not tuple(addresses): tuple("host:port") is one "address" per character
+                raise TypeError(f"'addresses' must be a list of host:port strings, got {addresses!r}")
+            numbers = {}
+            for key, default in (("timeout_ms", None), ("retry_after_ms", 1000.0)):
+                value = data[key] if default is None else data.get(key, default)
+                try:
+                    numbers[key] = float(value)
+                except (TypeError, ValueError):
+                    raise TypeError(f"{key!r} must be a number, got {value!r}") from None
+            return cls(tier=tier, pool=str(data["pool"]), addresses=tuple(addresses), **numbers)
+        except KeyError as exc:
+            raise ValueError(f"remote tier {tier!r}: missing key {exc}") from None
+        except TypeError as exc:
+            raise ValueError(f"remote tier {tier!r}: {exc}") from None
 
     def to_dict(self) -> dict[str, Any]:
         """The ``router.json`` entry."""
