@@ -64,12 +64,19 @@ _CHANNEL_ARGS = [
 reconnect backoff grows to minutes), and a DNS name that resolves to several pods is balanced."""
 
 
-class _Events:
-    """Counts of router events, in the log and as a Prometheus counter when the backend has metrics."""
+_RETIRED: list[tuple[object, dict[str, object]]] = []
 
-    def __init__(self, router: str) -> None:
+
+class _Events:
+    """Counts of router events, in the log and as a Prometheus counter when the backend has metrics.
+
+    Each series carries the model version and instance, so no two routers share one. The counters
+    are never deleted (see :meth:`close`).
+    """
+
+    def __init__(self, router: str, version: str, instance: str) -> None:
         self.counts: Counter[str] = Counter()
-        self._router = router
+        self._labels = {"router": router, "version": version, "instance": instance}
         self._metrics: dict[str, object] = {}
         family = getattr(pb_utils, "MetricFamily", None)
         self._family = (
@@ -93,9 +100,7 @@ class _Events:
             metric = self._metrics.get(key)
             if metric is None:
                 event, _, subject = key.partition(":")
-                metric = self._family.Metric(
-                    labels={"router": self._router, "event": event, "subject": subject}
-                )
+                metric = self._family.Metric(labels={**self._labels, "event": event, "subject": subject})
                 self._metrics[key] = metric
             metric.increment(added)
 
@@ -103,8 +108,14 @@ class _Events:
         return self.counts.items()
 
     def close(self) -> None:
-        self._metrics.clear()
-        self._family = None
+        """Keep the counters alive until the process ends instead of deleting them at unload.
+
+        Deleting them (Metric objects, then the MetricFamily) while a new version of the router was
+        already serving, as Triton does when it polls a changed repository, aborted the embedded 2.51
+        server ("malloc(): unaligned fastbin chunk detected"); kept, the old version's series stay at
+        their last values.
+        """
+        _RETIRED.append((self._family, self._metrics))
 
 
 class _TierError(Exception):
@@ -134,7 +145,11 @@ class TritonPythonModel:
             max_age_s=self.config.budget_max_age_s,
         )
         self.schema = InputSchema.from_dict(self.config.inputs)
-        self.counts = _Events(args.get("model_name", "router"))
+        self.counts = _Events(
+            args.get("model_name", "router"),
+            str(args.get("model_version", "")),
+            args.get("model_instance_name", ""),
+        )
         self.served = 0
         self.batched = json.loads(args.get("model_config") or "{}").get("max_batch_size", 0) > 0
         self.remote = {t: RemoteTier.from_dict(t, d) for t, d in self.config.remote_tiers.items()}
