@@ -251,10 +251,7 @@ def pool_deployments(spec: Spec) -> list[PoolDeployment]:
 
 def pool_models(spec: Spec, pool: str) -> tuple[str, ...]:
     """The models besides tiers a pool serves: the entry pool's ensemble, router, preprocess (and gate)."""
-    if spec.pools and pool != spec.entry_pool:
-        return ()
-    models = (spec.name, spec.router_model, spec.preprocess_model)
-    return (*models, spec.gate_model) if spec.routing.policy == "learned" else models
+    return () if spec.pools and pool != spec.entry_pool else spec.entry_models
 
 
 def pool_tiers(spec: Spec, pool: str) -> tuple[str, ...]:

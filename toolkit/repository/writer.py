@@ -345,9 +345,7 @@ def deploy(
         write_config(folder / spec.name, configs.ensemble_config(spec))
         (folder / spec.name / "1").mkdir()
 
-    entry_models = (spec.name, spec.preprocess_model, spec.router_model)
-    if learned is not None:
-        entry_models = (*entry_models, spec.gate_model)
+    entry_models = spec.entry_models
     marker = {
         "format": MARKER_FORMAT,
         "toolkit_version": __version__,

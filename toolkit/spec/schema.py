@@ -1049,6 +1049,15 @@ class Spec:
         return (self.preprocess_model, self.router_model, self.gate_model)
 
     @property
+    def entry_models(self) -> tuple[str, ...]:
+        """Models the entry pool (or the one repository) serves besides tiers, entry point first.
+
+        The ensemble, the preprocess step, the router and, with the learned policy, the gate.
+        """
+        models = (self.name, self.preprocess_model, self.router_model)
+        return (*models, self.gate_model) if self.routing.policy == "learned" else models
+
+    @property
     def entry_pool(self) -> str:
         """The pool clients call (the first of ``pools``), or "" without pools."""
         return self.pools[0].name if self.pools else ""
