@@ -305,16 +305,7 @@ def deploy(
         name: {str(n): float(ms) for n, ms in entry.get("latency_ms", {}).get(targets[name], {}).items()}
         for name, entry in entries.items()
     }
-    remote = {
-        tier: RemoteTier(
-            tier,
-            spec.tier_pool(tier),
-            addresses_of(spec, spec.tier_pool(tier), pool_addresses),
-            remote_timeout_ms(spec, spec.tier_pool(tier)),
-            spec.pool(spec.tier_pool(tier)).retry_after_ms,
-        )
-        for tier in spec.remote_tiers
-    }
+    remote = {tier: _remote_tier(spec, tier, pool_addresses) for tier in spec.remote_tiers}
 
     def write_tiers(folder: Path, tiers: tuple[str, ...]) -> None:
         for name in tiers:
@@ -392,6 +383,20 @@ def deploy(
     replacing, older = _replace(out, write)
     models = (*entry_models[:3], *spec.tier_names, *entry_models[3:])
     return DeployResult(out, backend, models, selections, replacing, target or "", older, tuple(pools))
+
+
+def _remote_tier(spec: Spec, tier: str, overrides: dict[str, tuple[str, ...]]) -> RemoteTier:
+    """Where and how the router calls ``tier``, which another pool serves."""
+    from toolkit.k8s.fleet import pool_addresses
+
+    pool = spec.tier_pool(tier)
+    return RemoteTier(
+        tier,
+        pool,
+        pool_addresses(spec, pool, overrides),
+        remote_timeout_ms(spec, pool),
+        spec.pool(pool).retry_after_ms,
+    )
 
 
 def _write_marker(folder: Path, marker: dict[str, Any], selections: dict[str, Selection]) -> None:
