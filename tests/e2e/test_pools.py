@@ -11,6 +11,8 @@ and that the router counted all of it in its Prometheus counter.
 from __future__ import annotations
 
 import json
+import os
+import signal
 import threading
 import time
 import urllib.request
@@ -36,6 +38,8 @@ from toolkit.spec import Spec, load_spec
 pytestmark = pytest.mark.e2e
 
 TIMEOUT_MS = 500.0
+QUEUE_TIMEOUT_MS = 2000.0
+"""Above the pool's deadline, so requests queued behind a call that waits it out are not shed."""
 RETRY_AFTER_MS = 300.0
 _NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
@@ -82,6 +86,7 @@ def pools(pipeline, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pools]
         },
     ]
     data["tiers"][2]["pool"] = "big"
+    data.setdefault("triton", {})["queue_timeout_ms"] = QUEUE_TIMEOUT_MS
     data["paths"]["repository"] = str(folder / "repositories")
     spec_path = write_spec(folder / "pools.yaml", data)
     pins = [arg for tier, variant in pipeline.pins.items() for arg in ("--pin", f"{tier}={variant}")]
@@ -185,6 +190,7 @@ class Load:
     spec: Spec
     threads: int = 2
     results: list[tuple[float, str, tuple[str, ...]]] = field(default_factory=list)
+    """Per answered request: when it was sent, ``xl`` (forced) or ``routed``, the tiers that answered."""
     failures: list[str] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -203,6 +209,7 @@ class Load:
             while not self._stop.is_set():
                 raw = holdout.request(r % holdout.num_requests)
                 forced = "xl" if r % 2 == 0 else None
+                sent = time.monotonic()
                 try:
                     ranking = client.rank(tier=forced, **raw)
                 except Exception as exc:
@@ -210,10 +217,11 @@ class Load:
                         self.failures.append(f"request {r}: {type(exc).__name__}: {exc}")
                 else:
                     with self._lock:
-                        self.results.append((time.monotonic(), forced or "routed", ranking.tier_names))
+                        self.results.append((sent, forced or "routed", ranking.tier_names))
                 r += self.threads
 
     def forced_since(self, since: float) -> list[set[str]]:
+        """Who answered each request forced to xl that was sent at ``since`` or later."""
         with self._lock:
             return [set(names) for t, kind, names in self.results if t >= since and kind == "xl"]
 
@@ -258,6 +266,38 @@ def test_big_pool_stopped_mid_load_falls_back_to_standard_then_serves_xl_again(p
     assert gained.get(("remote_unavailable", pools.big_address), 0) >= 1
     assert gained.get(("remote_ok", pools.big_address), 0) >= 20
     assert gained.get(("tier", "standard"), 0) >= len(down)
+
+
+def test_big_pool_frozen_mid_load_times_out_to_standard_then_serves_xl_again(pools: Pools) -> None:
+    spec = pools.spec
+    events_before = router_events(pools.cpu)
+    load = Load(pools.cpu.grpc_url, spec)
+    load.start()
+    frozen = False
+    try:
+        start = time.monotonic()
+        load.wait_for(start, lambda got: sum(s == {"xl"} for s in got) >= 10, "xl answers before the freeze")
+        os.killpg(pools.big.pid, signal.SIGSTOP)
+        frozen = True
+        since = time.monotonic()
+        load.wait_for(since, lambda got: len(got) >= 20, "answers while big is frozen")
+        during = load.forced_since(since)
+        os.killpg(pools.big.pid, signal.SIGCONT)
+        frozen = False
+        thawed = time.monotonic()
+        load.wait_for(thawed, lambda got: sum(s == {"xl"} for s in got) >= 10, "xl answers after the thaw")
+    finally:
+        if frozen:
+            os.killpg(pools.big.pid, signal.SIGCONT)
+        load.stop()
+    assert load.failures == [], load.failures[:5]
+    assert during and all(s == {"standard"} for s in during), Counter(frozenset(s) for s in during)
+    events = router_events(pools.cpu)
+    gained = {key: value - events_before.get(key, 0) for key, value in events.items()}
+    assert gained.get(("remote_timeout", pools.big_address), 0) >= 1
+    assert gained.get(("timeout", "xl"), 0) >= 1
+    assert gained.get(("fallback", "xl"), 0) >= len(during)
+    assert gained.get(("remote_resting", "big"), 0) >= 1
 
 
 def test_deploy_refuses_bad_pool_flags(pools: Pools, pipeline, tmp_path: Path) -> None:
