@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -97,6 +98,7 @@ def test_generate_requests_matches_the_spec_when_shapes_and_dtypes_are_checked(t
         "labels": ((t,), np.float32),
         "offsets": ((r + 1,), np.int64),
         "informative": ((r,), np.bool_),
+        "values": ((r,), np.float32),
     }
     for name, (shape, dtype) in expected.items():
         value = getattr(requests, name)
@@ -285,3 +287,113 @@ def test_demo_sets_are_reproducible_when_built_twice(tiny_spec: Spec) -> None:
     assert first.num_requests == 10
     for name in ARRAYS:
         np.testing.assert_array_equal(getattr(first, name), getattr(second, name), err_msg=name)
+
+
+# sha256 over (name, dtype, shape, bytes) of every array but ``values``, computed with the generator
+# as it was before requests carried values: adding values must not change any other generated array.
+GENERATED_SHA256 = {
+    "tiny": "ec4705109bd5eeaaada96dd5ee2cba7876e4b122be3c5c27c9896ab67384dec4",
+    "default": "265ce8b3060a4638464ed900bf6f243bced1f90369434bf2fb42853f6ca67eb4",
+}
+
+
+def arrays_sha256(requests: RequestSet) -> str:
+    digest = hashlib.sha256()
+    for name in (*ARRAYS, "informative"):
+        array = np.ascontiguousarray(getattr(requests, name))
+        for part in (name, str(array.dtype), str(array.shape)):
+            digest.update(part.encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()
+
+
+def test_generate_requests_keeps_every_other_array_unchanged_when_values_are_added(
+    tiny_spec: Spec, default_spec: Spec
+) -> None:
+    tiny = generate_requests(tiny_spec.features, 40, (2, 6), 0.5, seed=21, world_seed=4)
+    default = generate_requests(default_spec.features, 200, (8, 48), 0.35, seed=21, world_seed=4)
+
+    assert tiny.values is not None and default.values is not None
+    assert arrays_sha256(tiny) == GENERATED_SHA256["tiny"]
+    assert arrays_sha256(default) == GENERATED_SHA256["default"]
+
+
+def test_generate_requests_gives_positive_values_with_mean_near_one_when_thousands_of_requests(
+    traffic: RequestSet,
+) -> None:
+    values = traffic.values
+
+    assert values is not None
+    assert values.shape == (traffic.num_requests,) and values.dtype == np.float32
+    assert np.isfinite(values).all() and values.min() > 0
+    assert abs(float(values.mean()) - 1.0) < 0.15
+    assert len(np.unique(values)) == traffic.num_requests  # drawn per request, not a constant
+    assert abs(np.corrcoef(values, np.count_nonzero(traffic.user_history, axis=1))[0, 1]) < 0.1
+
+
+def test_generate_requests_draws_values_from_the_traffic_seed_only_when_seeds_vary(tiny_spec: Spec) -> None:
+    a = generate_requests(tiny_spec.features, 25, (2, 6), 0.5, seed=9, world_seed=4)
+    same_seed = generate_requests(tiny_spec.features, 25, (2, 6), 0.5, seed=9, world_seed=5)
+    other_seed = generate_requests(tiny_spec.features, 25, (2, 6), 0.5, seed=10, world_seed=4)
+
+    np.testing.assert_array_equal(a.values, same_seed.values)
+    assert not np.array_equal(a.values, other_seed.values)
+
+
+def test_request_set_subset_keeps_the_chosen_requests_values_when_given_indices(
+    small_set: RequestSet,
+) -> None:
+    chosen = np.array([7, 2, 2, 19, 0])
+
+    sub = small_set.subset(chosen)
+
+    assert small_set.values is not None
+    np.testing.assert_array_equal(sub.values, small_set.values[chosen])
+    np.testing.assert_array_equal(sub.value_weights(), small_set.values[chosen])
+
+
+def test_request_set_value_weights_are_ones_when_the_set_has_no_values(small_set: RequestSet) -> None:
+    plain = dataclasses.replace(small_set, values=None)
+
+    weights = plain.value_weights()
+
+    assert plain.subset(np.array([3, 1])).values is None
+    assert weights.dtype == np.float32
+    np.testing.assert_array_equal(weights, np.ones(small_set.num_requests, np.float32))
+
+
+def test_request_set_casts_values_to_fp32_when_given_as_float64(small_set: RequestSet) -> None:
+    values = np.linspace(0.5, 2.0, small_set.num_requests)
+
+    got = dataclasses.replace(small_set, values=values)
+
+    assert got.values is not None and got.values.dtype == np.float32
+    np.testing.assert_array_equal(got.values, values.astype(np.float32))
+
+
+@pytest.mark.parametrize(
+    ("bad", "expected"),
+    [
+        (0.0, "request 3 is worth 0"),
+        (-1.5, "request 3 is worth -1.5"),
+        (np.nan, "request 3 is worth nan"),
+        (np.inf, "request 3 is worth inf"),
+        (1e-60, "request 3 is worth 0"),  # positive in FP64, 0 in FP32
+    ],
+)
+def test_request_set_raises_data_error_naming_the_request_when_a_value_is_not_finite_and_positive(
+    small_set: RequestSet, bad: float, expected: str
+) -> None:
+    values = np.ones(small_set.num_requests)
+    values[3] = bad
+
+    with pytest.raises(DataError, match="finite and positive") as excinfo:
+        dataclasses.replace(small_set, values=values)
+    assert expected in str(excinfo.value)
+
+
+def test_request_set_raises_data_error_naming_values_when_their_shape_is_wrong(small_set: RequestSet) -> None:
+    with pytest.raises(DataError, match="inconsistent: values"):
+        dataclasses.replace(small_set, values=np.ones(small_set.num_requests + 1, np.float32))
+    with pytest.raises(DataError, match="inconsistent: values"):
+        dataclasses.replace(small_set, values=np.ones((small_set.num_requests, 1), np.float32))

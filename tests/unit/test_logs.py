@@ -433,3 +433,160 @@ def test_train_streams_a_parquet_log_and_skips_user_model_tiers(
     assert not (tmp_path / "ckpt" / "mine.pt").exists()
     saved = json.loads((tmp_path / "ckpt" / "training.json").read_text())
     assert saved["skipped"] == {"mine": "user model, not trained"}
+
+
+def value_columns(spec: Spec, fmt: str) -> LogColumns:
+    return default_columns(spec, fmt, values=True)
+
+
+def rewrite_value(path: Path, row: int, value: Any) -> None:
+    """Set the ``value`` column of a Parquet log's 0-based ``row`` to ``value``."""
+    table = pq.read_table(path)
+    values = table.column("value").to_pylist()
+    values[row] = value
+    index = table.schema.get_field_index("value")
+    pq.write_table(table.set_column(index, "value", pa.array(values, pa.float64())), path)
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "csv"])
+def test_written_log_reads_back_the_request_values_when_the_columns_name_a_value_column(
+    tiny_spec: Spec, tiny_spec_dict: dict[str, Any], generated: RequestSet, tmp_path: Path, fmt: str
+) -> None:
+    path = tmp_path / f"log.{fmt}"
+    write_requests(generated, tiny_spec, path, fmt)
+    spec = files_spec(tiny_spec_dict, fmt, path, chunk_rows=7, columns=value_columns(tiny_spec, fmt))
+
+    got = read_requests(spec, path, 1000)
+
+    assert_same(got, generated)
+    assert got.values is not None and got.values.dtype == np.float32
+    np.testing.assert_array_equal(got.values, generated.values)
+    plain = read_requests(files_spec(tiny_spec_dict, fmt, path), path, 1000)
+    assert plain.values is None  # a spec that names no value column ignores it
+
+
+def test_write_requests_writes_a_value_column_only_when_the_requests_carry_values(
+    tiny_spec: Spec, tiny_spec_dict: dict[str, Any], generated: RequestSet, tmp_path: Path
+) -> None:
+    with_values, without = tmp_path / "with.parquet", tmp_path / "without.parquet"
+    write_requests(generated, tiny_spec, with_values, "parquet")
+    write_requests(dataclasses.replace(generated, values=None), tiny_spec, without, "parquet")
+
+    assert "value" in pq.read_schema(with_values).names
+    assert "value" not in pq.read_schema(without).names
+    assert default_columns(tiny_spec, "parquet").value == ""
+    assert default_columns(tiny_spec, "criteo", values=True).value == ""
+    # A spec whose columns name a value column gets it written, as ones for requests without values.
+    spec = files_spec(tiny_spec_dict, "parquet", without, columns=value_columns(tiny_spec, "parquet"))
+    write_requests(dataclasses.replace(generated, values=None), spec, without, "parquet")
+    got = read_requests(spec, without, 1000)
+    np.testing.assert_array_equal(got.values, np.ones(generated.num_requests, np.float32))
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (0.0, "value 0 is not positive"),
+        (-2.5, "value -2.5 is not positive"),
+        (float("nan"), "not a finite number"),
+        (float("inf"), "not a finite number"),
+        (None, "value is empty"),
+    ],
+)
+def test_parquet_reader_raises_data_error_naming_file_column_and_row_when_a_value_is_bad(
+    tiny_spec: Spec,
+    tiny_spec_dict: dict[str, Any],
+    generated: RequestSet,
+    tmp_path: Path,
+    value: float | None,
+    expected: str,
+) -> None:
+    path = tmp_path / "log.parquet"
+    write_requests(generated, tiny_spec, path, "parquet")
+    row = int(generated.offsets[6])
+    rewrite_value(path, row, value)
+    spec = files_spec(
+        tiny_spec_dict, "parquet", path, chunk_rows=5, columns=value_columns(tiny_spec, "parquet")
+    )
+    with pytest.raises(DataError) as excinfo:
+        read_requests(spec, path, 30)
+    one_line_error(excinfo, str(path), "column 'value'", f"row {row + 1}", expected)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("0", "is not positive"), ("-1", "is not positive"), ("nan", "finite"), ("x", "'x'")],
+)
+def test_csv_reader_raises_data_error_naming_file_column_and_row_when_a_value_is_bad(
+    tiny_spec: Spec,
+    tiny_spec_dict: dict[str, Any],
+    generated: RequestSet,
+    tmp_path: Path,
+    text: str,
+    expected: str,
+) -> None:
+    path = tmp_path / "log.csv"
+    write_requests(generated, tiny_spec, path, "csv")
+    lines = path.read_text().splitlines()
+    column = lines[0].split(",").index('"value"')
+    fields = lines[4].split(",")
+    fields[column] = text
+    lines[4] = ",".join(fields)
+    path.write_text("\n".join(lines) + "\n")
+    spec = files_spec(tiny_spec_dict, "csv", path, columns=value_columns(tiny_spec, "csv"))
+    with pytest.raises(DataError) as excinfo:
+        read_requests(spec, path, 30)
+    one_line_error(excinfo, str(path), "'value'", "row 4", expected)
+
+
+def test_reader_raises_data_error_naming_the_request_when_the_value_disagrees_within_it(
+    tiny_spec: Spec, tiny_spec_dict: dict[str, Any], generated: RequestSet, tmp_path: Path
+) -> None:
+    path = tmp_path / "log.parquet"
+    write_requests(generated, tiny_spec, path, "parquet")
+    assert generated.values is not None and generated.candidates_per_request[4] > 1
+    row = int(generated.offsets[4]) + 1
+    rewrite_value(path, row, float(generated.values[4]) * 2)
+    spec = files_spec(
+        tiny_spec_dict, "parquet", path, chunk_rows=3, columns=value_columns(tiny_spec, "parquet")
+    )
+    with pytest.raises(DataError) as excinfo:
+        read_requests(spec, path, 30)
+    one_line_error(excinfo, str(path), "request 4", "'value'", f"row {row + 1}")
+
+
+def test_criteo_logs_have_no_value_column_when_written_or_read(
+    tiny_spec: Spec, tiny_spec_dict: dict[str, Any], generated: RequestSet, tmp_path: Path
+) -> None:
+    path = tmp_path / "day_0"
+    write_requests(generated, tiny_spec, path, "criteo")  # values are not written
+    assert all(len(line.split("\t")) == CRITEO_WIDTH for line in path.read_text().splitlines())
+    assert read_requests(files_spec(tiny_spec_dict, "criteo", path), path, 5).values is None
+    columns = dataclasses.replace(default_columns(tiny_spec, "criteo"), value="I13")
+    spec = files_spec(tiny_spec_dict, "criteo", path, columns=columns)
+    with pytest.raises(DataError) as excinfo:
+        read_requests(spec, path, 5)
+    one_line_error(excinfo, str(path), "no value column", "data.files.columns.value")
+    with pytest.raises(DataError) as excinfo:
+        write_requests(generated, spec, tmp_path / "day_1", "criteo")
+    one_line_error(excinfo, "day_1", "value")
+
+
+def test_concat_requests_keeps_values_and_counts_sets_without_values_as_worth_one(
+    generated: RequestSet,
+) -> None:
+    first, second = generated.subset(np.arange(10)), generated.subset(np.arange(10, 30))
+    plain_second = dataclasses.replace(second, values=None)
+    assert generated.values is not None
+
+    both = concat_requests([first, second])
+    mixed = concat_requests([first, plain_second])
+    neither = concat_requests([dataclasses.replace(first, values=None), plain_second])
+
+    for name in (*ARRAYS, "informative", "values"):
+        np.testing.assert_array_equal(getattr(both, name), getattr(generated, name), err_msg=name)
+    np.testing.assert_array_equal(
+        mixed.values, np.concatenate([generated.values[:10], np.ones(20, np.float32)])
+    )
+    assert mixed.values is not None and mixed.values.dtype == np.float32
+    assert neither.values is None

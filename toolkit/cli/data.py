@@ -47,8 +47,9 @@ def command() -> None:
 def write(spec_path: Path, fmt_: str, split: str, requests: int | None, out: Path) -> None:
     """Write the spec's generated requests as a log file, and print the data.files columns for it.
 
-    Parquet and CSV hold one row per candidate with a request_id column and the user columns
-    repeated on each row; Criteo holds label, I1..I13 and C1..C26 (hex ids), one request per row.
+    Parquet and CSV hold one row per candidate with a request_id column and the user columns and
+    the request's value repeated on each row; Criteo holds label, I1..I13 and C1..C26 (hex ids), one
+    request per row, and no values.
     """
     import dataclasses
 
@@ -68,7 +69,9 @@ def write(spec_path: Path, fmt_: str, split: str, requests: int | None, out: Pat
     if spec.data.files is None:
         columns = {
             k: list(v) if isinstance(v, tuple) else v
-            for k, v in dataclasses.asdict(default_columns(spec, fmt_)).items()
+            for k, v in dataclasses.asdict(
+                default_columns(spec, fmt_, values=generated.values is not None)
+            ).items()
             if v
         }
         snippet = yaml.safe_dump(

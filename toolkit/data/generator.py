@@ -13,6 +13,10 @@ the history length identifies where the large tier pays.
 
 Raw ids are 62-bit values, as clients send them; each entity's raw id folds (by the spec's rule) into
 its own table row, so folding is exact for generated data.
+
+Each request also gets a value (what it is worth, like an auction's expected revenue): lognormal with
+mean 1, independent of everything else and drawn from a generator of its own, so adding values left
+every other generated array unchanged.
 """
 
 from __future__ import annotations
@@ -30,6 +34,8 @@ _INTEREST_BONUS = 1.9
 _INTENT_BONUS = 1.0
 _INTEREST_SHARE = 0.3
 _HISTORY_FROM_INTERESTS = 0.85
+_VALUE_STREAM = 17
+_VALUE_SIGMA = 1.0
 
 
 def fold_ids(raw: np.ndarray, vocab: int) -> np.ndarray:
@@ -124,7 +130,9 @@ def generate_requests(
             held-out sets share the world and differ in ``seed``.
 
     Returns:
-        The requests, with raw ids, clicks as labels and the ``informative`` flag.
+        The requests, with raw ids, clicks as labels, the ``informative`` flag and ``values``
+        (lognormal, mean 1, independent of the rest; drawn from their own generator seeded by
+        ``seed``).
     """
     world = _make_world(features, np.random.default_rng(world_seed if world_seed is not None else seed))
     rng = np.random.default_rng([seed, 1])
@@ -196,6 +204,8 @@ def generate_requests(
         + _INTENT_BONUS * (category == intent[req_of])
     )
     labels = (rng.random(total) < 1.0 / (1.0 + np.exp(-logit))).astype(np.float32)
+    value_rng = np.random.default_rng([seed, _VALUE_STREAM])
+    values = value_rng.lognormal(-0.5 * _VALUE_SIGMA**2, _VALUE_SIGMA, size=num_requests)
     return RequestSet(
         user_dense=user_dense.astype(np.float32),
         user_sparse=user_sparse.astype(np.int64),
@@ -205,4 +215,5 @@ def generate_requests(
         labels=labels,
         offsets=offsets,
         informative=informative,
+        values=values.astype(np.float32),
     )

@@ -2,15 +2,18 @@
 
 A log holds one row per impression (candidate). Rows of one request are consecutive and share the
 ``request_id`` column; without one, every row is a request with one candidate. The user columns
-(user dense, user sparse, history) are taken from a request's first row and must agree on its other
-rows. Files are read in chunks of ``data.files.chunk_rows`` rows, so memory stays bounded whatever
-the file size; a request that spans two chunks is carried over whole into the next one.
+(user dense, user sparse, history) and the optional request value (``columns.value``: what the
+request is worth) are taken from a request's first row and must agree on its other rows. Files are
+read in chunks of ``data.files.chunk_rows`` rows, so memory stays bounded whatever the file size; a
+request that spans two chunks is carried over whole into the next one.
 
 Value rules: empty dense values and ids read as 0 (an id of 0 is "missing"); dense values must be
-finite; ids must fit INT64; labels must lie in [0, 1]. Criteo categorical columns are hex strings,
-the other formats hold decimal ids. A history is a list of ids (Parquet) or ids separated by spaces,
-oldest first; the newest ``features.history.length`` are kept and shorter ones are left-padded with 0.
-Errors are :class:`~toolkit.errors.DataError` with a one-line message naming the file and column.
+finite; ids must fit INT64; labels must lie in [0, 1]; request values must be given, finite and
+positive. Criteo categorical columns are hex strings, the other formats hold decimal ids. Criteo
+logs have no history and no value column. A history is a list of ids (Parquet) or ids separated by
+spaces, oldest first; the newest ``features.history.length`` are kept and shorter ones are
+left-padded with 0. Errors are :class:`~toolkit.errors.DataError` with a one-line message naming
+the file and column.
 """
 
 from __future__ import annotations
@@ -84,17 +87,18 @@ class LogSummary:
         return self.clicks / self.candidates
 
 
-def default_columns(spec: Spec, format: str) -> LogColumns:
+def default_columns(spec: Spec, format: str, values: bool = False) -> LogColumns:
     """The columns :func:`write_requests` uses when the spec names none.
 
     Parquet and CSV: ``request_id``, ``label``, ``user_dense_0..``, the user sparse feature names,
-    ``history``, ``ad_dense_0..`` and the ad sparse feature names. Criteo: ``label``; the user dense
-    then ad dense features on ``I1..``, the user sparse then ad sparse features on ``C1..``; no
-    request id (every row is a request) and no history.
+    ``history``, ``ad_dense_0..``, the ad sparse feature names and, if ``values``, ``value``.
+    Criteo: ``label``; the user dense then ad dense features on ``I1..``, the user sparse then ad
+    sparse features on ``C1..``; no request id (every row is a request), no history and no value.
 
     Args:
         spec: The spec whose features the columns hold.
         format: ``criteo``, ``parquet`` or ``csv``.
+        values: Whether the log holds request values (a ``value`` column); ignored for Criteo.
 
     Returns:
         The column mapping, ready for a spec's ``data.files.columns``.
@@ -128,6 +132,7 @@ def default_columns(spec: Spec, format: str) -> LogColumns:
         history="history",
         ad_dense=tuple(f"ad_dense_{i}" for i in range(f.ad_dense)),
         ad_sparse=tuple(s.name for s in f.ad_sparse),
+        value="value" if values else "",
     )
 
 
@@ -142,7 +147,8 @@ def iter_requests(spec: Spec, path: str | Path, chunk_rows: int | None = None) -
             this many rows: the last request of a read is carried into the next chunk.
 
     Yields:
-        Request sets with raw ids and ``informative`` all False.
+        Request sets with raw ids and ``informative`` all False; ``values`` from
+        ``columns.value``, or None when the spec names no value column.
 
     Raises:
         DataError: The file is missing or unreadable, a column is missing, or a value is invalid.
@@ -247,12 +253,18 @@ def dense_statistics(spec: Spec, path: str | Path) -> tuple[np.ndarray, np.ndarr
 
 
 def concat_requests(sets: Iterable[RequestSet]) -> RequestSet:
-    """One request set holding the requests of ``sets`` in order."""
+    """One request set holding the requests of ``sets`` in order.
+
+    ``values`` is None when no set has values; otherwise sets without values count as worth 1 each.
+    """
     sets = list(sets)
     if not sets:
         raise ValueError("concat_requests needs at least one request set")
     if len(sets) == 1:
         return sets[0]
+    values = None
+    if any(s.values is not None for s in sets):
+        values = np.concatenate([s.value_weights() for s in sets])
     starts = np.cumsum([0] + [s.num_candidates for s in sets[:-1]])
     offsets = [sets[0].offsets[:1]] + [s.offsets[1:] + start for s, start in zip(sets, starts, strict=True)]
     return RequestSet(
@@ -264,6 +276,7 @@ def concat_requests(sets: Iterable[RequestSet]) -> RequestSet:
         labels=np.concatenate([s.labels for s in sets]),
         offsets=np.concatenate(offsets).astype(np.int64),
         informative=np.concatenate([s.informative for s in sets]),
+        values=values,
     )
 
 
@@ -271,12 +284,14 @@ def write_requests(requests: RequestSet, spec: Spec, path: str | Path, format: s
     """Write a request set as a log file that :func:`iter_requests` reads back.
 
     Columns: ``data.files.columns`` when the spec has ``data.files`` (for ``criteo`` only if those
-    files are Criteo too), else :func:`default_columns`. Parquet and CSV get one row per candidate
-    with its request's user columns repeated; request ids are the request's index; the history holds
-    the non-padding ids, oldest first (a list in Parquet, ids separated by spaces in CSV). Criteo gets
-    ``label, I1..I13, C1..C26`` without a header: dense values as they are, ids in lowercase hex,
-    id 0 and unused columns empty. It has no request id (each row reads back as a request with one
-    candidate) and no history.
+    files are Criteo too), else :func:`default_columns` (with a ``value`` column when the requests
+    carry ``values``). Parquet and CSV get one row per candidate with its request's user columns
+    repeated; request ids are the request's index; the history holds the non-padding ids, oldest
+    first (a list in Parquet, ids separated by spaces in CSV); the value column (when the columns
+    name one) holds each request's value on each of its rows, 1 when the requests carry none.
+    Criteo gets ``label, I1..I13, C1..C26`` without a header: dense values as they are, ids in
+    lowercase hex, id 0 and unused columns empty. It has no request id (each row reads back as a
+    request with one candidate), no history and no value (request values are not written).
 
     Args:
         requests: The requests (raw ids).
@@ -291,7 +306,10 @@ def write_requests(requests: RequestSet, spec: Spec, path: str | Path, format: s
     _check_format(format)
     files = spec.data.files
     use_spec = files is not None and (format != "criteo" or files.format == "criteo")
-    columns = files.columns if use_spec and files is not None else default_columns(spec, format)
+    if use_spec and files is not None:
+        columns = files.columns
+    else:
+        columns = default_columns(spec, format, values=requests.values is not None)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if format == "criteo":
@@ -345,6 +363,8 @@ def _read_batches(file: Path, spec: Spec, chunk_rows: int) -> Iterator[pa.Record
     needed = _needed(files.columns)
     if files.format == "criteo" and files.columns.history:
         raise DataError(f"{file}: criteo logs have no history column; leave data.files.columns.history empty")
+    if files.format == "criteo" and files.columns.value:
+        raise DataError(f"{file}: criteo logs have no value column; leave data.files.columns.value empty")
     try:
         if files.format == "parquet":
             yield from _parquet_batches(file, needed, chunk_rows)
@@ -499,6 +519,7 @@ def _to_requests(chunk: _Chunk, spec: Spec) -> RequestSet:
         history = np.zeros((len(starts), length), dtype=np.int64)
     ad_dense = [_floats(chunk.column(c), chunk.fail(c)) for c in columns.ad_dense]
     ad_sparse = [ids(chunk.column(c), chunk.fail(c)) for c in columns.ad_sparse]
+    values = user(columns.value, _values(chunk, columns.value)) if columns.value else None
     return RequestSet(
         user_dense=np.stack(user_dense, axis=1).astype(np.float32),
         user_sparse=np.stack(user_sparse, axis=1).astype(np.int64),
@@ -508,7 +529,18 @@ def _to_requests(chunk: _Chunk, spec: Spec) -> RequestSet:
         labels=labels.astype(np.float32),
         offsets=offsets,
         informative=np.zeros(len(starts), dtype=bool),
+        values=values,
     )
+
+
+def _values(chunk: _Chunk, name: str) -> np.ndarray:
+    """Request values of every row of column ``name``: given, finite (as FP32) and positive."""
+    fail = chunk.fail(name)
+    values = _floats(chunk.column(name), fail, required=True)
+    bad = np.flatnonzero(~(values > 0))
+    if bad.size:
+        raise fail(int(bad[0]), f"value {values[bad[0]]:g} is not positive")
+    return values
 
 
 def _agree(chunk: _Chunk, request_id: str, name: str, first: np.ndarray, differs: np.ndarray) -> None:
@@ -715,6 +747,8 @@ def _table(requests: RequestSet, columns: LogColumns, history_as_text: bool) -> 
         if history_as_text:
             lists = pc.binary_join(pc.cast(lists, pa.list_(pa.string())), " ")
         data[columns.history] = lists
+    if columns.value:
+        data[columns.value] = pa.array(requests.value_weights()[of])
     for j, name in enumerate(columns.ad_dense):
         data[name] = pa.array(requests.ad_dense[:, j])
     for j, name in enumerate(columns.ad_sparse):
@@ -730,8 +764,10 @@ def _hex_text(ids: np.ndarray, column: str) -> pa.Array:
 
 
 def _write_criteo(requests: RequestSet, columns: LogColumns, path: Path) -> None:
-    if columns.request_id or columns.history:
-        raise DataError(f"{path}: criteo logs have no request id or history column; the spec names one")
+    if columns.request_id or columns.history or columns.value:
+        raise DataError(
+            f"{path}: criteo logs have no request id, history or value column; the spec names one"
+        )
     checks = [(columns.label, (CRITEO_LABEL,))]
     checks += [(c, CRITEO_DENSE) for c in columns.user_dense + columns.ad_dense]
     checks += [(c, CRITEO_SPARSE) for c in columns.user_sparse + columns.ad_sparse]

@@ -29,6 +29,9 @@ class RequestSet:
         offsets: INT64 [R + 1]; request r owns candidate rows ``offsets[r]:offsets[r + 1]``.
         informative: BOOL [R], whether the generator gave the user a long, informative history
             (ground truth for evaluation; all False for data read from logs).
+        values: FP32 [R], what each request is worth (e.g. an ad auction's expected revenue), for
+            value-aware routing and value-weighted evaluation; finite and positive. None: every
+            request is worth 1 (see :meth:`value_weights`). Other float arrays are cast to FP32.
     """
 
     user_dense: np.ndarray
@@ -39,6 +42,7 @@ class RequestSet:
     labels: np.ndarray
     offsets: np.ndarray
     informative: np.ndarray
+    values: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         r = self.user_dense.shape[0]
@@ -51,9 +55,19 @@ class RequestSet:
             "ad_sparse": self.ad_sparse.shape[0] == t,
             "labels": self.labels.shape == (t,),
         }
+        if self.values is not None:
+            object.__setattr__(self, "values", np.asarray(self.values, dtype=np.float32))
+            checks["values"] = self.values.shape == (r,)
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
             raise DataError(f"request set is inconsistent: {', '.join(bad)} do not match the other arrays")
+        if self.values is not None:
+            wrong = np.flatnonzero(~(np.isfinite(self.values) & (self.values > 0)))
+            if wrong.size:
+                i = int(wrong[0])
+                raise DataError(
+                    f"request set values must be finite and positive; request {i} is worth {self.values[i]:g}"
+                )
 
     @property
     def num_requests(self) -> int:
@@ -73,6 +87,12 @@ class RequestSet:
     def request_index(self) -> np.ndarray:
         """INT64 [T]: the request each candidate row belongs to."""
         return np.repeat(np.arange(self.num_requests), self.candidates_per_request)
+
+    def value_weights(self) -> np.ndarray:
+        """FP32 [R]: what each request is worth; ones when the set carries no ``values``."""
+        if self.values is None:
+            return np.ones(self.num_requests, dtype=np.float32)
+        return self.values
 
     def request(self, r: int) -> dict[str, np.ndarray]:
         """The five input tensors of request ``r``: user tensors [1, ...], candidate tensors [N, ...]."""
@@ -103,6 +123,7 @@ class RequestSet:
             labels=self.labels[rows],
             offsets=np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
             informative=self.informative[requests],
+            values=None if self.values is None else self.values[requests],
         )
 
 

@@ -144,6 +144,9 @@ class LogColumns:
         history: Column holding the history ids (a list, or ids separated by spaces); empty: none.
         ad_dense: Columns of ``ad_dense``, as many as ``features.ad_dense``.
         ad_sparse: Columns of ``ad_sparse``, one per ``features.ad_sparse`` entry.
+        value: Column holding what each request is worth (a finite, positive number, e.g. an ad
+            auction's expected revenue; like the user columns, taken from a request's first row and
+            equal on its other rows); empty: none, every request is worth 1. Parquet and CSV only.
     """
 
     user_dense: tuple[str, ...]
@@ -153,10 +156,11 @@ class LogColumns:
     request_id: str = ""
     label: str = "label"
     history: str = ""
+    value: str = ""
 
     def names(self) -> list[str]:
         """Every column named, in a fixed order."""
-        extra = [c for c in (self.request_id, self.label, self.history) if c]
+        extra = [c for c in (self.request_id, self.label, self.history, self.value) if c]
         return [*extra, *self.user_dense, *self.user_sparse, *self.ad_dense, *self.ad_sparse]
 
 
