@@ -93,6 +93,10 @@ CASES: dict[str, tuple[Callable[[Arrays], Arrays], dict, list[str]]] = {
     "unknown tier": (_same, {"tier": "platinum"}, ["'tier'", "platinum"]),
     "latency budget negative": (_same, {"latency_budget_ms": -3}, ["'latency_budget_ms'", "-3"]),
     "latency budget not a number": (_same, {"latency_budget_ms": "soon"}, ["'latency_budget_ms'", "soon"]),
+    "value negative": (_same, {"value": -2.0}, ["'value'", "-2"]),
+    "value zero": (_same, {"value": 0}, ["'value'", "0"]),
+    "value NaN": (_same, {"value": float("nan")}, ["'value'"]),
+    "value not a number": (_same, {"value": "lots"}, ["'value'", "lots"]),
     "unknown parameter": (_same, {"tire": "xl"}, ["'tire'"]),
 }
 

@@ -88,4 +88,8 @@ def test_evaluate_reports_the_deployed_learned_policy_and_the_specs_rules(learne
     assert 0.0 < policy["strong_share"] < 1.0 and 0.0 <= rules["strong_share"] <= 1.0
     assert all("pgr" in p for p in result["points"])
     lite, xl = points["lite alone"], points["xl alone"]
-    assert lite["flops_per_request"] < policy["flops_per_request"] < xl["flops_per_request"]
+    a, b = result["gate"]["gate_cost_mflop"]
+    gate_flops = (a + b * result["candidates"] / result["requests"]) * 1e6
+    assert result["gate"]["origin"] == "deployed" and gate_flops > 0
+    tiers_only = policy["flops_per_request"] - gate_flops
+    assert lite["flops_per_request"] < tiers_only < xl["flops_per_request"]

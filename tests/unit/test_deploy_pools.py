@@ -21,7 +21,7 @@ from toolkit.export.manifest import FORMAT, file_entries, write_manifest
 from toolkit.k8s.fleet import default_address
 from toolkit.repository import MARKER, configs, deploy
 from toolkit.repository import writer as writer_module
-from toolkit.repository.gate import CALIBRATION, gate_folder, gate_path
+from toolkit.repository.gate import CALIBRATION, CALIBRATION_FORMAT, gate_folder, gate_path
 from toolkit.repository.writer import remote_timeout_ms
 from toolkit.router import RouterConfig
 from toolkit.spec import Spec, spec_from_dict
@@ -77,9 +77,10 @@ def fake_artifacts(spec: Spec, artifacts: Path, learned: bool = False) -> Path:
         (gate_folder(spec, artifacts) / CALIBRATION).write_text(
             json.dumps(
                 {
+                    "format": CALIBRATION_FORMAT,
                     "tiers": list(spec.tier_names),
                     "gate_sha256": file_entries(artifacts, gate.parent)[0]["sha256"],
-                    "features": 4,
+                    "cheapest_first": False,
                     "lambda": 0.5,
                     "tier_costs_mflop": {t: [1.0 + i, 0.1] for i, t in enumerate(spec.tier_names)},
                 }

@@ -13,7 +13,6 @@ from toolkit.router import (
     choose_tier,
     choose_tiers,
     decide,
-    gate_features,
 )
 
 TIERS = ("small", "medium", "large")
@@ -67,10 +66,36 @@ def test_decide_uses_the_gains_and_falls_back_to_the_default_tier_without_them()
         RouterConfig(tiers=TIERS, policy="learned", default_tier="small")
 
 
-def test_gate_features_are_dense_features_then_log_history_and_log_candidates() -> None:
-    feats = gate_features(np.array([[0.5, -1.0]]), np.array([7]), np.array([15]))
-    assert feats.dtype == np.float32 and feats.shape == (1, 4)
-    assert feats[0].tolist() == pytest.approx([0.5, -1.0, np.log(8.0), np.log(16.0)])
+def test_choose_tier_sends_a_request_worth_more_to_a_bigger_tier_when_its_value_is_higher() -> None:
+    gains, n, lam = [0.01, 0.05], 10, 1.0
+    assert choose_tier(gains, n, COSTS, lam) == 0
+    assert choose_tier(gains, n, COSTS, lam, value=4.0) == 2
+    assert choose_tier(gains, n, COSTS, lam, value=1e-6) == 0
+
+
+def test_choose_tiers_agrees_with_choose_tier_when_requests_carry_values() -> None:
+    rng = np.random.default_rng(3)
+    gains = rng.uniform(0, 0.05, (300, 2))
+    n = rng.integers(1, 64, 300)
+    values = rng.lognormal(0.0, 1.0, 300)
+    batch = choose_tiers(gains, n, COSTS, 0.05, values)
+    expected = [choose_tier(g, int(k), COSTS, 0.05, v) for g, k, v in zip(gains, n, values, strict=True)]
+    assert batch.tolist() == expected
+
+
+def test_decide_weighs_the_gains_by_the_request_value_when_the_policy_is_learned() -> None:
+    config = RouterConfig(
+        tiers=TIERS,
+        policy="learned",
+        default_tier="small",
+        gate_model="shop_gate",
+        learned_lambda=1.0,
+        tier_costs=dict(zip(TIERS, COSTS, strict=True)),
+    )
+    features = {"history_length": 3.0, "num_candidates": 10.0}
+    cheap = RequestContext(features=features, gains=(0.01, 0.05))
+    assert decide(config, cheap).tier == "small"
+    assert decide(config, RequestContext(features=features, gains=(0.01, 0.05), value=4.0)).tier == "large"
 
 
 @pytest.mark.parametrize("target", [0.2, 0.5, 1.5])

@@ -14,6 +14,7 @@ import pytest
 import toolkit.router
 from toolkit.router import (
     Decision,
+    Parameters,
     RequestContext,
     RouterConfig,
     RoutingError,
@@ -111,14 +112,14 @@ def test_decide_serves_the_default_tier_when_no_rules_are_given() -> None:
     assert decide(config(rules=()), context(history=50)) == Decision("small", 0, "default")
 
 
-def test_parse_parameters_gives_none_when_no_parameter_is_set() -> None:
-    assert parse_parameters({}, config()) == (None, None)
+def test_parse_parameters_gives_none_and_a_value_of_one_when_no_parameter_is_set() -> None:
+    assert parse_parameters({}, config()) == Parameters(None, None, 1.0)
 
 
 def test_parse_parameters_refuses_an_unknown_parameter_naming_it() -> None:
-    with pytest.raises(RoutingError, match="'colour'.*tier, latency_budget_ms"):
+    with pytest.raises(RoutingError, match="'colour'.*tier, latency_budget_ms, value"):
         parse_parameters({"colour": "red", "tier": "large"}, config())
-    assert parse_parameters({"tier": "large"}, config()) == ("large", None)
+    assert parse_parameters({"tier": "large"}, config()) == Parameters("large", None, 1.0)
 
 
 @pytest.mark.parametrize("tier", ["huge", "", "Small", 3, True, ["small"]])
@@ -141,11 +142,30 @@ def test_parse_parameters_raises_routing_error_naming_the_budget_when_it_is_not_
 def test_parse_parameters_gives_a_float_budget_when_it_is_a_positive_number_or_numeric_string(
     budget: Any, expected: float
 ) -> None:
-    tier, parsed = parse_parameters({"latency_budget_ms": budget}, config())
+    parsed = parse_parameters({"latency_budget_ms": budget}, config())
 
-    assert tier is None
-    assert isinstance(parsed, float)
-    assert parsed == expected
+    assert parsed.tier is None
+    assert isinstance(parsed.latency_budget_ms, float)
+    assert parsed.latency_budget_ms == expected
+
+
+@pytest.mark.parametrize(
+    "value", [0, 0.0, -1, -0.5, float("nan"), float("inf"), "abc", "", "nan", "-2", True, False, [5]]
+)
+def test_parse_parameters_raises_routing_error_naming_the_value_when_it_is_not_a_positive_number(
+    value: Any,
+) -> None:
+    with pytest.raises(RoutingError, match="'value'"):
+        parse_parameters({"value": value}, config())
+
+
+@pytest.mark.parametrize(("value", "expected"), [("2.5", 2.5), ("3", 3.0), (7, 7.0), (0.25, 0.25)])
+def test_parse_parameters_gives_a_float_value_when_it_is_a_positive_number_or_numeric_string(
+    value: Any, expected: float
+) -> None:
+    parsed = parse_parameters({"value": value}, config())
+
+    assert isinstance(parsed.value, float) and parsed.value == expected
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -227,8 +247,8 @@ def test_router_package_imports_only_stdlib_and_numpy_when_its_source_is_parsed(
 
 
 def test_request_context_holds_the_budget_when_one_is_parsed() -> None:
-    forced, budget = parse_parameters({"tier": "medium", "latency_budget_ms": "40"}, config())
-    ctx = RequestContext(request_features(np.array([[0, 3, 4]]), 2), forced, budget)
+    parsed = parse_parameters({"tier": "medium", "latency_budget_ms": "40"}, config())
+    ctx = RequestContext(request_features(np.array([[0, 3, 4]]), 2), parsed.tier, parsed.latency_budget_ms)
 
     assert ctx.forced_tier == "medium"
     assert ctx.latency_budget_ms is not None and math.isclose(ctx.latency_budget_ms, 40.0)

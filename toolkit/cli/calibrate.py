@@ -20,12 +20,13 @@ from toolkit.cli.common import folder, load, spec_option
 def command(spec_path: Path, artifacts: Path | None) -> None:
     """Fit the learned routing gate, export it to ONNX and price the tiers for the learned policy.
 
-    Generated calibration requests (routing.learned.calibration_requests, with a seed of their
-    own, never the held-out ones) are scored by every tier as deploy would serve it. A small MLP
-    learns, from request-level features only (dense user features, history length, candidate
-    count), each bigger tier's expected log-loss gain per candidate over the smallest. A tier's cost
-    is its FLOPs for N candidates, counted from its ONNX graph. The price lambda is chosen so that
-    routing.learned.target_share of the calibration requests go to the largest tier, or, with
+    The gate (routing.learned.gate) learns each bigger tier's expected log-loss gain per candidate
+    over the smallest from the tiers' behaviour on requests they did not train on
+    (routing.learned.fit_on): a calibration set scored by every tier as deploy would serve it, or
+    the training requests scored by cross-fitted tier copies. With several routing.learned.targets
+    a 3-fold validation keeps the one that routes best. A tier's cost, and the gate's, is its FLOPs
+    for N candidates counted from its ONNX graph. The price lambda is chosen so that
+    routing.learned.target_share of the requests go to the largest tier, or, with
     routing.learned.target_cost_mflop, so that they cost that many MFLOP on average. `toolkit
     deploy` with routing.policy: learned puts the gate beside the router.
     """
@@ -53,4 +54,12 @@ def command(spec_path: Path, artifacts: Path | None) -> None:
     click.echo(
         f"lambda {result['lambda']:.6g} per MFLOP: on {result['calibration_requests']} calibration requests "
         f"the learned policy serves {shares}, {result['mean_mflop']:.3g} MFLOP per request (target {target})"
+    )
+    validation = ", ".join(f"{t} {v:.3f}" for t, v in result["validation_apgr"].items())
+    click.echo(
+        f"gate: {result['gate']}"
+        + (", cheapest tier first" if result["cheapest_first"] else "")
+        + f", target {result['target']}"
+        + (f" (validation APGR {validation})" if validation else "")
+        + f"; fitted on {result['source']}"
     )

@@ -29,6 +29,14 @@ from toolkit.cli.common import folder, load, spec_option
     help="Held-out requests to use (default: all of the spec's data.holdout_requests).",
 )
 @click.option(
+    "--top-k",
+    type=click.IntRange(min=1),
+    default=5,
+    show_default=True,
+    help="K of the ranking metrics: NDCG@K and NE/AUC of each request's K best candidates by the "
+    "served scores (the ads a page shows).",
+)
+@click.option(
     "--out",
     type=click.Path(file_okay=False, path_type=Path),
     help="Folder for evaluation.json, evaluation.md and evaluation.png (default: <artifacts>/evaluation).",
@@ -38,17 +46,22 @@ def command(
     artifacts: Path | None,
     repository: Path | None,
     num_requests: int | None,
+    top_k: int,
     out: Path | None,
 ) -> None:
-    """Evaluate each tier alone, the spec's routing policy, random and oracle routing offline.
+    """Evaluate each tier alone, the spec's routing policy and the learned gate offline.
 
     Every tier scores every held-out request with the variant the repository serves (the same
     ONNX files and the same routing code as the server, run with ONNX Runtime here), so the
     quality of any routing is exact. Reports NE and AUC against cost, counted as FLOPs per request
     from the ONNX graphs and as milliseconds per request from export's timing at each request's
-    candidate count; for the oracle and random routing between the smallest and largest tier, APGR
-    and CPT(50%)/CPT(80%) as RouteLLM defines them (NE in place of accuracy); and the compute the
-    policy saves at the largest tier's quality.
+    candidate count, with NDCG@K and top-K NE/AUC beside them. Between the smallest and the
+    largest tier it draws the learned gate's curve (the deployed gate with routing.policy: learned,
+    else one fitted here from requests that are not held out), with APGR and CPT(50%)/CPT(80%) as
+    RouteLLM defines them (NE in place of accuracy) and bootstrap intervals over requests, against
+    the random line and two ceilings: the oracle and a gate that knew the largest tier's
+    predictions. It warns when the gate is within noise of random. With values in the logs, NE and
+    the curves are value-weighted too.
     """
     from rich.console import Console
 
@@ -65,6 +78,6 @@ def command(
             status.update(message)
             console.log(message)
 
-        evaluate(spec, arts, repo if repo.exists() else None, target, num_requests, on_step)
+        evaluate(spec, arts, repo if repo.exists() else None, target, num_requests, on_step, top_k)
     click.echo((target / "evaluation.md").read_text(encoding="utf-8"))
     click.echo(f"wrote {target}/evaluation.json, evaluation.md, evaluation.png")

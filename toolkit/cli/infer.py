@@ -43,6 +43,12 @@ from toolkit.cli.common import load, output_console, results_table, spec_option
     type=click.FloatRange(min=0, min_open=True),
     help="This request's latency budget (request parameter `latency_budget_ms`).",
 )
+@click.option(
+    "--value",
+    type=click.FloatRange(min=0, min_open=True),
+    help="What this request is worth (request parameter `value`, default 1): the learned policy "
+    "weighs its predicted gain by it.",
+)
 @click.option("--top", type=click.IntRange(min=1), default=10, show_default=True, help="Candidates to print.")
 @click.option(
     "--timeout",
@@ -60,6 +66,7 @@ def command(
     history: str,
     tier: str | None,
     latency_budget_ms: float | None,
+    value: float | None,
     top: int,
     timeout: float,
 ) -> None:
@@ -84,7 +91,7 @@ def command(
         with RankingClient(
             address, model or spec.name, timeout_s=timeout, tier_names=spec.tier_names
         ) as client:
-            ranking = client.rank(tier=tier, latency_budget_ms=latency_budget_ms, **arrays)
+            ranking = client.rank(tier=tier, latency_budget_ms=latency_budget_ms, value=value, **arrays)
     except ClientError as exc:
         raise click.ClickException(f"{address}: {exc}") from None
     served = sorted(set(ranking.tier_names))

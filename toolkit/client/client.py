@@ -84,13 +84,17 @@ def prepare_inputs(arrays: dict[str, Any]) -> dict[str, np.ndarray]:
     return out
 
 
-def request_parameters(tier: str | None, latency_budget_ms: float | None) -> dict[str, Any] | None:
+def request_parameters(
+    tier: str | None, latency_budget_ms: float | None, value: float | None = None
+) -> dict[str, Any] | None:
     """The gRPC request parameters the router reads."""
     params: dict[str, Any] = {}
     if tier is not None:
         params["tier"] = tier
     if latency_budget_ms is not None:
         params["latency_budget_ms"] = float(latency_budget_ms)
+    if value is not None:
+        params["value"] = float(value)
     return params or None
 
 
@@ -195,6 +199,7 @@ class RankingClient(_Client):
         ad_sparse: Any,
         tier: str | None = None,
         latency_budget_ms: float | None = None,
+        value: float | None = None,
     ) -> Ranking:
         """Score N candidate ads for one user.
 
@@ -206,6 +211,7 @@ class RankingClient(_Client):
             ad_sparse: INT64 [N, Sa], raw ids.
             tier: Force this tier by name.
             latency_budget_ms: This request's latency budget.
+            value: What this request is worth (the learned policy weighs its predicted gain by it).
 
         Raises:
             InvalidRequestError: Malformed request, or refused by the server.
@@ -225,7 +231,7 @@ class RankingClient(_Client):
             result = self._client.infer(
                 self.model,
                 _infer_inputs(self._grpc, arrays),
-                parameters=request_parameters(tier, latency_budget_ms),
+                parameters=request_parameters(tier, latency_budget_ms, value),
                 client_timeout=self.timeout_s,
             )
         except Exception as exc:
@@ -255,7 +261,11 @@ class AsyncRankingClient(_Client):
         await self._client.close()
 
     async def rank(
-        self, tier: str | None = None, latency_budget_ms: float | None = None, **arrays: Any
+        self,
+        tier: str | None = None,
+        latency_budget_ms: float | None = None,
+        value: float | None = None,
+        **arrays: Any,
     ) -> Ranking:
         """Score one request; the five request tensors are passed by name (see :meth:`RankingClient.rank`)."""
         prepared = prepare_inputs(arrays)
@@ -263,7 +273,7 @@ class AsyncRankingClient(_Client):
             result = await self._client.infer(
                 self.model,
                 _infer_inputs(self._grpc, prepared),
-                parameters=request_parameters(tier, latency_budget_ms),
+                parameters=request_parameters(tier, latency_budget_ms, value),
                 client_timeout=self.timeout_s,
             )
         except Exception as exc:

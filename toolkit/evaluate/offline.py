@@ -18,10 +18,9 @@ from toolkit.errors import ExportError, RepositoryError
 from toolkit.export.manifest import FP32, read_manifest, verify_files
 from toolkit.export.onnx_export import SCORE
 from toolkit.export.parity import cpu_session
-from toolkit.repository.gate import GATE_INPUT, GATE_OUTPUT, gate_path, read_calibration
+from toolkit.repository.gate import CHEAPEST_SCORE, GATE_OUTPUT, gate_path, read_calibration
 from toolkit.repository.select import select_variants
 from toolkit.repository.writer import MARKER, router_settings
-from toolkit.router.learned import gate_features
 from toolkit.router.policy import (
     Decision,
     RequestContext,
@@ -75,11 +74,13 @@ class OfflineEnsemble:
         self.variants = variants
         self.settings: RouterConfig | None = None
         self._gate = None
+        self.cheapest_first = False
         if routed:
             learned = read_calibration(spec, artifacts) if spec.routing.policy == "learned" else None
             self.settings = router_settings(spec, learned=learned)
             if learned is not None:
                 self._gate = cpu_session(str(gate_path(spec, artifacts)))
+                self.cheapest_first = self.settings.cheapest_first
         try:
             manifest = read_manifest(artifacts)
             pre = manifest["preprocess"]["variants"][FP32]
@@ -102,30 +103,60 @@ class OfflineEnsemble:
         """Scores [N] of ``tier`` for one preprocessed request."""
         return self._tiers[tier].run([SCORE], pre)[0]
 
-    def gate_gains(self, features: np.ndarray) -> np.ndarray | None:
-        """The deployed gate's gains [R, T - 1] for gate features [R, F]; None without a gate."""
+    def gate_gains(self, pre: Inputs, cheapest: np.ndarray | None = None) -> np.ndarray | None:
+        """The deployed gate's gains [T - 1] for one preprocessed request; None without a gate.
+
+        Args:
+            pre: The preprocessed request.
+            cheapest: In cheapest-first mode, the cheapest tier's scores [N] (scored here if None).
+        """
         if self._gate is None:
             return None
-        return self._gate.run([GATE_OUTPUT], {GATE_INPUT: features.astype(np.float32)})[0]
+        feed = dict(pre)
+        if self.cheapest_first:
+            feed[CHEAPEST_SCORE] = (
+                cheapest if cheapest is not None else self.score(pre, self.spec.tier_names[0])
+            )
+        return self._gate.run([GATE_OUTPUT], feed)[0][0]
 
-    def decide(self, pre: Inputs, forced_tier: str | None = None) -> Decision:
-        """The router's decision for one preprocessed request (with the gate's gains if learned)."""
+    def decide(
+        self,
+        pre: Inputs,
+        forced_tier: str | None = None,
+        value: float = 1.0,
+        cheapest: np.ndarray | None = None,
+    ) -> Decision:
+        """The router's decision for one preprocessed request (with the gate's gains if learned).
+
+        Args:
+            pre: The preprocessed request.
+            forced_tier: The request parameter ``tier``, if any.
+            value: The request parameter ``value`` (1 if absent).
+            cheapest: In cheapest-first mode, the cheapest tier's scores if already known.
+        """
         if self.settings is None:
             raise RepositoryError("this offline ensemble was opened without routing")
         features = request_features(pre["user_history"], int(pre["ad_dense"].shape[0]))
         gains = None
         if self._gate is not None and forced_tier is None:
-            history = np.array([features["history_length"]])
-            feats = gate_features(pre["user_dense"], history, np.array([features["num_candidates"]]))
-            gains = tuple(float(g) for g in self._gate.run([GATE_OUTPUT], {GATE_INPUT: feats})[0][0])
-        context = RequestContext(features=features, forced_tier=forced_tier, gains=gains)
+            gains = tuple(float(g) for g in self.gate_gains(pre, cheapest))
+        context = RequestContext(features=features, forced_tier=forced_tier, gains=gains, value=value)
         return decide(self.settings, context)
 
-    def route(self, raw: Inputs, forced_tier: str | None = None) -> tuple[Decision, np.ndarray, np.ndarray]:
-        """The router's decision for one raw request, the scores it returns and each one's tier index."""
+    def route(
+        self, raw: Inputs, forced_tier: str | None = None, value: float = 1.0
+    ) -> tuple[Decision, np.ndarray, np.ndarray]:
+        """The router's decision for one raw request, the scores it returns and each one's tier index.
+
+        In cheapest-first mode the cheapest tier scores the request before the gate runs, and its
+        scores are the answer when the gate keeps the request there.
+        """
         pre = self.preprocessed(raw)
-        decision = self.decide(pre, forced_tier)
-        scores = self.score(pre, decision.tier)
+        cheapest = None
+        if self.cheapest_first and forced_tier is None:
+            cheapest = self.score(pre, self.spec.tier_names[0])
+        decision = self.decide(pre, forced_tier, value, cheapest)
+        scores = cheapest if cheapest is not None and decision.index == 0 else self.score(pre, decision.tier)
         if decision.rescore_tier is None:
             return decision, scores, np.full(scores.shape, decision.index, dtype=np.int32)
 
@@ -148,7 +179,8 @@ class HeldOutScores:
         scores: FP32 [T, C]: tier t's score of candidate c.
         features: Per request, the features the router computes.
         decisions: Per request, the index of the tier the spec's policy picks.
-        user_dense: FP32 [R, Du], the preprocessed dense user features the router sees.
+        pre: The preprocessed request tensors the tiers and the gate see, by request tensor name:
+            user tensors [R, ...], candidate tensors [C, ...].
     """
 
     requests: RequestSet
@@ -157,7 +189,15 @@ class HeldOutScores:
     scores: np.ndarray
     features: list[dict[str, float]]
     decisions: np.ndarray
-    user_dense: np.ndarray
+    pre: dict[str, np.ndarray]
+
+    def preprocessed(self, r: int) -> Inputs:
+        """The preprocessed tensors of request ``r``."""
+        lo, hi = int(self.requests.offsets[r]), int(self.requests.offsets[r + 1])
+        return {
+            name: self.pre[name][r : r + 1] if name.startswith("user_") else self.pre[name][lo:hi]
+            for name in REQUEST_TENSORS
+        }
 
 
 def score_requests(
@@ -167,22 +207,32 @@ def score_requests(
     tiers = ensemble.spec.tier_names
     scores = np.empty((len(tiers), requests.num_candidates), dtype=np.float32)
     features, decisions = [], np.empty(requests.num_requests, dtype=np.int64)
-    user_dense = np.empty(requests.user_dense.shape, dtype=np.float32)
+    pre_all: dict[str, np.ndarray] = {}
+    values = requests.value_weights()
     for r in range(requests.num_requests):
         pre = ensemble.preprocessed(requests.request(r))
-        user_dense[r] = pre["user_dense"][0]
         lo, hi = requests.offsets[r], requests.offsets[r + 1]
+        if not pre_all:
+            pre_all = {
+                name: np.empty(
+                    (requests.num_requests if name.startswith("user_") else requests.num_candidates,)
+                    + pre[name].shape[1:],
+                    dtype=pre[name].dtype,
+                )
+                for name in REQUEST_TENSORS
+            }
+        for name in REQUEST_TENSORS:
+            if name.startswith("user_"):
+                pre_all[name][r] = pre[name][0]
+            else:
+                pre_all[name][lo:hi] = pre[name]
         for t, tier in enumerate(tiers):
             scores[t, lo:hi] = ensemble.score(pre, tier)
         features.append(request_features(pre["user_history"], int(hi - lo)))
-        decisions[r] = ensemble.decide(pre).index if ensemble.settings is not None else -1
+        if ensemble.settings is not None:
+            decisions[r] = ensemble.decide(pre, value=float(values[r]), cheapest=scores[0, lo:hi]).index
+        else:
+            decisions[r] = -1
         if progress is not None:
             progress(r)
-    return HeldOutScores(requests, tiers, dict(ensemble.variants), scores, features, decisions, user_dense)
-
-
-def features_array(held: HeldOutScores) -> np.ndarray:
-    """The learned gate's inputs for every request of ``held`` (see ``toolkit.train.gate``)."""
-    history = np.array([f["history_length"] for f in held.features])
-    candidates = np.array([f["num_candidates"] for f in held.features])
-    return gate_features(held.user_dense, history, candidates)
+    return HeldOutScores(requests, tiers, dict(ensemble.variants), scores, features, decisions, pre_all)

@@ -2,10 +2,15 @@
 
 Every tier scores every held-out request with the variant the repository serves (run offline with
 the same files and routing code, see :mod:`toolkit.evaluate.offline`). From those scores the
-quality of any assignment of requests to tiers is exact: each tier alone, the random mix of the
-smallest and largest tier, the spec's policy, and the oracle (the largest tier for the requests it
-helps most, in hindsight). Cost is counted in FLOPs per request (from the ONNX graphs) and in
-measured milliseconds per request (export's latency at each request's N).
+quality of any assignment of requests to tiers is exact: each tier alone, the spec's policy (and
+its rules), the learned gate's curve between the smallest and the largest tier, the random line,
+and two ceilings: the oracle (the largest tier for the requests it helps most, in hindsight) and a
+gate that knew the largest tier's predictions (the label-free KL between the two tiers). Cost is
+counted in FLOPs per request (from the ONNX graphs) and in measured milliseconds per request
+(export's latency at each request's N), the gate's own cost and, cheapest first, the cheapest
+tier's included. Besides NE over all candidates, each point reports what the shown ads get: NDCG@K
+and NE/AUC of each request's top K by the served scores. When the requests carry values, NE and
+the curves are also value-weighted.
 """
 
 from __future__ import annotations
@@ -13,7 +18,9 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
+import tempfile
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +28,7 @@ import numpy as np
 
 from toolkit import __version__
 from toolkit.data.demo import demo_holdout_set
+from toolkit.evaluate.bootstrap import bootstrap_frontier, within_noise_of_random
 from toolkit.evaluate.flops import flops_model
 from toolkit.evaluate.frontier import (
     RequestLosses,
@@ -34,13 +42,9 @@ from toolkit.evaluate.frontier import (
     score_curve,
 )
 from toolkit.evaluate.metrics import normalized_entropy, roc_auc
-from toolkit.evaluate.offline import (
-    HeldOutScores,
-    OfflineEnsemble,
-    deployed_variants,
-    features_array,
-    score_requests,
-)
+from toolkit.evaluate.offline import HeldOutScores, OfflineEnsemble, deployed_variants, score_requests
+from toolkit.evaluate.ranking import top_k_quality
+from toolkit.evaluate.render import plot, render_markdown
 from toolkit.export.manifest import read_manifest
 from toolkit.machine import machine_facts
 from toolkit.router.policy import RequestContext, decide, top_candidates
@@ -49,10 +53,22 @@ from toolkit.spec.schema import Spec
 SHARES = np.linspace(0.0, 1.0, 101)
 """Shares of requests on the largest tier at which the curves are drawn."""
 
+TOP_K = 5
+"""Default K of the ranking metrics: the ads a request shows."""
+
 StepFn = Callable[[str], None]
-
-
 CostFn = Callable[[np.ndarray], np.ndarray]
+Costs = dict[str, np.ndarray]
+_EPS = 1e-7
+
+
+def _interpolator(timed: dict[str, float]) -> CostFn:
+    """Ms as a function of N from timings at some N (NaN without any)."""
+    counts = sorted(int(k) for k in timed)
+    values = [timed[str(c)] for c in counts]
+    if not counts:
+        return lambda n: np.full(np.shape(n), np.nan)
+    return lambda n: np.interp(n, counts, values)
 
 
 def _cost_functions(spec: Spec, artifacts: Path, variants: dict[str, str]) -> dict[str, list[CostFn]]:
@@ -63,23 +79,85 @@ def _cost_functions(spec: Spec, artifacts: Path, variants: dict[str, str]) -> di
         model = flops_model(artifacts / tier / variants[tier] / "model.onnx")
         out["flops"].append(lambda n, model=model: np.asarray(model.at(n), dtype=np.float64))
         timed = manifest["tiers"][tier]["variants"][variants[tier]].get("latency_ms", {}).get("cpu", {})
-        counts = sorted(int(k) for k in timed)
-        values = [timed[str(c)] for c in counts]
-        out["ms"].append(
-            (lambda n, c=counts, v=values: np.interp(n, c, v))
-            if counts
-            else (lambda n: np.full(np.shape(n), np.nan))
-        )
+        out["ms"].append(_interpolator(timed))
     return out
 
 
-def _costs(functions: dict[str, list[CostFn]], n: np.ndarray) -> dict[str, np.ndarray]:
+def _costs(functions: dict[str, list[CostFn]], n: np.ndarray) -> Costs:
     """Cost of each request on each tier [R, T]."""
     return {key: np.stack([f(n) for f in fns], axis=1) for key, fns in functions.items()}
 
 
-def _cascade_point(spec: Spec, held: HeldOutScores, functions: dict[str, list[CostFn]]) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Quality:
+    """What every point and curve is measured with.
+
+    Attributes:
+        held: Every tier's scores on the held-out requests.
+        losses: Per-request log losses of every tier.
+        valued: The same weighted by each request's value (None when the requests carry none).
+        top_k: K of the ranking metrics.
+    """
+
+    held: HeldOutScores
+    losses: RequestLosses
+    valued: RequestLosses | None
+    top_k: int
+
+
+def value_weighted(losses: RequestLosses, values: np.ndarray) -> RequestLosses:
+    """Losses whose NE is the value-weighted NE, ``sum_r v_r loss_r / (sum_r v_r N_r H)``.
+
+    Each request's losses are scaled by its value (and all by ``sum N / sum v N``), so every frontier
+    function measures value-weighted quality as it is.
+    """
+    v = np.asarray(values, dtype=np.float64)
+    scale = float(losses.candidates.sum()) / float((v * losses.candidates).sum())
+    return RequestLosses(losses.loss * (v * scale)[:, None], losses.candidates, losses.entropy_per_candidate)
+
+
+def _served(assignment: np.ndarray, held: HeldOutScores) -> np.ndarray:
+    """The score each candidate gets when request r is served by tier ``assignment[r]``."""
+    per_candidate = np.repeat(assignment, np.diff(held.requests.offsets))
+    return held.scores[per_candidate, np.arange(held.scores.shape[1])]
+
+
+def _ranking(quality: Quality, served: np.ndarray) -> dict[str, float]:
+    """What the shown ads get: NDCG@K and NE/AUC of each request's top K by the served scores."""
+    labels = quality.held.requests.labels
+    top = top_k_quality(
+        labels, np.clip(served, 0.0, 1.0), quality.held.requests.offsets, quality.top_k, float(labels.mean())
+    )
+    return {"ndcg": top["ndcg"], "top_ne": top["ne"], "top_auc": top["auc"]}
+
+
+def _point(
+    name: str, assignment: np.ndarray, quality: Quality, costs: Costs, overhead: Costs | None = None
+) -> dict[str, Any]:
+    """Quality and cost of one assignment of requests to tiers (plus what the router pays besides)."""
+    held = quality.held
+    rows = np.arange(len(assignment))
+    served = _served(assignment, held)
+    shares = np.bincount(assignment, minlength=len(held.tiers)) / len(assignment)
+    extra = overhead or {key: np.zeros(len(assignment)) for key in costs}
+    point = {
+        "policy": name,
+        "shares": {t: float(s) for t, s in zip(held.tiers, shares, strict=True)},
+        "strong_share": float(shares[-1]),
+        "ne": quality.losses.ne(assignment),
+        "auc": roc_auc(held.requests.labels, served),
+        "flops_per_request": float((costs["flops"][rows, assignment] + extra["flops"]).mean()),
+        "ms_per_request": float((costs["ms"][rows, assignment] + extra["ms"]).mean()),
+        **_ranking(quality, served),
+    }
+    if quality.valued is not None:
+        point["value_ne"] = quality.valued.ne(assignment)
+    return point
+
+
+def _cascade_point(spec: Spec, quality: Quality, functions: dict[str, list[CostFn]]) -> dict[str, Any]:
     """Quality and cost of the cascade policy: every tier's scores are known, so it is exact."""
+    held = quality.held
     tiers = list(spec.tier_names)
     first, second = tiers.index(spec.default_tier), tiers.index(spec.routing.cascade.tier)
     k = spec.routing.cascade.top_k
@@ -94,13 +172,13 @@ def _cascade_point(spec: Spec, held: HeldOutScores, functions: dict[str, list[Co
     labels = held.requests.labels
     n = np.diff(offsets)
     share = float(rescored.mean())
-    return {
+    point = {
         "policy": f"cascade policy (top {k} re-scored by {tiers[second]})",
         "shares": {
             t: (1.0 - share if i == first else share if i == second else 0.0) for i, t in enumerate(tiers)
         },
         "strong_share": share if second == len(tiers) - 1 else 0.0,
-        "ne": normalized_entropy(labels, np.clip(final, 1e-7, 1 - 1e-7), float(labels.mean())),
+        "ne": normalized_entropy(labels, np.clip(final, _EPS, 1 - _EPS), float(labels.mean())),
         "auc": roc_auc(labels, final),
         "flops_per_request": float(
             (functions["flops"][first](n) + functions["flops"][second](np.minimum(n, k))).mean()
@@ -109,38 +187,42 @@ def _cascade_point(spec: Spec, held: HeldOutScores, functions: dict[str, list[Co
             (functions["ms"][first](n) + functions["ms"][second](np.minimum(n, k))).mean()
         ),
         "note": "shares are of candidates, not requests",
+        **_ranking(quality, final),
     }
-
-
-def _point(
-    name: str,
-    assignment: np.ndarray,
-    held: HeldOutScores,
-    losses: RequestLosses,
-    costs: dict[str, np.ndarray],
-) -> dict[str, Any]:
-    """Quality and cost of one assignment of requests to tiers."""
-    rows = np.arange(len(assignment))
-    per_candidate = np.repeat(assignment, np.diff(held.requests.offsets))
-    scores = held.scores[per_candidate, np.arange(held.scores.shape[1])]
-    shares = np.bincount(assignment, minlength=len(held.tiers)) / len(assignment)
-    return {
-        "policy": name,
-        "shares": {t: float(s) for t, s in zip(held.tiers, shares, strict=True)},
-        "strong_share": float(shares[-1]),
-        "ne": losses.ne(assignment),
-        "auc": roc_auc(held.requests.labels, scores),
-        "flops_per_request": float(costs["flops"][rows, assignment].mean()),
-        "ms_per_request": float(costs["ms"][rows, assignment].mean()),
-    }
+    if quality.valued is not None:
+        p = np.clip(final, _EPS, 1 - _EPS)
+        loss = -(labels * np.log(p) + (1 - labels) * np.log(1 - p))
+        per_request = np.add.reduceat(loss, offsets[:-1]) if len(loss) else np.zeros(0)
+        v = held.requests.value_weights().astype(np.float64)
+        point["value_ne"] = float(
+            (v * per_request).sum() / ((v * n).sum() * quality.losses.entropy_per_candidate)
+        )
+    return point
 
 
 def _curve_points(
-    label: str, router_scores: np.ndarray, losses: RequestLosses, costs: dict[str, np.ndarray]
+    label: str,
+    router_scores: np.ndarray,
+    losses: RequestLosses,
+    costs: Costs,
+    overhead: Costs | None = None,
+    strong_overhead: Costs | None = None,
 ) -> dict[str, Any]:
-    """A router's curve over SHARES: NE and both costs at each share."""
+    """A router's curve over SHARES between the smallest and largest tier: NE and both costs.
+
+    Args:
+        label: Name of the router.
+        router_scores: [R], higher = sent to the strong tier first.
+        losses: Per-request losses.
+        costs: Cost of each request on each tier [R, T].
+        overhead: What the router pays on every request (the gate).
+        strong_overhead: What it pays besides on a request it sends to the strong tier (the cheapest
+            tier, which ran first in cheapest-first mode).
+    """
     weak, strong = 0, losses.num_tiers - 1
     rows = np.arange(losses.num_requests)
+    zero = {key: np.zeros(losses.num_requests) for key in costs}
+    overhead, strong_overhead = overhead or zero, strong_overhead or zero
     out: dict[str, list[float]] = {
         "strong_share": [],
         "ne": [],
@@ -152,26 +234,151 @@ def _curve_points(
         assignment = np.where(routed, strong, weak)
         out["strong_share"].append(float(routed.mean()))
         out["ne"].append(losses.ne(assignment))
-        out["flops_per_request"].append(float(costs["flops"][rows, assignment].mean()))
-        out["ms_per_request"].append(float(costs["ms"][rows, assignment].mean()))
+        for key in ("flops", "ms"):
+            cost = costs[key][rows, assignment] + overhead[key] + np.where(routed, strong_overhead[key], 0.0)
+            out[f"{key}_per_request"].append(float(cost.mean()))
     return {"label": label, **out}
 
 
-def _learned_scores(spec: Spec, ensemble: OfflineEnsemble, held: HeldOutScores, count: int) -> np.ndarray:
-    """The largest tier's predicted gain on every request of ``held``.
+def cost_cpt(
+    curve: dict[str, Any],
+    target: float,
+    ne_weak: float,
+    ne_strong: float,
+    weak_cost: float,
+    strong_cost: float,
+    key: str = "flops_per_request",
+) -> float | None:
+    """CPT with the router's own cost counted, as a share of the strong tier's extra cost.
 
-    From the deployed gate (``toolkit calibrate``) when the policy is learned, else from a gate
-    fitted here on a separate generated split: fresh traffic from the same world (its own seed),
-    scored by every tier offline, never overlapping the held-out requests the curve is measured on.
+    Where PGR first reaches ``target`` on the curve (linear between points), its cost above the weak
+    tier alone, divided by the strong tier's cost above the weak tier's. Without overhead and with a
+    constant N this equals CPT; the gate's cost (and, cheapest first, the cheapest tier's) raises it.
     """
-    from toolkit.evaluate.calibrate import fit_gate
+    ne = np.asarray(curve["ne"], dtype=np.float64)
+    cost = np.asarray(curve[key], dtype=np.float64)
+    recovered = (ne_weak - ne) / (ne_weak - ne_strong)
+    reached = np.flatnonzero(recovered >= target)
+    if not reached.size or not strong_cost > weak_cost:
+        return None
+    i = int(reached[0])
+    at = cost[i]
+    if i > 0 and recovered[i] > recovered[i - 1]:
+        fraction = (target - recovered[i - 1]) / (recovered[i] - recovered[i - 1])
+        at = cost[i - 1] + fraction * (cost[i] - cost[i - 1])
+    return float((at - weak_cost) / (strong_cost - weak_cost))
+
+
+@dataclass(frozen=True)
+class GateView:
+    """The learned gate on the held-out requests.
+
+    Attributes:
+        gains: [R, T - 1] predicted gain per candidate of each bigger tier.
+        info: Where it comes from (deployed or fitted here), design, mode, target, cost and speed.
+        flops: [R] its FLOPs on each request.
+        ms: [R] its ms on each request (ONNX Runtime, 1 thread).
+    """
+
+    gains: np.ndarray
+    info: dict[str, Any]
+    flops: np.ndarray
+    ms: np.ndarray
+
+
+def _gate_view(
+    spec: Spec, artifacts: Path, ensemble: OfflineEnsemble, held: HeldOutScores, step: StepFn
+) -> GateView:
+    """The deployed gate (``routing.policy: learned``), else one fitted here.
+
+    A gate fitted here learns as ``toolkit calibrate`` would (the spec's ``routing.learned``), from
+    requests that are never the held-out ones.
+    """
+    from toolkit.evaluate.calibrate import export_gate, fit_gate, gate_data_of, time_gate
+    from toolkit.repository.gate import gate_path, read_calibration
     from toolkit.train.gate import predict
 
-    deployed = ensemble.gate_gains(features_array(held))
-    if deployed is not None:
-        return deployed[:, -1]
-    gate, _ = fit_gate(spec, ensemble, count)
-    return predict(gate, features_array(held))[:, -1]
+    offsets = held.requests.offsets
+    n = np.diff(offsets)
+    if spec.routing.policy == "learned":
+        calibration = read_calibration(spec, artifacts)
+        gains = np.stack(
+            [
+                ensemble.gate_gains(held.preprocessed(r), held.scores[0, offsets[r] : offsets[r + 1]])
+                for r in range(held.requests.num_requests)
+            ]
+        )
+        keys = (
+            "gate",
+            "cheapest_first",
+            "target",
+            "fit_on",
+            "source",
+            "validation_apgr",
+            "gate_ms",
+            "gate_parameters",
+            "gate_bytes",
+        )
+        info = {"origin": "deployed"} | {k: calibration.get(k) for k in keys}
+        path = gate_path(spec, artifacts)
+    else:
+        learned = spec.routing.learned
+        fit = fit_gate(spec, ensemble, learned.calibration_requests or spec.data.holdout_requests, step)
+        gains = predict(fit.gate, gate_data_of(held), learned.cheapest_first)
+        folder = Path(tempfile.mkdtemp(prefix="toolkit-gate-"))
+        path = folder / "model.onnx"
+        export_gate(spec, fit.gate, path)
+        info = {
+            "origin": "fitted here",
+            "gate": learned.gate,
+            "cheapest_first": learned.cheapest_first,
+            "target": fit.target,
+            "fit_on": fit.fit_on,
+            "source": fit.source,
+            "validation_apgr": fit.validation,
+            "gate_ms": time_gate(spec, path, tuple(spec.export.timing_candidates)),
+            "gate_parameters": int(sum(p.numel() for p in fit.gate.parameters())),
+            "gate_bytes": path.stat().st_size,
+        }
+    model = flops_model(path)
+    info["gate_cost_mflop"] = [model.per_request / 1e6, model.per_candidate / 1e6]
+    if info["origin"] == "fitted here":
+        import shutil
+
+        shutil.rmtree(path.parent, ignore_errors=True)
+    flops = np.asarray(model.at(n), dtype=np.float64)
+    return GateView(gains, info, flops, _interpolator(info.get("gate_ms") or {})(n))
+
+
+def _kl_ceiling(held: HeldOutScores) -> np.ndarray:
+    """Per request, N times the mean KL(p_largest || p_smallest): a gate that knew the largest tier."""
+    p = np.clip(held.scores[[0, -1]].astype(np.float64), _EPS, 1 - _EPS)
+    small, big = p
+    kl = big * np.log(big / small) + (1 - big) * np.log((1 - big) / (1 - small))
+    return np.add.reduceat(kl, held.requests.offsets[:-1])
+
+
+def _summaries(
+    losses: RequestLosses, routers: dict[str, np.ndarray], seed: int, bootstrap: tuple[str, ...]
+) -> dict[str, Any]:
+    """APGR and CPT of the oracle, random and score routers; bootstrap intervals for some."""
+    weak, strong = losses.ne_of_tier(0), losses.ne_of_tier(-1)
+    out: dict[str, Any] = {}
+    if not weak > strong:
+        return out
+    curves = {"oracle": oracle_curve(losses, SHARES), "random": random_curve(losses, SHARES)}
+    curves |= {name: score_curve(losses, s, SHARES, label=name) for name, s in routers.items()}
+    for name, curve in curves.items():
+        out[name] = {
+            "apgr": apgr(curve, weak, strong),
+            "cpt50": cpt(curve, 0.5, weak, strong),
+            "cpt80": cpt(curve, 0.8, weak, strong),
+        }
+    for name in bootstrap:
+        interval = bootstrap_frontier(losses, routers[name], SHARES, seed=seed)
+        out[name]["interval"] = {k: interval[k] for k in ("apgr", "cpt50", "cpt80", "resamples", "level")}
+        out[name]["within_noise_of_random"] = within_noise_of_random(interval["apgr"])
+    return out
 
 
 def evaluate(
@@ -181,6 +388,7 @@ def evaluate(
     out: Path,
     num_requests: int | None = None,
     step: StepFn | None = None,
+    top_k: int = TOP_K,
 ) -> dict[str, Any]:
     """Evaluate the tiers and routing policies on held-out requests and write the report.
 
@@ -191,6 +399,7 @@ def evaluate(
         out: Folder for ``evaluation.json``, ``evaluation.md`` and ``evaluation.png``.
         num_requests: Held-out requests to use (default: all of ``data.holdout_requests``).
         step: Optional callback told about each step.
+        top_k: K of the ranking metrics (the ads a request shows).
 
     Returns:
         What was written to ``evaluation.json``.
@@ -205,49 +414,72 @@ def evaluate(
     step(f"scoring {requests.num_requests} held-out requests with every tier")
     held = score_requests(ensemble, requests)
     losses = RequestLosses.from_scores(requests.labels, held.scores.astype(np.float64), requests.offsets)
+    values = requests.values
+    quality = Quality(held, losses, value_weighted(losses, values) if values is not None else None, top_k)
     n = np.diff(requests.offsets)
     step("counting FLOPs per request")
     functions = _cost_functions(spec, artifacts, variants)
     costs = _costs(functions, n)
+    step("the learned gate: its predicted gains")
+    gate = _gate_view(spec, artifacts, ensemble, held, step)
+    cheapest_first = bool(gate.info.get("cheapest_first"))
+    gate_cost = {"flops": gate.flops, "ms": gate.ms}
+    first_cost = {key: costs[key][:, 0] for key in costs} if cheapest_first else None
     weak, strong = 0, len(spec.tier_names) - 1
-    ne_weak, ne_strong = losses.ne_of_tier(weak), losses.ne_of_tier(strong)
     points = [
-        _point(f"{tier} alone", np.full(requests.num_requests, t), held, losses, costs)
+        _point(f"{tier} alone", np.full(requests.num_requests, t), quality, costs)
         for t, tier in enumerate(spec.tier_names)
     ]
     if spec.routing.policy == "cascade":
-        policy = _cascade_point(spec, held, functions)
+        policy = _cascade_point(spec, quality, functions)
+    elif spec.routing.policy == "learned":
+        extra = {
+            key: gate_cost[key] + (np.where(held.decisions > 0, first_cost[key], 0.0) if first_cost else 0.0)
+            for key in costs
+        }
+        policy = _point("learned policy", held.decisions, quality, costs, extra)
     else:
-        policy = _point(f"{spec.routing.policy} policy", held.decisions, held, losses, costs)
+        policy = _point(f"{spec.routing.policy} policy", held.decisions, quality, costs)
     if spec.routing.policy != "rules" and spec.routing.rules:
         rules = dataclasses.replace(ensemble.settings, policy="rules")
         chosen = np.array([decide(rules, RequestContext(features=f)).index for f in held.features])
-        points.append(_point("rules (the spec's rules)", chosen, held, losses, costs))
+        points.append(_point("rules (the spec's rules)", chosen, quality, costs))
     points.append(policy)
-    gain = losses.loss[:, weak] - losses.loss[:, strong]
+    gained = gate.gains[:, -1] * n
+    valued_weights = requests.value_weights().astype(np.float64)
     rng = np.random.default_rng(spec.seed)
-    step("learned gate: its predicted gains")
-    learned = _learned_scores(spec, ensemble, held, requests.num_requests)
+    routers = {"learned gate": gained, f"gate that knew {spec.tier_names[-1]}": _kl_ceiling(held)}
     curves = [
-        _curve_points("oracle", gain, losses, costs),
-        _curve_points("learned gate", learned, losses, costs),
+        _curve_points("oracle", losses.loss[:, weak] - losses.loss[:, strong], losses, costs),
+        _curve_points("learned gate", gained, losses, costs, gate_cost, first_cost),
+        _curve_points(
+            f"gate that knew {spec.tier_names[-1]}",
+            routers[f"gate that knew {spec.tier_names[-1]}"],
+            losses,
+            costs,
+        ),
         _curve_points("random", rng.permutation(requests.num_requests).astype(float), losses, costs),
     ]
-    exact = {
-        "oracle": oracle_curve(losses, SHARES),
-        "learned gate": score_curve(losses, learned, SHARES, label="learned gate"),
-        "random": random_curve(losses, SHARES),
+    step("bootstrapping the learned gate's APGR and CPT over requests")
+    summary: dict[str, Any] = {
+        "weak": spec.tier_names[weak],
+        "strong": spec.tier_names[strong],
+        "top_k": top_k,
     }
-    summary: dict[str, Any] = {"weak": spec.tier_names[weak], "strong": spec.tier_names[strong]}
+    summary |= _summaries(losses, routers, spec.seed, ("learned gate",))
+    ne_weak, ne_strong = losses.ne_of_tier(weak), losses.ne_of_tier(strong)
     if ne_weak > ne_strong:
-        for name, curve in exact.items():
-            summary[name] = {
-                "apgr": apgr(curve, ne_weak, ne_strong),
-                "cpt50": cpt(curve, 0.5, ne_weak, ne_strong),
-                "cpt80": cpt(curve, 0.8, ne_weak, ne_strong),
-            }
         for point in points:
             point["pgr"] = pgr(point["ne"], ne_weak, ne_strong)
+        for key, cost in (("flops_per_request", "flops"), ("ms_per_request", "ms")):
+            extra = np.maximum(costs[cost][:, strong] - costs[cost][:, weak], 1e-12)
+            priced = _curve_points("priced", gained / extra, losses, costs, gate_cost, first_cost)
+            summary["learned gate"][f"cost_cpt80_{key}"] = cost_cpt(
+                priced, 0.8, ne_weak, ne_strong, points[weak][key], points[strong][key], key
+            )
+    if values is not None and quality.valued.ne_of_tier(weak) > quality.valued.ne_of_tier(strong):
+        valued_routers = {"learned gate": gained * valued_weights}
+        summary["value_weighted"] = _summaries(quality.valued, valued_routers, spec.seed, ())
     strong_point = points[strong]
     for key in ("flops_per_request", "ms_per_request"):
         saved = cost_saved_at_equal_quality(
@@ -258,8 +490,16 @@ def evaluate(
         summary[f"oracle_saves_{key}"] = cost_saved_at_equal_quality(
             np.array(oracle[key]), np.array(oracle["ne"]), strong_point[key], strong_point["ne"]
         )
+    warnings = []
+    if summary.get("learned gate", {}).get("within_noise_of_random"):
+        low, mid, high = summary["learned gate"]["interval"]["apgr"]
+        warnings.append(
+            f"the learned gate is within noise of random routing: its APGR {mid:.3f} has a "
+            f"{summary['learned gate']['interval']['level']:.0%} interval of {low:.3f} to {high:.3f}, which "
+            "holds 0.5; it does not find where the largest tier pays on these requests"
+        )
     result = {
-        "evaluation": 1,
+        "evaluation": 2,
         "toolkit_version": __version__,
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "ensemble": spec.name,
@@ -267,10 +507,13 @@ def evaluate(
         "machine": machine_facts(),
         "requests": requests.num_requests,
         "candidates": requests.num_candidates,
+        "valued": values is not None,
         "variants": variants,
+        "gate": gate.info,
         "points": points,
         "curves": curves,
         "summary": summary,
+        "warnings": warnings,
     }
     out.mkdir(parents=True, exist_ok=True)
     (out / "evaluation.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
@@ -278,76 +521,3 @@ def evaluate(
     step("drawing the plot")
     plot(result, out / "evaluation.png")
     return result
-
-
-def _fmt(value: float | None, spec: str) -> str:
-    return "-" if value is None or value != value else format(value, spec)
-
-
-def render_markdown(result: dict[str, Any]) -> str:
-    """The evaluation as a markdown table and summary lines."""
-    tiers = list(result["variants"])
-    lines = [
-        f"# Routing evaluation: {result['ensemble']}",
-        "",
-        f"{result['requests']} held-out requests ({result['candidates']} candidates); tiers served as "
-        + ", ".join(f"{t} {v}" for t, v in result["variants"].items())
-        + ". NE: normalized entropy, lower is better. PGR: share of the NE gap between "
-        f"{result['summary']['weak']} and {result['summary']['strong']} that a policy recovers.",
-        "",
-        "| policy | "
-        + " | ".join(f"{t} share" for t in tiers)
-        + " | NE | AUC | PGR | MFLOP/request | ms/request |",
-        "|---|" + "---|" * (len(tiers) + 5),
-    ]
-    for p in result["points"]:
-        lines.append(
-            f"| {p['policy']} | "
-            + " | ".join(f"{p['shares'][t]:.0%}" for t in tiers)
-            + f" | {p['ne']:.4f} | {p['auc']:.4f} | {_fmt(p.get('pgr'), '.3f')} | "
-            f"{p['flops_per_request'] / 1e6:.2f} | {_fmt(p['ms_per_request'], '.3f')} |"
-        )
-    summary = result["summary"]
-    lines.append("")
-    for name in ("oracle", "learned gate", "random"):
-        if name in summary:
-            s = summary[name]
-            lines.append(
-                f"- {name}: APGR {s['apgr']:.3f}, CPT(50%) {_fmt(s['cpt50'], '.1%')}, "
-                f"CPT(80%) {_fmt(s['cpt80'], '.1%')} of requests on {summary['strong']}"
-            )
-    for key, what in (("flops_per_request", "FLOPs"), ("ms_per_request", "ms")):
-        saved, strong = summary.get(f"policy_saves_{key}"), summary["strong"]
-        lines.append(
-            f"- at {strong}'s quality or better, the policy saves {_fmt(saved, '.1%')} of {strong}'s {what}"
-            if saved is not None
-            else f"- the policy does not reach {strong}'s quality: no {what} saved at equal quality"
-        )
-    return "\n".join(lines) + "\n"
-
-
-def plot(result: dict[str, Any], path: Path) -> None:
-    """NE against FLOPs and against ms per request: tiers, the policy, oracle and random curves."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), constrained_layout=True)
-    for ax, key, label in (
-        (axes[0], "flops_per_request", "MFLOP per request"),
-        (axes[1], "ms_per_request", "ms per request (ONNX Runtime CPU, 1 thread)"),
-    ):
-        scale = 1e6 if key == "flops_per_request" else 1.0
-        for curve, style in zip(result["curves"], ("-", "--", ":", "-."), strict=False):
-            ax.plot(np.array(curve[key]) / scale, curve["ne"], style, label=curve["label"])
-        for p in result["points"]:
-            marker = "*" if "policy" in p["policy"] else "o"
-            ax.plot(p[key] / scale, p["ne"], marker, markersize=11 if marker == "*" else 7, label=p["policy"])
-        ax.set_xlabel(label)
-        ax.set_ylabel("NE (lower is better)")
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
-    fig.suptitle(f"{result['ensemble']}: quality against cost on {result['requests']} held-out requests")
-    fig.savefig(path, dpi=110)
-    plt.close(fig)

@@ -97,14 +97,21 @@ def preprocess_config(spec: Spec, backend: str) -> mc.ModelConfig:
     return onnx_model_config(spec.preprocess_model, backend, raw, outputs, spec.triton.tier_instances)
 
 
-def gate_config(spec: Spec, backend: str, features: int) -> mc.ModelConfig:
-    """Config of the learned policy's gate: ``features`` [1, F] in, ``gains`` [1, T - 1] out."""
-    from toolkit.repository.gate import GATE_INPUT, GATE_OUTPUT
+def gate_config(spec: Spec, backend: str, cheapest_first: bool) -> mc.ModelConfig:
+    """Config of the learned policy's gate: request tensors in, ``gains`` [1, T - 1] out.
 
+    The inputs are the preprocessed request tensors and, cheapest first, the cheapest tier's scores
+    ``cheapest_score`` [N].
+    """
+    from toolkit.repository.gate import CHEAPEST_SCORE, GATE_OUTPUT
+
+    inputs = dict(request_dims(spec.features, raw=False))
+    if cheapest_first:
+        inputs[CHEAPEST_SCORE] = ("FP32", [-1])
     return onnx_model_config(
         spec.gate_model,
         backend,
-        {GATE_INPUT: ("FP32", [1, features])},
+        inputs,
         {GATE_OUTPUT: ("FP32", [1, len(spec.tiers) - 1])},
         spec.triton.tier_instances,
     )

@@ -11,10 +11,14 @@ from toolkit.export.manifest import FP32, sha256_file
 from toolkit.spec.schema import Spec
 
 CALIBRATION = "calibration.json"
-GATE_INPUT = "features"
-"""Gate input: FP32 [R, F], see ``toolkit.router.learned.gate_features``."""
+CALIBRATION_FORMAT = 2
+"""Format of ``calibration.json``; 1 was the gate over request summaries [1, F], refused now."""
+CHEAPEST_SCORE = "cheapest_score"
+"""Extra gate input in cheapest-first mode: FP32 [N], the cheapest tier's scores."""
 GATE_OUTPUT = "gains"
-"""Gate output: FP32 [R, T - 1], each bigger tier's predicted gain per candidate."""
+"""Gate output: FP32 [1, T - 1], each bigger tier's predicted gain per candidate.
+
+Its other inputs are the preprocessed request tensors, named as the request tensors."""
 
 
 def gate_folder(spec: Spec, artifacts: Path) -> Path:
@@ -40,6 +44,11 @@ def read_calibration(spec: Spec, artifacts: Path) -> dict[str, Any]:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise RepositoryError(f"{path}: not readable ({exc})") from None
+    if data.get("format") != CALIBRATION_FORMAT:
+        raise RepositoryError(
+            f"{path}: written by an older toolkit (format {data.get('format')}, this one reads "
+            f"{CALIBRATION_FORMAT}); run `toolkit calibrate` again"
+        )
     if data.get("tiers") != list(spec.tier_names):
         raise RepositoryError(
             f"{path}: calibrated for tiers {data.get('tiers')}, not {list(spec.tier_names)}"

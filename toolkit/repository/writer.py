@@ -98,6 +98,7 @@ def router_settings(
         budget_max_age_s=spec.routing.budget.max_age_s,
         latency_prior_ms=dict(latency_prior_ms or {}),
         gate_model=spec.gate_model if learned else "",
+        cheapest_first=bool(learned.get("cheapest_first", False)),
         learned_lambda=float(learned.get("lambda", 0.0)),
         tier_costs={t: list(c) for t, c in learned.get("tier_costs_mflop", {}).items()},
         inputs=input_schema(spec).to_dict(),
@@ -328,7 +329,9 @@ def deploy(
             {tier: r.to_dict() for tier, r in remote.items()},
         )
         if learned is not None:
-            write_config(folder / spec.gate_model, configs.gate_config(spec, backend, learned["features"]))
+            write_config(
+                folder / spec.gate_model, configs.gate_config(spec, backend, bool(learned["cheapest_first"]))
+            )
             (folder / spec.gate_model / "1").mkdir()
             shutil.copy2(gate_path(spec, artifacts), folder / spec.gate_model / "1" / "model.onnx")
             if backend == "python":

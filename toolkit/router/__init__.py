@@ -1,12 +1,13 @@
 """Routing policies (numpy only); copied into the router model of every deployed repository."""
 
 from .budget import LatencyTracker, cap
-from .learned import calibrate_lambda, calibrate_lambda_to_cost, choose_tier, choose_tiers, gate_features
+from .learned import calibrate_lambda, calibrate_lambda_to_cost, choose_tier, choose_tiers
 from .policy import (
     KNOWN_PARAMETERS,
     POLICIES,
     REQUEST_FEATURES,
     Decision,
+    Parameters,
     RequestContext,
     RouterConfig,
     RoutingError,
@@ -32,11 +33,11 @@ __all__ = [
     "cap",
     "choose_tier",
     "choose_tiers",
-    "gate_features",
     "KNOWN_PARAMETERS",
     "POLICIES",
     "REQUEST_FEATURES",
     "Decision",
+    "Parameters",
     "RequestContext",
     "RouterConfig",
     "RoutingError",

@@ -28,7 +28,7 @@ _OPS = {
     "!=": operator.ne,
 }
 
-KNOWN_PARAMETERS = ("tier", "latency_budget_ms")
+KNOWN_PARAMETERS = ("tier", "latency_budget_ms", "value")
 """Request parameters the router reads."""
 
 POLICIES = ("static", "rules", "cascade", "learned")
@@ -77,6 +77,8 @@ class RouterConfig:
         latency_prior_ms: Per tier, export's measured latency by candidate count: the estimate
             until the router has timed enough calls of its own.
         gate_model: With ``learned``: the gate model the router calls for each request's gains.
+        cheapest_first: With ``learned``: the cheapest tier scores every request before the gate,
+            which takes its scores; a request the gate keeps there is answered with them.
         learned_lambda: With ``learned``: the price of one MFLOP in log-loss units.
         tier_costs: With ``learned``: per tier, ``[a, b]`` with MFLOP = a + b * N.
         inputs: What a valid raw request looks like (:class:`~.validate.InputSchema` as a dict);
@@ -104,6 +106,7 @@ class RouterConfig:
     budget_max_age_s: float = 1.0
     latency_prior_ms: dict[str, dict[str, float]] = field(default_factory=dict)
     gate_model: str = ""
+    cheapest_first: bool = False
     learned_lambda: float = 0.0
     tier_costs: dict[str, list[float]] = field(default_factory=dict)
     inputs: dict[str, Any] = field(default_factory=dict)
@@ -160,6 +163,7 @@ class RouterConfig:
             "budget_max_age_s": self.budget_max_age_s,
             "latency_prior_ms": self.latency_prior_ms,
             "gate_model": self.gate_model,
+            "cheapest_first": self.cheapest_first,
             "learned_lambda": self.learned_lambda,
             "tier_costs": self.tier_costs,
             "inputs": self.inputs,
@@ -201,12 +205,22 @@ class Decision:
 
 @dataclass(frozen=True)
 class RequestContext:
-    """What a policy may look at: request-level features and the parsed request parameters."""
+    """What a policy may look at: request-level features and the parsed request parameters.
+
+    Attributes:
+        features: Request-level features (see :func:`request_features`).
+        forced_tier: The request parameter ``tier``.
+        latency_budget_ms: The request parameter ``latency_budget_ms``.
+        gains: With ``learned``: the gate's predicted gain per candidate of each bigger tier.
+        value: The request parameter ``value``: what the request is worth (1 by default); the
+            learned policy weighs the predicted gain by it.
+    """
 
     features: dict[str, float]
     forced_tier: str | None = None
     latency_budget_ms: float | None = None
     gains: tuple[float, ...] | None = None
+    value: float = 1.0
 
 
 def request_features(user_history: np.ndarray, num_candidates: int) -> dict[str, float]:
@@ -222,15 +236,44 @@ def request_features(user_history: np.ndarray, num_candidates: int) -> dict[str,
     }
 
 
-def parse_parameters(parameters: dict[str, Any], config: RouterConfig) -> tuple[str | None, float | None]:
-    """Validate the request parameters; a parameter the router does not read is refused.
+@dataclass(frozen=True)
+class Parameters:
+    """The request parameters the router reads, parsed.
 
-    Returns:
-        The forced tier (or None) and the latency budget in ms (or None).
+    Attributes:
+        tier: The forced tier, or None.
+        latency_budget_ms: The latency budget in ms, or None.
+        value: What the request is worth (1 when absent).
+    """
+
+    tier: str | None = None
+    latency_budget_ms: float | None = None
+    value: float = 1.0
+
+
+def _positive_number(parameters: dict[str, Any], key: str, expected: str) -> float | None:
+    """A positive finite number given as a number or a string; None when absent."""
+    raw = parameters.get(key)
+    if raw is None:
+        return None
+    number = raw
+    if isinstance(raw, str):
+        try:
+            number = float(raw)
+        except ValueError:
+            number = None
+    valid = isinstance(number, int | float) and not isinstance(number, bool)
+    if not valid or not math.isfinite(number) or number <= 0:
+        raise RoutingError(f"request parameter {key!r}: expected {expected}, got {raw!r}")
+    return float(number)
+
+
+def parse_parameters(parameters: dict[str, Any], config: RouterConfig) -> Parameters:
+    """Validate the request parameters; a parameter the router does not read is refused.
 
     Raises:
         RoutingError: a parameter is unknown, ``tier`` is not a known tier name, or
-            ``latency_budget_ms`` is not a positive number.
+            ``latency_budget_ms`` or ``value`` is not a positive number.
     """
     if not isinstance(parameters, dict):
         raise RoutingError(f"request parameters: expected a mapping, got {type(parameters).__name__}")
@@ -244,21 +287,9 @@ def parse_parameters(parameters: dict[str, Any], config: RouterConfig) -> tuple[
         raise RoutingError(
             f"request parameter 'tier': unknown tier {tier!r}; expected one of {', '.join(config.tiers)}"
         )
-    budget = parameters.get("latency_budget_ms")
-    if budget is not None:
-        if isinstance(budget, str):
-            try:
-                budget = float(budget)
-            except ValueError:
-                budget = None
-        valid = isinstance(budget, int | float) and not isinstance(budget, bool)
-        if not valid or not math.isfinite(budget) or budget <= 0:
-            raise RoutingError(
-                f"request parameter 'latency_budget_ms': expected a positive number of milliseconds, "
-                f"got {parameters.get('latency_budget_ms')!r}"
-            )
-        budget = float(budget)
-    return tier, budget
+    budget = _positive_number(parameters, "latency_budget_ms", "a positive number of milliseconds")
+    value = _positive_number(parameters, "value", "a positive number (what the request is worth)")
+    return Parameters(tier, budget, 1.0 if value is None else value)
 
 
 def decide(config: RouterConfig, context: RequestContext) -> Decision:
@@ -285,7 +316,7 @@ def decide(config: RouterConfig, context: RequestContext) -> Decision:
             return Decision(config.default_tier, config.tiers.index(config.default_tier), "learned:no-gains")
         costs = [config.tier_costs[t] for t in config.tiers]
         n = int(context.features["num_candidates"])
-        index = choose_tier(context.gains, n, costs, config.learned_lambda)
+        index = choose_tier(context.gains, n, costs, config.learned_lambda, context.value)
         return Decision(config.tiers[index], index, "learned")
     if config.policy == "rules":
         for i, rule in enumerate(config.rules):

@@ -605,16 +605,37 @@ class LearnedSpec:
 
     Attributes:
         target_share: Share of requests the largest tier should serve; ``toolkit calibrate`` picks
-            the price ``lambda`` that gives it on the calibration requests.
+            the price ``lambda`` that gives it on the gate's requests.
         target_cost_mflop: Instead of a share: the mean MFLOP per request to spend (0: use
             ``target_share``).
-        calibration_requests: Generated requests the gate is fitted and calibrated on (its own
-            seed, never the held-out ones); 0 means ``data.holdout_requests``.
+        calibration_requests: Requests the gate is fitted and priced on (0: as many as
+            ``data.holdout_requests``).
+        gate: ``request``: a small model of its own over the user's ids, the history's items and
+            the candidates (embeddings, a pooled history, each candidate's attention over the
+            history, candidate-set statistics); ``summary``: an MLP over the dense user features,
+            history length and N only.
+        cheapest_first: Run the cheapest tier on every request first and give its scores to the
+            gate; a request the gate keeps on the cheapest tier is answered with them.
+        fit_on: Where the gate learns the tiers' behaviour out of sample. ``calibration``:
+            requests no tier trained on (generated ones with a seed of their own, or the first
+            ``calibration_requests`` of ``data.files.calibration``); ``cross_fit``: the training
+            requests, scored by tier copies trained on the other ``folds`` (every tier is
+            retrained ``folds`` times); ``auto``: ``calibration`` for generated data and for logs
+            with a calibration file, else ``cross_fit``.
+        folds: Folds of ``cross_fit``.
+        targets: What the gate may learn, per candidate: ``kl`` (label-free KL(p_big || p_small)),
+            ``gain`` (the realised log-loss gain), ``blend`` (their mean). With more than one,
+            ``toolkit calibrate`` keeps the one that routes best in a 3-fold validation.
     """
 
     target_share: float = 0.3
     target_cost_mflop: float = 0.0
     calibration_requests: int = 0
+    gate: Literal["request", "summary"] = "request"
+    cheapest_first: bool = False
+    fit_on: Literal["auto", "calibration", "cross_fit"] = "auto"
+    folds: int = 3
+    targets: tuple[str, ...] = ("kl", "gain", "blend")
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.target_share <= 1.0:
@@ -623,6 +644,18 @@ class LearnedSpec:
             raise KeyedValueError("target_cost_mflop", f"must be a number >= 0, got {self.target_cost_mflop}")
         if self.calibration_requests < 0:
             raise KeyedValueError("calibration_requests", f"must be >= 0, got {self.calibration_requests}")
+        if self.folds < 2:
+            raise KeyedValueError("folds", f"must be at least 2, got {self.folds}")
+        known = ("kl", "gain", "blend")
+        if not self.targets:
+            raise KeyedValueError("targets", f"must name at least one of {', '.join(known)}")
+        for i, target in enumerate(self.targets):
+            if target not in known:
+                raise KeyedValueError(
+                    f"targets[{i}]", f"unknown target {target!r}; expected one of {', '.join(known)}"
+                )
+        if len(set(self.targets)) != len(self.targets):
+            raise KeyedValueError("targets", f"names a target twice: {list(self.targets)}")
 
 
 @dataclass(frozen=True)

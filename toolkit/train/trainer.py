@@ -107,12 +107,15 @@ class StreamedRequests:
         preprocess: The fitted preprocess step applied to every chunk.
         num_requests: Requests in the file (from a first pass), which fixes the steps per epoch.
         ctr: Click rate of the file, the models' prior.
+        skip: ``(k, K, total)`` to leave out fold ``k`` of ``K`` (cross-fitting: the requests at
+            positions ``p`` with ``p * K // total == k``); None trains on every request.
     """
 
     spec: Spec
     preprocess: Preprocess
     num_requests: int
     ctr: float
+    skip: tuple[int, int, int] | None = None
 
 
 def _epoch(
@@ -129,7 +132,13 @@ def _epoch(
             yield data, order[start : start + batch_requests]
         return
     leftover: RequestSet | None = None
+    position = 0
     for chunk in train_chunks(data.spec):
+        if data.skip is not None:
+            k, folds, total = data.skip
+            positions = np.arange(position, position + chunk.num_requests)
+            position += chunk.num_requests
+            chunk = chunk.subset(np.flatnonzero(positions * folds // total != k))
         if leftover is not None:
             chunk = concat_requests([leftover, chunk])
         order = rng.permutation(chunk.num_requests)

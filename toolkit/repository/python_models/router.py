@@ -40,7 +40,6 @@ from toolkit_router import (  # noqa: E402
     cap,
     cascade_scores,
     decide,
-    gate_features,
     grpc_status,
     parse_parameters,
     request_features,
@@ -49,6 +48,7 @@ from toolkit_router import (  # noqa: E402
 )
 
 INPUTS = ("user_dense", "user_sparse", "user_history", "ad_dense", "ad_sparse")
+CHEAPEST_SCORE = "cheapest_score"
 CANDIDATE_INPUTS = ("ad_dense", "ad_sparse")
 _LOG_EVERY = 1000
 _EVENTS_METRIC = "toolkit_router_events_total"
@@ -195,8 +195,11 @@ class TritonPythonModel:
     async def _route(self, request: object) -> object:
         try:
             tensors, context = self._parse(request)
+            cheapest = None
             if self.config.policy == "learned" and context.forced_tier is None:
-                context = dataclasses.replace(context, gains=self._gains(tensors, context))
+                if self.config.cheapest_first:
+                    cheapest = await self._cheapest(tensors)
+                context = dataclasses.replace(context, gains=self._gains(tensors, cheapest))
             budget = context.latency_budget_ms or (self.config.default_budget_ms or None)
             n = int(context.features["num_candidates"])
             decision = cap(self.config, decide(self.config, context), budget, n, self.latency)
@@ -205,7 +208,9 @@ class TritonPythonModel:
         except _NoTierError as exc:
             return self._refuse("unavailable", exc, pb_utils.TritonError.UNAVAILABLE)
         try:
-            score, served = await self._score_or_fall_back(decision.index, [tensors[name] for name in INPUTS])
+            score, served = await self._score_or_fall_back(
+                decision.index, [tensors[name] for name in INPUTS], cheapest
+            )
         except _NoTierError as exc:
             return self._refuse("unavailable", exc, pb_utils.TritonError.UNAVAILABLE)
         tiers = np.full(score.shape, served, dtype=np.int32)
@@ -231,12 +236,16 @@ class TritonPythonModel:
         self.counts[counter] += 1
         return pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc), code))
 
-    async def _score_or_fall_back(self, index: int, inputs: list) -> tuple[np.ndarray, int]:
+    async def _score_or_fall_back(
+        self, index: int, inputs: list, cheapest: np.ndarray | None = None
+    ) -> tuple[np.ndarray, int]:
         """Scores of tier ``index``, else of the next cheaper tier that answers, and who answered.
 
         A tier that returns an error or is not loaded counts as ``error:<tier>``; one whose recent
         calls took longer than ``tier_timeout_ms`` is not called (``slow:<tier>``); each step down
-        counts as ``fallback:<tier>``. When even the cheapest fails, :class:`_NoTierError`.
+        counts as ``fallback:<tier>``. The cheapest tier's scores, when already known
+        (``cheapest``, in cheapest-first mode), are not asked for again. When even the cheapest
+        fails, :class:`_NoTierError`.
         """
         failures = []
         n = int(inputs[INPUTS.index("ad_dense")].as_numpy().shape[0])
@@ -251,6 +260,8 @@ class TritonPythonModel:
                     f"tier {tier!r} is too slow: its recent calls take {recent:.0f} ms > {limit:g} ms"
                 )
                 continue
+            if candidate == 0 and cheapest is not None:
+                return cheapest, 0
             try:
                 return await self._score(tier, inputs), candidate
             except _TierError as exc:
@@ -260,19 +271,31 @@ class TritonPythonModel:
                 failures.append(str(exc))
         raise _NoTierError("no tier could answer this request: " + "; ".join(failures))
 
-    def _gains(self, tensors: dict, context: RequestContext) -> tuple[float, ...] | None:
+    async def _cheapest(self, tensors: dict) -> np.ndarray | None:
+        """The cheapest tier's scores, which a cheapest-first gate takes; None if it fails (counted)."""
+        tier = self.config.tiers[0]
+        try:
+            return await self._score(tier, [tensors[name] for name in INPUTS])
+        except _TierError:
+            self.counts[f"error:{tier}"] += 1
+            return None
+
+    def _gains(self, tensors: dict, cheapest: np.ndarray | None) -> tuple[float, ...] | None:
         """The gate's predicted gains for this request; None (default tier) if the gate fails."""
-        features = gate_features(
-            tensors["user_dense"].as_numpy(),
-            np.array([context.features["history_length"]]),
-            np.array([context.features["num_candidates"]]),
-        )
-        response = pb_utils.InferenceRequest(
-            model_name=self.config.gate_model,
-            requested_output_names=["gains"],
-            inputs=[pb_utils.Tensor("features", features)],
-        ).exec()
-        if response.has_error():
+        inputs = [tensors[name] for name in INPUTS]
+        if self.config.cheapest_first:
+            if cheapest is None:
+                self.counts["error:gate"] += 1
+                return None
+            inputs.append(pb_utils.Tensor(CHEAPEST_SCORE, cheapest))
+        try:
+            response = pb_utils.InferenceRequest(
+                model_name=self.config.gate_model, requested_output_names=["gains"], inputs=inputs
+            ).exec()
+            failed = response.has_error()
+        except Exception:
+            failed = True
+        if failed:
             self.counts["error:gate"] += 1
             return None
         gains = pb_utils.get_output_tensor_by_name(response, "gains").as_numpy()
@@ -429,10 +452,15 @@ class TritonPythonModel:
             parameters = json.loads(request.parameters() or "{}")
         except ValueError as exc:
             raise RoutingError(f"request parameters are not readable: {exc}") from None
-        forced, budget = parse_parameters(parameters, self.config)
+        parsed = parse_parameters(parameters, self.config)
         tensors = self._preprocess(raw)
         features = request_features(tensors["user_history"].as_numpy(), int(raw["ad_dense"].shape[0]))
-        return tensors, RequestContext(features=features, forced_tier=forced, latency_budget_ms=budget)
+        return tensors, RequestContext(
+            features=features,
+            forced_tier=parsed.tier,
+            latency_budget_ms=parsed.latency_budget_ms,
+            value=parsed.value,
+        )
 
     def _count(self, tier: str, reason: str) -> None:
         self.counts[f"tier:{tier}"] += 1
