@@ -126,38 +126,49 @@ def dataset_folder() -> Path:
     return folder
 
 
-def _rows(path: Path) -> list[list[str]]:
+def _rows(path: Path, columns: int) -> list[list[str]]:
+    """The rows of an atomic file (its header line skipped), each with at least ``columns`` fields."""
     lines = path.read_text(encoding="latin-1").splitlines()
-    return [line.split("\t") for line in lines[1:] if line]
+    rows = [line.split("\t") for line in lines[1:] if line]
+    for number, row in enumerate(rows, start=2):
+        if len(row) < columns:
+            raise ValueError(f"line {number} has {len(row)} fields, expected {columns}")
+    if not rows:
+        raise ValueError("no rows under the header")
+    return rows
 
 
 def read_ratings(folder: Path | None = None) -> Ratings:
     """Read the ratings, users and movies of ``ml-100k`` (default: from the recbole wheel).
 
     Raises:
-        DataError: A file is missing or a row does not parse (file and line named).
+        DataError: A file is missing or does not parse (the file and what is wrong named).
     """
     folder = folder or dataset_folder()
-    inter = folder / "ml-100k.inter"
+    path = folder / "ml-100k.inter"
     try:
-        rows = np.array(_rows(inter), dtype=np.float64)
+        rows = np.array([r[:4] for r in _rows(path, 4)], dtype=np.float64)
+        path = folder / "ml-100k.user"
+        users = _rows(path, 4)
+        age = {int(r[0]): int(r[1]) for r in users}
+        path = folder / "ml-100k.item"
+        items = _rows(path, 1)
+        genres: dict[str, int] = {}
+        year, genre = {}, {}
+        for r in items:
+            item = int(r[0])
+            year[item] = int(r[2]) if len(r) > 2 and r[2].isdigit() else 0
+            first = r[3].split(" ")[0] if len(r) > 3 and r[3] else ""
+            genre[item] = genres.setdefault(first, len(genres) + 1) if first else 0
     except (OSError, ValueError) as exc:
-        raise DataError(f"{inter}: not readable as user, item, rating, timestamp ({exc})") from None
-    users, items = _rows(folder / "ml-100k.user"), _rows(folder / "ml-100k.item")
+        raise DataError(f"{path}: not readable as MovieLens-100k's atomic file ({exc})") from None
     occupations = {name: i + 1 for i, name in enumerate(sorted({r[3] for r in users}))}
-    genres: dict[str, int] = {}
-    year, genre = {}, {}
-    for r in items:
-        item = int(r[0])
-        year[item] = int(r[2]) if len(r) > 2 and r[2].isdigit() else 0
-        first = r[3].split(" ")[0] if len(r) > 3 and r[3] else ""
-        genre[item] = genres.setdefault(first, len(genres) + 1) if first else 0
     return Ratings(
         user=rows[:, 0].astype(np.int64),
         item=rows[:, 1].astype(np.int64),
         rating=rows[:, 2],
         time=rows[:, 3].astype(np.int64),
-        age={int(r[0]): int(r[1]) for r in users},
+        age=age,
         gender={int(r[0]): 1 if r[2] == "M" else 2 for r in users},
         occupation={int(r[0]): occupations[r[3]] for r in users},
         year=year,
@@ -170,11 +181,18 @@ def build_requests(
 ) -> tuple[RequestSet, np.ndarray]:
     """Turn the ratings into time-ordered requests.
 
+    Ratings are ordered by time; those within one second (MovieLens's resolution, where a user often
+    rates several movies) in a seeded random order, so no artificial order (by movie id, say) leaks
+    into the sessions. A request at time t knows only the ratings strictly before t: its history, its
+    user and movie features and its pool of negatives come from those.
+
     Returns:
         The requests (raw ids) and each request's time (Unix seconds), non-decreasing.
     """
+    if history_length < 1:
+        raise ValueError(f"history_length must be at least 1, got {history_length}")
     rng = np.random.default_rng(options.seed)
-    order = np.lexsort((ratings.item, ratings.time))
+    order = np.lexsort((rng.permutation(len(ratings.time)), ratings.time))
     user, item, rating, when = (a[order] for a in (ratings.user, ratings.item, ratings.rating, ratings.time))
     by_user: dict[int, list[int]] = {}
     for i, u in enumerate(user):
@@ -193,13 +211,13 @@ def build_requests(
     user_rows: dict[int, list[int]] = {u: [] for u in by_user}
     out: dict[str, list] = {k: [] for k in ("ud", "us", "hist", "ad", "as", "label", "n", "time")}
     for first_row, u, part in sessions:
-        while done < first_row:
+        now = int(when[first_row])
+        while done < len(when) and when[done] < now:
             count[item[done]] += 1
             total[item[done]] += rating[done]
             user_rows[int(user[done])].append(done)
             done += 1
         before = user_rows[u]
-        now = int(when[first_row])
         prior = rating[before]
         history = item[before][-history_length:]
         out["ud"].append(
@@ -238,7 +256,8 @@ def build_requests(
                     total[m] / count[m] if count[m] else 0.0,
                 ]
             )
-            out["as"].append([m, ratings.genre.get(m, 0), 1 + max(ratings.year.get(m, 0) - 1900, 0) // 10])
+            year = ratings.year.get(m, 0)
+            out["as"].append([m, ratings.genre.get(m, 0), 1 + max(year - 1900, 0) // 10 if year else 0])
         out["label"].append(labels)
         out["n"].append(len(candidates))
         out["time"].append(now)
@@ -349,6 +368,9 @@ def write_movielens(
     out.mkdir(parents=True, exist_ok=True)
     sizes = {}
     bounds = np.cumsum([0] + [part.num_requests for part in splits.values()])
+    for name in ("train", "calibration", "holdout"):
+        if name not in splits:
+            (out / f"{name}.parquet").unlink(missing_ok=True)
     for (name, part), start in zip(splits.items(), bounds[:-1], strict=True):
         write_requests(part, spec, out / f"{name}.parquet", "parquet")
         sizes[name] = {
@@ -360,7 +382,7 @@ def write_movielens(
         }
     info = {
         "source": PROVENANCE,
-        "options": asdict(options),
+        "options": {**asdict(options), "negatives": list(options.negatives)},
         "history_length": history_length,
         "splits": sizes,
     }

@@ -79,6 +79,22 @@ def resolve_fit_on(spec: Spec) -> str:
     return "cross_fit" if files is not None and not files.calibration else "calibration"
 
 
+CROSS_FIT_REQUESTS = 20000
+"""Training requests cross-fitting scores when ``routing.learned.calibration_requests`` is 0."""
+
+
+def gate_requests(spec: Spec) -> int:
+    """How many requests the gate learns from.
+
+    ``routing.learned.calibration_requests``; without it, ``data.holdout_requests`` of a calibration
+    set, or up to :data:`CROSS_FIT_REQUESTS` cross-fitted training requests.
+    """
+    learned = spec.routing.learned
+    if learned.calibration_requests:
+        return learned.calibration_requests
+    return CROSS_FIT_REQUESTS if resolve_fit_on(spec) == "cross_fit" else spec.data.holdout_requests
+
+
 def gate_epochs(requests: int) -> int:
     """Passes over ``requests`` gate requests: about 30,000 request visits, 3 to 20 passes."""
     return int(min(20, max(3, math.ceil(30000 / max(requests, 1)))))
@@ -151,10 +167,16 @@ def gather(
 
 
 def _routing_apgr(data: Any, predicted: np.ndarray) -> float:
-    """APGR of routing ``data``'s requests between the cheapest and the largest tier by ``predicted``."""
-    losses = RequestLosses.from_scores(
-        data.labels, data.scores[[0, -1]].astype(np.float64), np.asarray(data.offsets, dtype=np.int64)
-    )
+    """APGR of routing ``data``'s requests between the cheapest and the largest tier by ``predicted``.
+
+    NaN where it is undefined: the largest tier is not better, or the labels are not clicks (0/1).
+    """
+    try:
+        losses = RequestLosses.from_scores(
+            data.labels, data.scores[[0, -1]].astype(np.float64), np.asarray(data.offsets, dtype=np.int64)
+        )
+    except ValueError:
+        return float("nan")
     weak, strong = losses.ne_of_tier(0), losses.ne_of_tier(1)
     if not weak > strong:
         return float("nan")
@@ -189,7 +211,11 @@ def validate_targets(spec: Spec, data: Any, epochs: int, step: StepFn) -> dict[s
 
 
 def fit_gate(spec: Spec, ensemble: OfflineEnsemble, count: int, step: StepFn | None = None) -> GateFit:
-    """Gather the gate's requests, pick its target by validation and fit it on all of them."""
+    """Gather the gate's requests, pick its target by validation and fit it on all of them.
+
+    The validation needs 10 requests per fold; with fewer, or where no target's APGR is defined, the
+    first of ``routing.learned.targets`` is used.
+    """
     from toolkit.train.gate import train_gate
 
     step = step or (lambda _message: None)
@@ -198,7 +224,7 @@ def fit_gate(spec: Spec, ensemble: OfflineEnsemble, count: int, step: StepFn | N
     epochs = gate_epochs(data.num_requests)
     validation: dict[str, float] = {}
     target = learned.targets[0]
-    if len(learned.targets) > 1:
+    if len(learned.targets) > 1 and data.num_requests >= 10 * VALIDATION_FOLDS:
         validation = validate_targets(spec, data, epochs, step)
         ranked = [t for t in learned.targets if not math.isnan(validation[t])]
         if ranked:
@@ -291,8 +317,7 @@ def calibrate(spec: Spec, artifacts: Path, step: StepFn | None = None) -> dict[s
     learned = spec.routing.learned
     variants = deployed_variants(spec, artifacts, None)
     ensemble = OfflineEnsemble(spec, artifacts, variants, routed=False)
-    count = learned.calibration_requests or spec.data.holdout_requests
-    fit = fit_gate(spec, ensemble, count, step)
+    fit = fit_gate(spec, ensemble, gate_requests(spec), step)
     step("counting each tier's FLOPs")
     costs = []
     for tier in spec.tier_names:

@@ -294,7 +294,7 @@ def _gate_view(
     A gate fitted here learns as ``toolkit calibrate`` would (the spec's ``routing.learned``), from
     requests that are never the held-out ones.
     """
-    from toolkit.evaluate.calibrate import export_gate, fit_gate, gate_data_of, time_gate
+    from toolkit.evaluate.calibrate import export_gate, fit_gate, gate_data_of, gate_requests, time_gate
     from toolkit.repository.gate import gate_path, read_calibration
     from toolkit.train.gate import predict
 
@@ -323,7 +323,7 @@ def _gate_view(
         path = gate_path(spec, artifacts)
     else:
         learned = spec.routing.learned
-        fit = fit_gate(spec, ensemble, learned.calibration_requests or spec.data.holdout_requests, step)
+        fit = fit_gate(spec, ensemble, gate_requests(spec), step)
         gains = predict(fit.gate, gate_data_of(held), learned.cheapest_first)
         folder = Path(tempfile.mkdtemp(prefix="toolkit-gate-"))
         path = folder / "model.onnx"

@@ -609,7 +609,7 @@ class LearnedSpec:
         target_cost_mflop: Instead of a share: the mean MFLOP per request to spend (0: use
             ``target_share``).
         calibration_requests: Requests the gate is fitted and priced on (0: as many as
-            ``data.holdout_requests``).
+            ``data.holdout_requests`` from a calibration set, up to 20,000 cross-fitted).
         gate: ``request``: a small model of its own over the user's ids, the history's items and
             the candidates (embeddings, a pooled history, each candidate's attention over the
             history, candidate-set statistics); ``summary``: an MLP over the dense user features,

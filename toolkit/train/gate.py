@@ -103,7 +103,47 @@ class _Segments:
         return x.index_select(0, self.index)
 
 
-class RequestGate(nn.Module):
+class _Gate(nn.Module):
+    """What both designs share: per-candidate gains, and one request's gains as their mean."""
+
+    def per_candidate(
+        self,
+        user_dense: torch.Tensor,
+        user_sparse: torch.Tensor,
+        user_history: torch.Tensor,
+        ad_dense: torch.Tensor,
+        ad_sparse: torch.Tensor,
+        cheapest_score: torch.Tensor | None = None,
+        request_index: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Each candidate's predicted gains [C, T - 1].
+
+        Args:
+            user_dense: FP32 [B, Du], preprocessed.
+            user_sparse: INT64 [B, Su], folded ids.
+            user_history: INT64 [B, L], folded ids, 0 = padding.
+            ad_dense: FP32 [C, Da].
+            ad_sparse: INT64 [C, Sa].
+            cheapest_score: FP32 [C], the cheapest tier's scores (cheapest-first mode only).
+            request_index: INT64 [C], the request of each candidate; None means B == 1.
+        """
+        raise NotImplementedError
+
+    def forward(
+        self,
+        user_dense: torch.Tensor,
+        user_sparse: torch.Tensor,
+        user_history: torch.Tensor,
+        ad_dense: torch.Tensor,
+        ad_sparse: torch.Tensor,
+        cheapest_score: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Predicted gains per candidate of one request, averaged over its candidates [1, T - 1]."""
+        gains = self.per_candidate(user_dense, user_sparse, user_history, ad_dense, ad_sparse, cheapest_score)
+        return gains.mean(0, keepdim=True)
+
+
+class RequestGate(_Gate):
     """Per-candidate gains from the request's ids, history, candidates (and cheapest scores).
 
     Args:
@@ -149,17 +189,7 @@ class RequestGate(nn.Module):
         cheapest_score: torch.Tensor | None = None,
         request_index: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Each candidate's predicted gains [C, T - 1].
-
-        Args:
-            user_dense: FP32 [B, Du], preprocessed.
-            user_sparse: INT64 [B, Su], folded ids.
-            user_history: INT64 [B, L], folded ids, 0 = padding.
-            ad_dense: FP32 [C, Da].
-            ad_sparse: INT64 [C, Sa].
-            cheapest_score: FP32 [C], the cheapest tier's scores (cheapest-first mode only).
-            request_index: INT64 [C], the request of each candidate; None means B == 1.
-        """
+        """Each candidate's predicted gains [C, T - 1] (see :meth:`_Gate.per_candidate`)."""
         rows = ad_dense.shape[0]
         requests = user_dense.shape[0]
         seg = _Segments(request_index, requests, ad_dense)
@@ -203,21 +233,8 @@ class RequestGate(nn.Module):
         hidden = torch.relu(seg.broadcast(user, rows) + self.first.candidate(torch.cat(candidate, dim=1)))
         return self.out(self.mlp(hidden))
 
-    def forward(
-        self,
-        user_dense: torch.Tensor,
-        user_sparse: torch.Tensor,
-        user_history: torch.Tensor,
-        ad_dense: torch.Tensor,
-        ad_sparse: torch.Tensor,
-        cheapest_score: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """Predicted gains per candidate of one request, averaged over its candidates [1, T - 1]."""
-        gains = self.per_candidate(user_dense, user_sparse, user_history, ad_dense, ad_sparse, cheapest_score)
-        return gains.mean(0, keepdim=True)
 
-
-class SummaryGate(nn.Module):
+class SummaryGate(_Gate):
     """An MLP over request summaries: dense user features, log history length, log N."""
 
     def __init__(
@@ -263,21 +280,6 @@ class SummaryGate(nn.Module):
         seg = _Segments(request_index, user_dense.shape[0], ad_dense)
         x = self.summaries(user_dense, user_history, cheapest_score, seg)
         return seg.broadcast(self.net((x - self.mean) / self.scale), ad_dense.shape[0])
-
-    def forward(
-        self,
-        user_dense: torch.Tensor,
-        user_sparse: torch.Tensor,
-        user_history: torch.Tensor,
-        ad_dense: torch.Tensor,
-        ad_sparse: torch.Tensor,
-        cheapest_score: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """Predicted gains of one request [1, T - 1]."""
-        seg = _Segments(None, 1, ad_dense)
-        return self.net(
-            (self.summaries(user_dense, user_history, cheapest_score, seg) - self.mean) / self.scale
-        )
 
 
 @dataclass(frozen=True)
@@ -382,8 +384,7 @@ def train_gate(
             gate.scale.copy_(x.std(0).clamp(min=1e-3))
     optimizer = torch.optim.Adam(gate.parameters(), lr=3e-3, weight_decay=1e-5)
     rng = np.random.default_rng(seed)
-    counts = np.diff(data.offsets)
-    mean_n = float(counts.mean())
+    mean_n = float(np.diff(data.offsets).mean())
     gate.train()
     for _ in range(epochs):
         order = rng.permutation(data.num_requests)
@@ -391,12 +392,10 @@ def train_gate(
             requests = order[start : start + batch_requests]
             args, rows = _inputs(data, requests, cheapest_first)
             out = gate.per_candidate(*args)
-            index = args[-1]
-            n = torch.from_numpy(counts[requests]).to(torch.float32)
-            predicted = torch.zeros(len(requests), out.shape[1]).index_add(0, index, out) / n[:, None]
-            wanted = torch.zeros(len(requests), out.shape[1]).index_add(0, index, targets[rows]) / n[:, None]
-            loss = ((((predicted - wanted / scale) ** 2).sum(1)) * n / mean_n).mean()
-            loss = loss + ((out - targets[rows] / scale) ** 2).sum(1).mean()
+            wanted = targets[rows] / scale
+            seg = _Segments(args[-1], len(requests), out)
+            loss = (((seg.mean(out) - seg.mean(wanted)) ** 2).sum(1) * seg.n / mean_n).mean()
+            loss = loss + ((out - wanted) ** 2).sum(1).mean()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -414,9 +413,5 @@ def predict(gate: nn.Module, data: GateData, cheapest_first: bool, batch_request
         for start in range(0, data.num_requests, batch_requests):
             requests = np.arange(start, min(start + batch_requests, data.num_requests))
             args, _ = _inputs(data, requests, cheapest_first)
-            per = gate.per_candidate(*args)
-            n = torch.from_numpy(np.diff(data.offsets)[requests]).to(torch.float32)
-            out.append(
-                (torch.zeros(len(requests), per.shape[1]).index_add(0, args[-1], per) / n[:, None]).numpy()
-            )
+            out.append(_Segments(args[-1], len(requests), args[3]).mean(gate.per_candidate(*args)).numpy())
     return np.concatenate(out)
