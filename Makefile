@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 SPEC ?= ensembles/ads_ranking.yaml
 
 .PHONY: install demo test lint format clean help bench bench-precision bench-tiers bench-router bench-per-pair \
-	bench-adaptive bench-pytriton bench-pools
+	bench-adaptive bench-pytriton bench-pools bench-realdata
 
 help:
 	@echo "make demo   - install, train, export, deploy, serve, send gRPC traffic, print a summary, stop"
@@ -31,7 +31,8 @@ demo: install
 	$(BIN)/toolkit deploy --spec $(SPEC)
 	$(BIN)/toolkit demo --spec $(SPEC)
 
-bench: bench-precision bench-tiers bench-per-pair bench-router bench-adaptive bench-pytriton bench-pools
+bench: bench-precision bench-tiers bench-per-pair bench-router bench-adaptive bench-pytriton bench-pools \
+	bench-realdata
 
 bench-precision: install
 	$(BIN)/python benchmarks/precision.py --spec $(SPEC)
@@ -53,6 +54,9 @@ bench-pytriton: install
 
 bench-pools: install
 	$(BIN)/python benchmarks/pools.py
+
+bench-realdata: install
+	$(BIN)/python benchmarks/realdata.py
 
 lint: install
 	$(BIN)/ruff check toolkit tests benchmarks examples
