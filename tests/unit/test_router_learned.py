@@ -46,8 +46,8 @@ def test_calibrate_lambda_hits_the_target_share_of_the_largest_tier(target: floa
     assert share == pytest.approx(target, abs=0.01)
 
 
-def test_decide_uses_the_gains_and_falls_back_to_the_default_tier_without_them() -> None:
-    config = RouterConfig(
+def learned_config() -> RouterConfig:
+    return RouterConfig(
         tiers=TIERS,
         policy="learned",
         default_tier="small",
@@ -55,6 +55,10 @@ def test_decide_uses_the_gains_and_falls_back_to_the_default_tier_without_them()
         learned_lambda=1.0,
         tier_costs=dict(zip(TIERS, COSTS, strict=True)),
     )
+
+
+def test_decide_uses_the_gains_and_falls_back_to_the_default_tier_without_them() -> None:
+    config = learned_config()
     features = {"history_length": 3.0, "num_candidates": 10.0}
     assert decide(config, RequestContext(features=features, gains=(0.5, 1.0))).tier == "large"
     assert decide(config, RequestContext(features=features)).reason == "learned:no-gains"
@@ -84,14 +88,7 @@ def test_choose_tiers_agrees_with_choose_tier_when_requests_carry_values() -> No
 
 
 def test_decide_weighs_the_gains_by_the_request_value_when_the_policy_is_learned() -> None:
-    config = RouterConfig(
-        tiers=TIERS,
-        policy="learned",
-        default_tier="small",
-        gate_model="shop_gate",
-        learned_lambda=1.0,
-        tier_costs=dict(zip(TIERS, COSTS, strict=True)),
-    )
+    config = learned_config()
     features = {"history_length": 3.0, "num_candidates": 10.0}
     cheap = RequestContext(features=features, gains=(0.01, 0.05))
     assert decide(config, cheap).tier == "small"
