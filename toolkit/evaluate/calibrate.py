@@ -185,11 +185,12 @@ def _routing_apgr(data: Any, predicted: np.ndarray) -> float:
 
 def validate_targets(spec: Spec, data: Any, epochs: int, step: StepFn) -> dict[str, float]:
     """APGR of a gate fitted on each target, out of fold (:data:`VALIDATION_FOLDS` blocks in order)."""
+    from toolkit.train.crossfit import fold_of
     from toolkit.train.gate import predict, train_gate
 
     learned = spec.routing.learned
     n = np.diff(data.offsets)
-    block = np.arange(data.num_requests) * VALIDATION_FOLDS // data.num_requests
+    block = fold_of(np.arange(data.num_requests), data.num_requests, VALIDATION_FOLDS)
     out = {}
     for target in learned.targets:
         step(f"validating the gate's target {target!r} ({VALIDATION_FOLDS} folds)")
@@ -289,6 +290,21 @@ def time_gate(spec: Spec, path: Path, counts: tuple[int, ...]) -> dict[str, floa
     return out
 
 
+def gate_facts(spec: Spec, gate: Any, path: Path) -> dict[str, Any]:
+    """What the exported gate at ``path`` costs.
+
+    MFLOP ``[a, b]`` (``a + b * N``) from its graph, ms at the spec's timing candidate counts,
+    parameters and bytes.
+    """
+    model = flops_model(path)
+    return {
+        "gate_cost_mflop": [model.per_request / 1e6, model.per_candidate / 1e6],
+        "gate_ms": time_gate(spec, path, tuple(spec.export.timing_candidates)),
+        "gate_parameters": int(sum(p.numel() for p in gate.parameters())),
+        "gate_bytes": path.stat().st_size,
+    }
+
+
 def routed_costs(tier_costs: list[list[float]], cheapest_first: bool) -> list[list[float]]:
     """What serving each tier costs the router, ``[a, b]`` MFLOP per tier.
 
@@ -340,12 +356,10 @@ def calibrate(spec: Spec, artifacts: Path, step: StepFn | None = None) -> dict[s
     try:
         model_path = staging / FP32 / "model.onnx"
         export_gate(spec, fit.gate, model_path)
-        gate_flops = flops_model(model_path)
-        gate_cost = [gate_flops.per_request / 1e6, gate_flops.per_candidate / 1e6]
-        mean_mflop = float(
-            (cost[chosen, 0] + cost[chosen, 1] * n).mean() + np.mean(gate_cost[0] + gate_cost[1] * n)
-        )
-        step("timing the gate")
+        step("counting and timing the gate")
+        facts = gate_facts(spec, fit.gate, model_path)
+        a, b = facts["gate_cost_mflop"]
+        mean_mflop = float((cost[chosen, 0] + cost[chosen, 1] * n).mean() + np.mean(a + b * n))
         result = {
             "format": CALIBRATION_FORMAT,
             "toolkit_version": __version__,
@@ -368,10 +382,7 @@ def calibrate(spec: Spec, artifacts: Path, step: StepFn | None = None) -> dict[s
             "shares": {t: float(s) for t, s in zip(spec.tier_names, shares, strict=True)},
             "tier_costs_mflop": {t: c for t, c in zip(spec.tier_names, routed, strict=True)},
             "own_costs_mflop": {t: c for t, c in zip(spec.tier_names, costs, strict=True)},
-            "gate_cost_mflop": gate_cost,
-            "gate_ms": time_gate(spec, model_path, tuple(spec.export.timing_candidates)),
-            "gate_parameters": int(sum(p.numel() for p in fit.gate.parameters())),
-            "gate_bytes": model_path.stat().st_size,
+            **facts,
             "gate_sha256": sha256_file(model_path),
         }
         (staging / CALIBRATION).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")

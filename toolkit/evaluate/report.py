@@ -190,13 +190,8 @@ def _cascade_point(spec: Spec, quality: Quality, functions: dict[str, list[CostF
         **_ranking(quality, final),
     }
     if quality.valued is not None:
-        p = np.clip(final, _EPS, 1 - _EPS)
-        loss = -(labels * np.log(p) + (1 - labels) * np.log(1 - p))
-        per_request = np.add.reduceat(loss, offsets[:-1]) if len(loss) else np.zeros(0)
-        v = held.requests.value_weights().astype(np.float64)
-        point["value_ne"] = float(
-            (v * per_request).sum() / ((v * n).sum() * quality.losses.entropy_per_candidate)
-        )
+        served = RequestLosses.from_scores(labels, final[None, :], offsets)
+        point["value_ne"] = value_weighted(served, held.requests.value_weights()).ne(np.zeros(len(n), int))
     return point
 
 
@@ -294,12 +289,14 @@ def _gate_view(
     A gate fitted here learns as ``toolkit calibrate`` would (the spec's ``routing.learned``), from
     requests that are never the held-out ones.
     """
-    from toolkit.evaluate.calibrate import export_gate, fit_gate, gate_data_of, gate_requests, time_gate
-    from toolkit.repository.gate import gate_path, read_calibration
+    from toolkit.evaluate.calibrate import export_gate, fit_gate, gate_data_of, gate_facts, gate_requests
+    from toolkit.repository.gate import read_calibration
     from toolkit.train.gate import predict
 
     offsets = held.requests.offsets
     n = np.diff(offsets)
+    keys = ("gate", "cheapest_first", "target", "fit_on", "source", "validation_apgr")
+    costs = ("gate_cost_mflop", "gate_ms", "gate_parameters", "gate_bytes")
     if spec.routing.policy == "learned":
         calibration = read_calibration(spec, artifacts)
         gains = np.stack(
@@ -308,53 +305,28 @@ def _gate_view(
                 for r in range(held.requests.num_requests)
             ]
         )
-        keys = (
-            "gate",
-            "cheapest_first",
-            "target",
-            "fit_on",
-            "source",
-            "validation_apgr",
-            "gate_ms",
-            "gate_parameters",
-            "gate_bytes",
-        )
-        info = {"origin": "deployed"} | {k: calibration.get(k) for k in keys}
-        path = gate_path(spec, artifacts)
+        info = {"origin": "deployed"} | {k: calibration.get(k) for k in keys + costs}
     else:
         learned = spec.routing.learned
         fit = fit_gate(spec, ensemble, gate_requests(spec), step)
         gains = predict(fit.gate, gate_data_of(held), learned.cheapest_first)
-        folder = Path(tempfile.mkdtemp(prefix="toolkit-gate-"))
-        path = folder / "model.onnx"
-        export_gate(spec, fit.gate, path)
-        info = {
-            "origin": "fitted here",
-            "gate": learned.gate,
-            "cheapest_first": learned.cheapest_first,
-            "target": fit.target,
-            "fit_on": fit.fit_on,
-            "source": fit.source,
-            "validation_apgr": fit.validation,
-            "gate_ms": time_gate(spec, path, tuple(spec.export.timing_candidates)),
-            "gate_parameters": int(sum(p.numel() for p in fit.gate.parameters())),
-            "gate_bytes": path.stat().st_size,
-        }
-    model = flops_model(path)
-    info["gate_cost_mflop"] = [model.per_request / 1e6, model.per_candidate / 1e6]
-    if info["origin"] == "fitted here":
-        import shutil
-
-        shutil.rmtree(path.parent, ignore_errors=True)
-    flops = np.asarray(model.at(n), dtype=np.float64)
+        with tempfile.TemporaryDirectory(prefix="toolkit-gate-") as folder:
+            path = Path(folder) / "model.onnx"
+            export_gate(spec, fit.gate, path)
+            facts = gate_facts(spec, fit.gate, path)
+        info = {"origin": "fitted here", "gate": learned.gate, "cheapest_first": learned.cheapest_first}
+        info |= {"target": fit.target, "fit_on": fit.fit_on, "source": fit.source}
+        info |= {"validation_apgr": fit.validation, **facts}
+    a, b = info["gate_cost_mflop"]
+    flops = (a + b * n.astype(np.float64)) * 1e6
     return GateView(gains, info, flops, _interpolator(info.get("gate_ms") or {})(n))
 
 
 def _kl_ceiling(held: HeldOutScores) -> np.ndarray:
     """Per request, N times the mean KL(p_largest || p_smallest): a gate that knew the largest tier."""
-    p = np.clip(held.scores[[0, -1]].astype(np.float64), _EPS, 1 - _EPS)
-    small, big = p
-    kl = big * np.log(big / small) + (1 - big) * np.log((1 - big) / (1 - small))
+    from toolkit.train.gate import candidate_targets
+
+    kl = candidate_targets(held.scores[[0, -1]], held.requests.labels, "kl")[:, 0].astype(np.float64)
     return np.add.reduceat(kl, held.requests.offsets[:-1])
 
 

@@ -135,10 +135,12 @@ def _epoch(
     position = 0
     for chunk in train_chunks(data.spec):
         if data.skip is not None:
+            from toolkit.train.crossfit import fold_of
+
             k, folds, total = data.skip
             positions = np.arange(position, position + chunk.num_requests)
             position += chunk.num_requests
-            chunk = chunk.subset(np.flatnonzero(positions * folds // total != k))
+            chunk = chunk.subset(np.flatnonzero(fold_of(positions, total, folds) != k))
         if leftover is not None:
             chunk = concat_requests([leftover, chunk])
         order = rng.permutation(chunk.num_requests)
