@@ -105,3 +105,49 @@ def serving(repository: Path, log_dir: Path) -> Iterator[Any]:
         pytest.skip(f"no tritonserver on this machine: {exc}")
     with TritonServer(free_port_options(repository, log_dir / "tritonserver.log")) as running:
         yield running
+
+
+def stand_in_onnx(kind: str, tag: str, opset: int = 18) -> bytes:
+    """A small valid ONNX model with the request tensors as inputs, named ``tag`` (its graph name).
+
+    ``kind`` is ``preprocess`` (each input passed through as ``<name>_pre``), ``tier`` (``score`` [N],
+    the sum of ``ad_dense`` per candidate) or ``gate`` (``gains`` [1, 2]); deploy can fuse and copy it
+    like an exported model.
+    """
+    from onnx import TensorProto, helper
+
+    from toolkit.data.requests import REQUEST_TENSORS
+
+    types = {"user_dense": TensorProto.FLOAT, "ad_dense": TensorProto.FLOAT}
+    dims = ["rows", "width"]
+    inputs = [
+        helper.make_tensor_value_info(n, types.get(n, TensorProto.INT64), dims) for n in REQUEST_TENSORS
+    ]
+    if kind == "preprocess":
+        nodes = [helper.make_node("Identity", [n], [f"{n}_pre"]) for n in REQUEST_TENSORS]
+        outputs = [
+            helper.make_tensor_value_info(f"{n}_pre", types.get(n, TensorProto.INT64), dims)
+            for n in REQUEST_TENSORS
+        ]
+    elif kind == "tier":
+        axes = helper.make_tensor("a", TensorProto.INT64, [1], [1])
+        nodes = [
+            helper.make_node("Constant", [], ["axes"], value=axes),
+            helper.make_node("ReduceSum", ["ad_dense", "axes"], ["score"], keepdims=0),
+        ]
+        outputs = [helper.make_tensor_value_info("score", TensorProto.FLOAT, ["rows"])]
+    else:
+        gains = helper.make_tensor("g", TensorProto.FLOAT, [1, 2], [0.1, 0.2])
+        nodes = [helper.make_node("Constant", [], ["gains"], value=gains)]
+        outputs = [helper.make_tensor_value_info("gains", TensorProto.FLOAT, [1, 2])]
+    graph = helper.make_graph(nodes, tag, inputs, outputs)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 10
+    return model.SerializeToString()
+
+
+def onnx_graph_name(path: Path) -> str:
+    """The graph name of the ONNX model at ``path`` (what :func:`stand_in_onnx` calls its tag)."""
+    import onnx
+
+    return onnx.load(str(path), load_external_data=False).graph.name

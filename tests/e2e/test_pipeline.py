@@ -10,14 +10,16 @@ import shutil
 from pathlib import Path
 
 import click
+import onnx
 import pytest
 from google.protobuf import text_format
 from helpers import run_cli, tiny_spec_dict, write_spec
 from tritonclient.grpc import model_config_pb2 as mc
 
-from toolkit.export import read_manifest
+from toolkit.export import FP32, read_manifest
 from toolkit.export.manifest import sha256_file, write_manifest
 from toolkit.repository import MARKER
+from toolkit.repository.fuse import fuse_preprocess
 from toolkit.repository.select import NOISE, mean_latency
 from toolkit.spec.variants import VARIANTS
 
@@ -133,14 +135,19 @@ def test_deploy_serves_the_fastest_passing_variant_or_the_pinned_one(pipeline, t
         assert f"tier {variant}: pinned" in pipeline.outputs["deploy"]
     repo = tmp_path / "repo"
     run_cli("deploy", "--spec", str(pipeline.spec_path), "--out", str(repo))
+    preprocess = onnx.load(str(pipeline.artifacts / pipeline.spec.preprocess_model / FP32 / "model.onnx"))
     chosen = json.loads((repo / MARKER).read_text())["variants"]
     for tier, variant in chosen.items():
         entries = manifest["tiers"][tier]["variants"]
         assert entries[variant]["status"] == "OK"
         passing = [mean_latency(e, "cpu") for e in entries.values() if e["status"] == "OK"]
         assert mean_latency(entries[variant], "cpu") <= min(passing) * (1 + NOISE)
-        onnx = (repo / tier / "1" / "model.onnx").read_bytes()
-        assert hashlib.sha256(onnx).hexdigest() == entries[variant]["files"][0]["sha256"]
+        deployed = onnx.load(str(repo / tier / "1" / "model.onnx"))
+        source = pipeline.artifacts / entries[variant]["files"][0]["path"]
+        assert sha256_file(source) == entries[variant]["files"][0]["sha256"]
+        exported = onnx.load(str(source))
+        fused = fuse_preprocess(preprocess, exported)
+        assert deployed.SerializeToString() == fused.SerializeToString()
 
 
 def test_deploy_refuses_a_pinned_variant_that_did_not_pass(pipeline, tmp_path) -> None:

@@ -92,7 +92,7 @@ def test_gpu_variants_are_the_catalogue_variants_that_run_on_gpu_when_listed() -
 
 
 @pytest.mark.parametrize("variant", configs.GPU_VARIANTS)
-def test_gpu_tier_config_round_trips_with_cpu_tier_tensors_on_gpu_instances_when_built(
+def test_gpu_tier_config_round_trips_with_preprocessed_tensors_on_gpu_instances_when_built(
     spec: Spec, variant: str
 ) -> None:
     config = configs.gpu_tier_config(spec, "big", variant)
@@ -103,7 +103,9 @@ def test_gpu_tier_config_round_trips_with_cpu_tier_tensors_on_gpu_instances_when
     assert message.name == "big"
     assert message.max_batch_size == 0
     cpu = configs.tier_config(spec, "big", "onnxruntime")
-    assert list(message.input) == list(cpu.input)
+    expected = configs.request_dims(spec.features, raw=False)
+    assert dims(message.input) == {name: shape for name, (_, shape) in expected.items()}
+    assert dims(cpu.input)["user_history"] == [1, -1]
     assert list(message.output) == list(cpu.output)
     assert dims(message.output) == {"score": [-1]} and message.output[0].data_type == mc.TYPE_FP32
     assert [(g.count, g.kind) for g in message.instance_group] == [(2, mc.ModelInstanceGroup.KIND_GPU)]

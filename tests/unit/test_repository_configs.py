@@ -75,7 +75,7 @@ def test_expected_file_parses_back_into_the_same_model_config_when_read(spec: Sp
 
 
 @pytest.mark.parametrize("backend", ["onnxruntime", "python"])
-def test_tier_config_takes_preprocessed_tensors_when_built(spec: Spec, backend: str) -> None:
+def test_tier_config_takes_the_raw_request_tensors_when_built(spec: Spec, backend: str) -> None:
     config = parsed((EXPECTED / f"tier_{backend}.pbtxt").read_text(encoding="utf-8"))
 
     assert config.name == "big"
@@ -83,7 +83,7 @@ def test_tier_config_takes_preprocessed_tensors_when_built(spec: Spec, backend: 
     assert dims(config.input) == {
         "user_dense": [1, 3],
         "user_sparse": [1, 2],
-        "user_history": [1, 6],
+        "user_history": [1, -1],
         "ad_dense": [-1, 2],
         "ad_sparse": [-1, 3],
     }

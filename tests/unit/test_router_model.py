@@ -172,9 +172,11 @@ class Router:
 
 
 @contextlib.contextmanager
-def deployed_router(directory: Path, spec: Spec) -> Iterator[Router]:
+def deployed_router(
+    directory: Path, spec: Spec, preprocessed_tiers: tuple[str, ...] = ()
+) -> Iterator[Router]:
     """Write the router as deploy does, import its model.py with the fake backend, then clean up."""
-    _write_router(directory, spec)
+    _write_router(directory, spec, preprocessed_tiers=preprocessed_tiers)
     folder = directory / spec.router_model
     backend = FakeBackend()
     module_name = "deployed_router_model_under_test"
@@ -302,7 +304,7 @@ def test_router_passes_the_request_tensors_unchanged_when_calling_a_tier(
     assert list(sent) == list(INPUTS)
     for name in INPUTS:
         np.testing.assert_array_equal(sent[name], request.tensors[name].as_numpy()[0])
-    assert list(router.backend.preprocessed[-1].requested_output_names) == [f"{k}_pre" for k in INPUTS]
+    assert router.backend.preprocessed == []
 
 
 @pytest.mark.parametrize("history_items", [0, 6])
@@ -457,19 +459,26 @@ def test_deployed_router_restores_sys_modules_and_path_when_the_test_ends(
     assert sys.path == path_before
 
 
-def test_router_validates_before_preprocessing_and_answers_unavailable_when_preprocess_fails(
-    router: Router, tiny_spec: Spec
+def test_router_preprocesses_only_for_tiers_without_the_step_fused_and_steps_down_when_it_fails(
+    tmp_path: Path, tiny_spec: Spec
 ) -> None:
-    bad = make_request(tiny_spec, history_items=2, n=0)
-    (refused,) = router.execute(bad)
-    assert_error(refused, FakeTritonError.INVALID_ARG, "'ad_dense'")
-    assert router.backend.preprocessed == [] and router.backend.calls == []
+    with deployed_router(tmp_path, tiny_spec, preprocessed_tiers=("xl",)) as router:
+        bad = make_request(tiny_spec, history_items=2, n=0, params={"tier": "xl"})
+        (refused,) = router.execute(bad)
+        assert_error(refused, FakeTritonError.INVALID_ARG, "'ad_dense'")
+        assert router.backend.preprocessed == [] and router.backend.calls == []
 
-    router.backend.failing["preprocess"] = "model is not loaded"
-    (response,) = router.execute(make_request(tiny_spec, history_items=2))
+        (served,) = router.execute(make_request(tiny_spec, history_items=2, params={"tier": "xl"}))
+        assert outputs(served)["tier"].tolist() == [[2, 2, 2]]
+        assert len(router.backend.preprocessed) == 1
+        assert list(router.backend.calls[-1].inputs) == list(INPUTS)
 
-    assert_error(response, FakeTritonError.UNAVAILABLE, "preprocess", "not loaded")
-    assert router.backend.calls == []
+        router.backend.failing["preprocess"] = "model is not loaded"
+        request = make_request(tiny_spec, history_items=2, params={"tier": "xl"})
+        (response,) = router.execute(request)
+
+        assert_served_by(router, request, response, "standard")
+        assert router.model.counts["error:preprocess"] == 1 and router.model.counts["fallback:xl"] == 1
 
 
 def test_router_skips_a_tier_whose_recent_calls_exceed_the_tier_timeout_until_they_age_out(

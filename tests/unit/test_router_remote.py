@@ -217,11 +217,15 @@ def initialize_args(folder: Path) -> dict[str, str]:
 
 @contextlib.contextmanager
 def remote_router(
-    directory: Path, spec: Spec, metrics: FakeMetrics | None = None, remote_tiers: dict | None = None
+    directory: Path,
+    spec: Spec,
+    metrics: FakeMetrics | None = None,
+    remote_tiers: dict | None = None,
+    preprocessed_tiers: tuple[str, ...] = (),
 ) -> Iterator[RemoteRouter]:
     """The router with xl in the pool ``big`` (two addresses), its gRPC client and clock faked."""
     remote_tiers = REMOTE if remote_tiers is None else remote_tiers
-    _write_router(directory, spec, remote_tiers=remote_tiers)
+    _write_router(directory, spec, remote_tiers=remote_tiers, preprocessed_tiers=preprocessed_tiers)
     folder = directory / spec.router_model
     backend = FakeBackend()
     if metrics is not None:
@@ -279,7 +283,7 @@ def assert_served_by_standard(
 # --- the router calling a remote tier, through execute ---
 
 
-def test_remote_tier_scores_the_request_sending_the_preprocessed_tensors_when_it_answers(
+def test_remote_tier_scores_the_request_sending_the_raw_tensors_when_it_answers(
     router: RemoteRouter, tiny_spec: Spec
 ) -> None:
     request = wishes_xl(tiny_spec, seed=2, n=4)
@@ -291,11 +295,10 @@ def test_remote_tier_scores_the_request_sending_the_preprocessed_tensors_when_it
     assert call.address == A1 and call.model_name == "xl" and call.outputs == ["score"]
     assert call.client_timeout is not None and 0 < call.client_timeout <= TIMEOUT_MS / 1000.0
     assert [i.name() for i in call.inputs] == list(INPUTS)
-    preprocessed = {k.removesuffix("_pre"): v for k, v in router.backend.preprocessed[-1].inputs.items()}
+    assert router.backend.preprocessed == []
     for item in call.inputs:
         expected = request_arrays(request)[item.name()]
         np.testing.assert_array_equal(item.array, expected)
-        np.testing.assert_array_equal(item.array, preprocessed[item.name()])
         assert item.shape() == list(expected.shape)
         assert triton_to_np_dtype(item.datatype()) == expected.dtype
     assert {i.name(): i.datatype() for i in call.inputs} == {
@@ -307,6 +310,22 @@ def test_remote_tier_scores_the_request_sending_the_preprocessed_tensors_when_it
     }
     assert router.counts[f"remote_ok:{A1}"] == 1 and router.counts["tier:xl"] == 1
     assert router.book.resting() == []
+
+
+def test_remote_tier_deployed_without_the_preprocess_step_gets_the_preprocessed_tensors(
+    tmp_path: Path, tiny_spec: Spec
+) -> None:
+    request = wishes_xl(tiny_spec, seed=2, n=4)
+
+    with remote_router(tmp_path, tiny_spec, preprocessed_tiers=("xl",)) as router:
+        (response,) = router.execute(request)
+
+        assert_served_remotely(router, request, response)
+        (call,) = router.remote.calls
+        (preprocess,) = router.backend.preprocessed
+        assert list(preprocess.requested_output_names) == [f"{k}_pre" for k in INPUTS]
+        for item in call.inputs:
+            np.testing.assert_array_equal(item.array, preprocess.inputs[item.name()])
 
 
 def test_router_keeps_one_client_per_address_with_round_robin_channels_when_called_again(

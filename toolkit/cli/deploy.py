@@ -194,19 +194,30 @@ def _describe(spec: Spec, result: DeployResult) -> None:
             f"note: the repository replaced was written by {result.replaced_older}; it was replaced "
             f"whole (format {MARKER_FORMAT} now), not updated in place"
         )
+    for tier, reason in result.unfused.items():
+        click.echo(
+            f"note: tier {tier!r} is deployed without the preprocess step fused in (it takes preprocessed "
+            f"tensors, which the router computes): {reason}"
+        )
     if result.pools:
         _describe_pools(spec, result)
         return
     click.echo(f"  {spec.name:<28} ensemble entry point: the router")
-    click.echo(f"  {spec.preprocess_model:<28} feature transforms (ONNX), called by the router")
+    click.echo(f"  {spec.preprocess_model:<28} feature transforms (ONNX), fused into every CPU tier")
     click.echo(
-        f"  {spec.router_model:<28} BLS router: queue timeout {spec.triton.queue_timeout_ms:g} ms, "
-        f"validation, preprocess, policy {spec.routing.policy!r}"
+        f"  {spec.router_model:<28} router: queue timeout {spec.triton.queue_timeout_ms:g} ms, "
+        f"validation, policy {spec.routing.policy!r}; {_local_tiers(spec)}"
     )
     if spec.gate_model in result.models:
-        click.echo(f"  {spec.gate_model:<28} learned policy's gate (ONNX), called by the router")
+        click.echo(f"  {spec.gate_model:<28} learned policy's gate (ONNX, preprocess fused in)")
     for name, selection in result.selections.items():
         click.echo(f"  {name:<28} tier {selection.variant}: {selection.reason}")
+
+
+def _local_tiers(spec: Spec) -> str:
+    if spec.triton.local_tiers == "inprocess":
+        return "runs the CPU tiers in its own process"
+    return "calls the tiers through BLS"
 
 
 def _describe_pools(spec: Spec, result: DeployResult) -> None:
@@ -221,13 +232,13 @@ def _describe_pools(spec: Spec, result: DeployResult) -> None:
         click.echo(f"  pool {pool.name} ({pool.target}, {pool.backend}) -> {pool.repository.name}/: {role}")
         if pool.entry:
             click.echo(f"    {spec.name:<26} ensemble entry point: the router")
-            click.echo(f"    {spec.preprocess_model:<26} feature transforms (ONNX), called by the router")
+            click.echo(f"    {spec.preprocess_model:<26} feature transforms (ONNX), fused into CPU tiers")
             click.echo(
-                f"    {spec.router_model:<26} BLS router: policy {spec.routing.policy!r}; tiers of "
-                "other pools over gRPC"
+                f"    {spec.router_model:<26} router: policy {spec.routing.policy!r}; "
+                f"{_local_tiers(spec)}; tiers of other pools over gRPC"
             )
             if spec.gate_model in pool.models:
-                click.echo(f"    {spec.gate_model:<26} learned policy's gate (ONNX), called by the router")
+                click.echo(f"    {spec.gate_model:<26} learned policy's gate (ONNX, preprocess fused in)")
         for name in pool.tiers:
             selection = result.selections[name]
             click.echo(f"    {name:<26} tier {selection.variant}: {selection.reason}")

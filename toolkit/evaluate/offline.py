@@ -1,4 +1,4 @@
-"""The deployed ensemble, run offline: the same ONNX files and the same routing code as the server.
+"""The deployed ensemble, run offline: the same ONNX files and the same routing engine as the server.
 
 ``toolkit evaluate`` scores held-out requests here; the end-to-end tests compare these decisions
 and scores with the real Triton server's, request by request.
@@ -7,9 +7,10 @@ and scores with the real Triton server's, request by request.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -21,17 +22,12 @@ from toolkit.export.parity import cpu_session
 from toolkit.repository.gate import CHEAPEST_SCORE, GATE_OUTPUT, gate_path, read_calibration
 from toolkit.repository.select import select_variants
 from toolkit.repository.writer import MARKER, router_settings
-from toolkit.router.policy import (
-    Decision,
-    RequestContext,
-    RouterConfig,
-    cascade_scores,
-    decide,
-    request_features,
-)
+from toolkit.router.engine import RoutingEngine
+from toolkit.router.policy import Decision, RequestContext, RouterConfig, request_features
 from toolkit.spec.schema import Spec
 
 Inputs = dict[str, np.ndarray]
+T = TypeVar("T")
 
 
 def deployed_variants(spec: Spec, artifacts: Path, repository: Path | None = None) -> dict[str, str]:
@@ -94,10 +90,16 @@ class OfflineEnsemble:
             tier: cpu_session(str(artifacts / tier / variant / "model.onnx"))
             for tier, variant in variants.items()
         }
+        self._engine = RoutingEngine(self.settings, _OnnxBackend(self)) if self.settings is not None else None
+        self._last: tuple[Inputs, Inputs] | None = None
 
     def preprocessed(self, raw: Inputs) -> Inputs:
         """The preprocess model's outputs for one raw request, by request tensor name."""
-        return dict(zip(REQUEST_TENSORS, self._pre.run(None, raw), strict=True))
+        if self._last is not None and self._last[0] is raw:
+            return self._last[1]
+        pre = dict(zip(REQUEST_TENSORS, self._pre.run(None, raw), strict=True))
+        self._last = (raw, pre)
+        return pre
 
     def score(self, pre: Inputs, tier: str) -> np.ndarray:
         """Scores [N] of ``tier`` for one preprocessed request."""
@@ -119,53 +121,67 @@ class OfflineEnsemble:
             )
         return self._gate.run([GATE_OUTPUT], feed)[0][0]
 
+    def _context(self, raw: Inputs, forced_tier: str | None, value: float) -> RequestContext:
+        if self._engine is None:
+            raise RepositoryError("this offline ensemble was opened without routing")
+        parameters: dict[str, object] = {"value": value}
+        if forced_tier is not None:
+            parameters["tier"] = forced_tier
+        return self._engine.parse(raw, parameters)
+
     def decide(
         self,
-        pre: Inputs,
+        raw: Inputs,
         forced_tier: str | None = None,
         value: float = 1.0,
         cheapest: np.ndarray | None = None,
     ) -> Decision:
-        """The router's decision for one preprocessed request (with the gate's gains if learned).
+        """The router's decision for one raw request (with the gate's gains if learned).
 
         Args:
-            pre: The preprocessed request.
+            raw: The raw request.
             forced_tier: The request parameter ``tier``, if any.
             value: The request parameter ``value`` (1 if absent).
             cheapest: In cheapest-first mode, the cheapest tier's scores if already known.
         """
-        if self.settings is None:
-            raise RepositoryError("this offline ensemble was opened without routing")
-        features = request_features(pre["user_history"], int(pre["ad_dense"].shape[0]))
-        gains = None
-        if self._gate is not None and forced_tier is None:
-            gains = tuple(float(g) for g in self.gate_gains(pre, cheapest))
-        context = RequestContext(features=features, forced_tier=forced_tier, gains=gains, value=value)
-        return decide(self.settings, context)
+        context = self._context(raw, forced_tier, value)
+        return _complete(self._engine.decide(raw, context, cheapest))
 
     def route(
         self, raw: Inputs, forced_tier: str | None = None, value: float = 1.0
     ) -> tuple[Decision, np.ndarray, np.ndarray]:
         """The router's decision for one raw request, the scores it returns and each one's tier index.
 
-        In cheapest-first mode the cheapest tier scores the request before the gate runs, and its
+        The routing engine the deployed router runs, with these ONNX files as its tiers: in
+        cheapest-first mode the cheapest tier scores the request before the gate runs, and its
         scores are the answer when the gate keeps the request there.
         """
-        pre = self.preprocessed(raw)
-        cheapest = None
-        if self.cheapest_first and forced_tier is None:
-            cheapest = self.score(pre, self.spec.tier_names[0])
-        decision = self.decide(pre, forced_tier, value, cheapest)
-        scores = cheapest if cheapest is not None and decision.index == 0 else self.score(pre, decision.tier)
-        if decision.rescore_tier is None:
-            return decision, scores, np.full(scores.shape, decision.index, dtype=np.int32)
+        context = self._context(raw, forced_tier, value)
+        routed = _complete(self._engine.route(raw, context))
+        return routed.decision, routed.scores, routed.tiers
 
-        def rescore(top: np.ndarray) -> np.ndarray:
-            subset = {**pre, "ad_dense": pre["ad_dense"][top], "ad_sparse": pre["ad_sparse"][top]}
-            return self.score(subset, decision.rescore_tier)
 
-        scores, tiers = cascade_scores(scores, decision, rescore)
-        return decision, scores, tiers
+def _complete(coroutine: Coroutine[Any, Any, T]) -> T:
+    """The result of a coroutine that never waits (the offline backend's calls all return at once)."""
+    try:
+        coroutine.send(None)
+    except StopIteration as done:
+        return done.value
+    coroutine.close()
+    raise RuntimeError("the offline routing engine waited on something; it should not")
+
+
+class _OnnxBackend:
+    """The routing engine's tiers and gate offline: preprocess, then the exported ONNX files."""
+
+    def __init__(self, ensemble: OfflineEnsemble) -> None:
+        self.ensemble = ensemble
+
+    async def score(self, tier: str, tensors: Inputs) -> np.ndarray:
+        return self.ensemble.score(self.ensemble.preprocessed(tensors), tier)
+
+    async def gains(self, tensors: Inputs, cheapest: np.ndarray | None) -> np.ndarray:
+        return self.ensemble.gate_gains(self.ensemble.preprocessed(tensors), cheapest)
 
 
 @dataclass(frozen=True)
@@ -210,7 +226,8 @@ def score_requests(
     pre_all: dict[str, np.ndarray] = {}
     values = requests.value_weights()
     for r in range(requests.num_requests):
-        pre = ensemble.preprocessed(requests.request(r))
+        raw = requests.request(r)
+        pre = ensemble.preprocessed(raw)
         lo, hi = requests.offsets[r], requests.offsets[r + 1]
         if not pre_all:
             pre_all = {
@@ -230,7 +247,7 @@ def score_requests(
             scores[t, lo:hi] = ensemble.score(pre, tier)
         features.append(request_features(pre["user_history"], int(hi - lo)))
         if ensemble.settings is not None:
-            decisions[r] = ensemble.decide(pre, value=float(values[r]), cheapest=scores[0, lo:hi]).index
+            decisions[r] = ensemble.decide(raw, value=float(values[r]), cheapest=scores[0, lo:hi]).index
         else:
             decisions[r] = -1
         if progress is not None:

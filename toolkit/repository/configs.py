@@ -83,9 +83,17 @@ def onnx_model_config(
     return config
 
 
-def tier_config(spec: Spec, tier: str, backend: str) -> mc.ModelConfig:
-    """Config of one tier: preprocessed request tensors in, ``score`` [N] out."""
-    dims = request_dims(spec.features, raw=False)
+def tier_config(spec: Spec, tier: str, backend: str, raw: bool = True) -> mc.ModelConfig:
+    """Config of one CPU tier: request tensors in, ``score`` [N] out.
+
+    Args:
+        spec: The ensemble spec.
+        tier: The tier.
+        backend: ``onnxruntime`` or ``python``.
+        raw: Whether the tier takes the raw request (the preprocess step fused in front) or the
+            preprocessed tensors.
+    """
+    dims = request_dims(spec.features, raw=raw)
     return onnx_model_config(tier, backend, dims, {SCORE: ("FP32", [-1])}, spec.triton.tier_instances)
 
 
@@ -100,12 +108,12 @@ def preprocess_config(spec: Spec, backend: str) -> mc.ModelConfig:
 def gate_config(spec: Spec, backend: str, cheapest_first: bool) -> mc.ModelConfig:
     """Config of the learned policy's gate: request tensors in, ``gains`` [1, T - 1] out.
 
-    The inputs are the preprocessed request tensors and, cheapest first, the cheapest tier's scores
-    ``cheapest_score`` [N].
+    The inputs are the raw request tensors (the preprocess step is fused in front) and, cheapest
+    first, the cheapest tier's scores ``cheapest_score`` [N].
     """
     from toolkit.repository.gate import CHEAPEST_SCORE, GATE_OUTPUT
 
-    inputs = dict(request_dims(spec.features, raw=False))
+    inputs = dict(request_dims(spec.features, raw=True))
     if cheapest_first:
         inputs[CHEAPEST_SCORE] = ("FP32", [-1])
     return onnx_model_config(
@@ -120,8 +128,8 @@ def gate_config(spec: Spec, backend: str, cheapest_first: bool) -> mc.ModelConfi
 def router_config(spec: Spec) -> mc.ModelConfig:
     """Config of the BLS router (python backend), the ensemble's only step and its admission point.
 
-    It takes the raw request, validates it, calls the preprocess model and then the tiers through
-    BLS. ``max_batch_size`` is 1 only so that it can have a queue policy (Triton keeps queue
+    It takes the raw request, validates it and scores it with a tier: in its own process, through
+    BLS, or over gRPC. ``max_batch_size`` is 1 only so that it can have a queue policy (Triton keeps queue
     policies in the dynamic batcher): Triton adds a leading dimension of 1 to every tensor, which
     the router drops, so clients still send [1, D] and [N, D] and get [N] back. A request that waited
     ``triton.queue_timeout_ms`` in the queue is rejected with UNAVAILABLE instead of queueing without
@@ -148,8 +156,8 @@ def router_config(spec: Spec) -> mc.ModelConfig:
 def ensemble_config(spec: Spec) -> mc.ModelConfig:
     """Config of the entry point: the raw request -> the router -> ``score``, ``tier``.
 
-    One step: the router preprocesses through BLS after its queue admitted the request, so an
-    overloaded server rejects a request before spending anything on it.
+    One step: the router runs everything after its queue admitted the request, so an overloaded
+    server rejects a request before spending anything on it.
     """
     config = mc.ModelConfig(name=spec.name, platform="ensemble", max_batch_size=0)
     _inputs(config, request_dims(spec.features, raw=True), {})

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import compileall
 import datetime as dt
 import json
 import os
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from toolkit.errors import ExportError, RepositoryError
 from toolkit.export.manifest import FP32, read_manifest, verify_files
 from toolkit.export.onnx_export import PREPROCESSED
 from toolkit.repository import configs
+from toolkit.repository.fuse import fuse_files
 from toolkit.repository.gate import gate_path, read_calibration
 from toolkit.repository.select import Selection, select_variants
 from toolkit.router.policy import RouterConfig, RuleConfig
@@ -51,6 +53,8 @@ class DeployResult:
             what wrote it (``toolkit <version>, repository format <n>``); empty otherwise.
         pools: With ``pools`` in the spec: each pool's repository (``repository`` is then the folder
             that holds them and ``target`` is empty).
+        unfused: CPU tiers deployed without the preprocess step fused in (they take preprocessed
+            tensors, which the router computes), and why the fusion failed.
     """
 
     repository: Path
@@ -61,6 +65,7 @@ class DeployResult:
     target: str = "cpu"
     replaced_older: str = ""
     pools: tuple[PoolRepository, ...] = ()
+    unfused: dict[str, str] = field(default_factory=dict)
 
     @property
     def variants(self) -> dict[str, str]:
@@ -73,6 +78,7 @@ def router_settings(
     latency_prior_ms: dict[str, dict[str, float]] | None = None,
     learned: dict[str, Any] | None = None,
     remote_tiers: dict[str, dict[str, Any]] | None = None,
+    preprocessed_tiers: tuple[str, ...] = (),
 ) -> RouterConfig:
     """The router's configuration (``router.json``) derived from the spec.
 
@@ -82,6 +88,7 @@ def router_settings(
         learned: With the learned policy, ``toolkit calibrate``'s ``calibration.json``.
         remote_tiers: Tiers of other pools and where to call them (see
             :class:`~toolkit.router.remote.RemoteTier`).
+        preprocessed_tiers: Tiers deployed without the preprocess step fused in (GPU tiers).
     """
     learned = learned or {}
     return RouterConfig(
@@ -104,6 +111,8 @@ def router_settings(
         inputs=input_schema(spec).to_dict(),
         preprocess_model=spec.preprocess_model,
         preprocess_outputs=dict(PREPROCESSED),
+        preprocessed_tiers=tuple(t for t in spec.tier_names if t in preprocessed_tiers),
+        local_tiers=spec.triton.local_tiers,
         tier_timeout_ms=spec.triton.tier_timeout_ms,
         remote_tiers=dict(remote_tiers or {}),
     )
@@ -148,12 +157,28 @@ def _write_onnx_model(
         shutil.copy2(_PYTHON_MODELS / "onnx_runner.py", folder / "1" / "model.py")
 
 
+def _write_fused_model(
+    staging: Path, preprocess: Path, model: Path, config: mc.ModelConfig, backend: str
+) -> None:
+    """A CPU model (a tier or the gate) with the preprocess step fused in front (see :mod:`.fuse`)."""
+    folder = staging / config.name
+    write_config(folder, config)
+    fuse_files(preprocess, model, folder / "1" / "model.onnx")
+    if backend == "python":
+        shutil.copy2(_PYTHON_MODELS / "onnx_runner.py", folder / "1" / "model.py")
+
+
+def _model_file(artifacts: Path, variant: dict[str, Any]) -> Path:
+    return artifacts / next(e["path"] for e in variant["files"] if e["path"].endswith(".onnx"))
+
+
 def _write_router(
     staging: Path,
     spec: Spec,
     latency_prior_ms: dict[str, dict[str, float]] | None = None,
     learned: dict[str, Any] | None = None,
     remote_tiers: dict[str, dict[str, Any]] | None = None,
+    preprocessed_tiers: tuple[str, ...] = (),
 ) -> None:
     folder = staging / spec.router_model
     write_config(folder, configs.router_config(spec))
@@ -161,7 +186,7 @@ def _write_router(
     version.mkdir(parents=True, exist_ok=True)
     shutil.copy2(_PYTHON_MODELS / "router.py", version / "model.py")
     shutil.copytree(_ROUTER_PACKAGE, version / "toolkit_router", ignore=shutil.ignore_patterns("__pycache__"))
-    settings = router_settings(spec, latency_prior_ms, learned, remote_tiers)
+    settings = router_settings(spec, latency_prior_ms, learned, remote_tiers, preprocessed_tiers)
     (version / "router.json").write_text(settings.to_json(), encoding="utf-8")
 
 
@@ -307,6 +332,9 @@ def deploy(
         for name, entry in entries.items()
     }
     remote = {tier: _remote_tier(spec, tier, pool_addresses) for tier in spec.remote_tiers}
+    pre_file = _model_file(artifacts, pre_variant)
+
+    unfused: dict[str, str] = {}
 
     def write_tiers(folder: Path, tiers: tuple[str, ...]) -> None:
         for name in tiers:
@@ -317,7 +345,15 @@ def deploy(
                 write_config(folder / name, config)
                 _copy_files(artifacts, entry, folder / name / "1")
             else:
-                _write_onnx_model(folder, artifacts, entry, configs.tier_config(spec, name, backend), backend)
+                config = configs.tier_config(spec, name, backend)
+                try:
+                    _write_fused_model(folder, pre_file, _model_file(artifacts, entry), config, backend)
+                except RepositoryError as exc:
+                    shutil.rmtree(folder / name, ignore_errors=True)
+                    unfused[name] = str(exc)
+                    _write_onnx_model(
+                        folder, artifacts, entry, configs.tier_config(spec, name, backend, raw=False), backend
+                    )
 
     def write_entry(folder: Path) -> None:
         _write_onnx_model(folder, artifacts, pre_variant, configs.preprocess_config(spec, backend), backend)
@@ -327,15 +363,11 @@ def deploy(
             {name: p for name, p in priors.items() if p},
             learned,
             {tier: r.to_dict() for tier, r in remote.items()},
+            tuple(t for t in spec.tier_names if targets[t] == GPU or t in unfused),
         )
         if learned is not None:
-            write_config(
-                folder / spec.gate_model, configs.gate_config(spec, backend, bool(learned["cheapest_first"]))
-            )
-            (folder / spec.gate_model / "1").mkdir()
-            shutil.copy2(gate_path(spec, artifacts), folder / spec.gate_model / "1" / "model.onnx")
-            if backend == "python":
-                shutil.copy2(_PYTHON_MODELS / "onnx_runner.py", folder / spec.gate_model / "1" / "model.py")
+            config = configs.gate_config(spec, backend, bool(learned["cheapest_first"]))
+            _write_fused_model(folder, pre_file, gate_path(spec, artifacts), config, backend)
         write_config(folder / spec.name, configs.ensemble_config(spec))
         (folder / spec.name / "1").mkdir()
 
@@ -373,9 +405,10 @@ def deploy(
             _write_marker(staging, {**marker, "backend": backend, "target": target}, selections)
             return
         for pool in pools:
+            (staging / pool.name).mkdir()
+            write_tiers(staging / pool.name, pool.tiers)
+        for pool in pools:
             folder = staging / pool.name
-            folder.mkdir()
-            write_tiers(folder, pool.tiers)
             if pool.entry:
                 write_entry(folder)
             extra = {"backend": pool.backend, "target": pool.target, "pool": pool.name, "entry": pool.entry}
@@ -383,9 +416,15 @@ def deploy(
         pools_marker = {p.name: {"tiers": list(p.tiers), "target": p.target, "entry": p.entry} for p in pools}
         _write_marker(staging, {**marker, "backend": backend, "pools": pools_marker}, selections)
 
-    replacing, older = _replace(out, write)
+    def write_and_compile(staging: Path) -> None:
+        write(staging)
+        _compile_python(staging, out)
+
+    replacing, older = _replace(out, write_and_compile)
     models = (*entry_models[:3], *spec.tier_names, *entry_models[3:])
-    return DeployResult(out, backend, models, selections, replacing, target or "", older, tuple(pools))
+    return DeployResult(
+        out, backend, models, selections, replacing, target or "", older, tuple(pools), dict(unfused)
+    )
 
 
 def _remote_tier(spec: Spec, tier: str, overrides: dict[str, tuple[str, ...]]) -> RemoteTier:
@@ -400,6 +439,18 @@ def _remote_tier(spec: Spec, tier: str, overrides: dict[str, tuple[str, ...]]) -
         remote_timeout_ms(spec, pool),
         spec.pool(pool).retry_after_ms,
     )
+
+
+def _compile_python(staging: Path, out: Path) -> None:
+    """Write the bytecode of the python models now, as their folders will hold it when served.
+
+    The python backend caches the bytecode of ``model.py`` (and of the router's package) in the
+    model's version folder when it first loads it; a server polling the repository takes that new
+    ``__pycache__`` for a changed model and loads it again. Written here, by the Python that runs the
+    embedded server's stubs, it is already current and nothing changes (a stub of another Python
+    version still writes its own).
+    """
+    compileall.compile_dir(str(staging), ddir=str(out), quiet=2, workers=1)
 
 
 def _write_marker(folder: Path, marker: dict[str, Any], selections: dict[str, Selection]) -> None:

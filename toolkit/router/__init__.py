@@ -1,7 +1,17 @@
 """Routing policies (numpy only); copied into the router model of every deployed repository."""
 
 from .budget import LatencyTracker, cap
+from .engine import (
+    CANDIDATE_INPUTS,
+    REQUEST_INPUTS,
+    NoTierError,
+    Routed,
+    RoutingEngine,
+    TierBackend,
+    TierError,
+)
 from .learned import calibrate_lambda, calibrate_lambda_to_cost, choose_tier, choose_tiers
+from .local import LocalModel, NotServedError, newest_version, versions
 from .policy import (
     KNOWN_PARAMETERS,
     POLICIES,
@@ -22,6 +32,17 @@ from .remote import DEADLINE_EXCEEDED, RETRYABLE, AddressBook, RemoteTier, grpc_
 from .validate import InputSchema, validate_request
 
 __all__ = [
+    "CANDIDATE_INPUTS",
+    "REQUEST_INPUTS",
+    "NoTierError",
+    "Routed",
+    "RoutingEngine",
+    "TierBackend",
+    "TierError",
+    "LocalModel",
+    "NotServedError",
+    "newest_version",
+    "versions",
     "DEADLINE_EXCEEDED",
     "RETRYABLE",
     "AddressBook",

@@ -34,6 +34,9 @@ KNOWN_PARAMETERS = ("tier", "latency_budget_ms", "value")
 POLICIES = ("static", "rules", "cascade", "learned")
 """Routing policies the router runs."""
 
+LOCAL_TIERS = ("inprocess", "bls")
+"""How the router calls the tiers served beside it on the CPU (see ``RouterConfig.local_tiers``)."""
+
 REQUEST_FEATURES = ("history_length", "num_candidates")
 """Request-level features rules may test (see :func:`request_features`)."""
 
@@ -83,8 +86,14 @@ class RouterConfig:
         tier_costs: With ``learned``: per tier, ``[a, b]`` with MFLOP = a + b * N.
         inputs: What a valid raw request looks like (:class:`~.validate.InputSchema` as a dict);
             the router model needs it (policy code alone, as offline, does not).
-        preprocess_model: The model the router runs each raw request through (BLS) before routing.
+        preprocess_model: The preprocess model, run for the tiers in ``preprocessed_tiers`` (every
+            other tier and the gate have it fused in front and take the raw request).
         preprocess_outputs: Its output name per request tensor.
+        preprocessed_tiers: Tiers that take preprocessed tensors (TensorRT plans and other GPU
+            tiers, whose graphs are built from the tier alone).
+        local_tiers: How the router calls tiers (and the gate) served beside it on the CPU:
+            ``inprocess`` (an ONNX Runtime session on the served file, in the router's own
+            process) or ``bls`` (a BLS call to the tier model).
         tier_timeout_ms: Deadline of each tier call, after which the next cheaper tier answers; a
             tier whose recent calls (the budget's percentile) take longer is skipped until its slow
             calls age out; 0: no deadline.
@@ -112,6 +121,8 @@ class RouterConfig:
     inputs: dict[str, Any] = field(default_factory=dict)
     preprocess_model: str = ""
     preprocess_outputs: dict[str, str] = field(default_factory=dict)
+    preprocessed_tiers: tuple[str, ...] = ()
+    local_tiers: str = "bls"
     tier_timeout_ms: float = 0.0
     remote_tiers: dict[str, dict[str, Any]] = field(default_factory=dict)
 
@@ -142,6 +153,11 @@ class RouterConfig:
                 "default_budget_ms must be >= 0, budget_percentile in (0, 100], budget_window >= 1, "
                 "budget_max_age_s > 0"
             )
+        if self.local_tiers not in LOCAL_TIERS:
+            raise ValueError(f"local_tiers must be one of {', '.join(LOCAL_TIERS)}, got {self.local_tiers!r}")
+        unknown = sorted(set(self.preprocessed_tiers) - set(self.tiers))
+        if unknown:
+            raise ValueError(f"preprocessed tier {unknown[0]!r} is not one of {self.tiers}")
         for tier, remote in self.remote_tiers.items():
             if tier not in self.tiers or tier == self.tiers[0]:
                 raise ValueError(f"remote tier {tier!r} must be one of the tiers other than the cheapest")
@@ -169,6 +185,8 @@ class RouterConfig:
             "inputs": self.inputs,
             "preprocess_model": self.preprocess_model,
             "preprocess_outputs": self.preprocess_outputs,
+            "preprocessed_tiers": list(self.preprocessed_tiers),
+            "local_tiers": self.local_tiers,
             "tier_timeout_ms": self.tier_timeout_ms,
             "remote_tiers": self.remote_tiers,
         }
@@ -179,7 +197,8 @@ class RouterConfig:
         """Parse ``router.json``."""
         data = json.loads(text)
         rules = tuple(RuleConfig(**r) for r in data.pop("rules", []))
-        return cls(tiers=tuple(data.pop("tiers")), rules=rules, **data)
+        preprocessed = tuple(data.pop("preprocessed_tiers", ()))
+        return cls(tiers=tuple(data.pop("tiers")), rules=rules, preprocessed_tiers=preprocessed, **data)
 
 
 @dataclass(frozen=True)
@@ -223,15 +242,24 @@ class RequestContext:
     value: float = 1.0
 
 
-def request_features(user_history: np.ndarray, num_candidates: int) -> dict[str, float]:
-    """Request-level features of a preprocessed request.
+def request_features(
+    user_history: np.ndarray, num_candidates: int, history_length: int | None = None
+) -> dict[str, float]:
+    """Request-level features of a request, raw or preprocessed.
+
+    ``history_length`` counts the ids the tiers see: those > 0 (0 and negative ids are missing)
+    among the newest ``history_length`` (the preprocess step keeps no more).
 
     Args:
-        user_history: Preprocessed history ids [1, L] (0 = padding).
+        user_history: History ids [1, H], oldest first: raw, or preprocessed (0 = padding).
         num_candidates: N.
+        history_length: L, the history the tiers take; None: all of ``user_history``.
     """
+    history = np.asarray(user_history)
+    if history_length is not None:
+        history = history[..., -history_length:]
     return {
-        "history_length": float(np.count_nonzero(user_history)),
+        "history_length": float(np.count_nonzero(history > 0)),
         "num_candidates": float(num_candidates),
     }
 

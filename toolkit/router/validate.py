@@ -12,6 +12,7 @@ Plain Python and numpy, like the rest of this package: it runs inside the router
 
 from __future__ import annotations
 
+import functools
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -115,6 +116,8 @@ def _shape(name: str, value: np.ndarray, rows: int | None, width: int | None) ->
 
 
 def _finite(name: str, value: np.ndarray) -> None:
+    if np.isfinite(value).all():
+        return
     bad = ~np.isfinite(value)
     if bad.any():
         row, column = (int(i) for i in np.argwhere(bad)[0])
@@ -147,7 +150,14 @@ def _position(name: str, index: int) -> str:
     return f"position {index}" if name == "user_history" else f"row {index}"
 
 
+@functools.lru_cache(maxsize=64)
+def _sizes(vocab: tuple[tuple[str, int], ...]) -> np.ndarray:
+    return np.array([size for _, size in vocab], dtype=np.int64)
+
+
 def _columns(name: str, value: np.ndarray, vocab: tuple[tuple[str, int], ...], policy: str) -> int:
+    if value.size == 0 or (value.min() >= 0 and (value < _sizes(vocab)).all()):
+        return 0
     return sum(
         _ids(name, value[:, column], f", column {column} ({feature!r})", feature, size, policy)
         for column, (feature, size) in enumerate(vocab)
@@ -204,5 +214,7 @@ def validate_request(arrays: dict[str, Any], schema: InputSchema) -> Findings:
     found.folded_ids += _columns("user_sparse", user_sparse, schema.user_vocab, policy)
     found.folded_ids += _columns("ad_sparse", ad_sparse, schema.ad_vocab, policy)
     table, size = schema.history_table, schema.history_vocab
-    found.folded_ids += _ids("user_history", history[0], "", table, size, policy)
+    ids = history[0]
+    if ids.size and (ids.min() < 0 or ids.max() >= size):
+        found.folded_ids += _ids("user_history", ids, "", table, size, policy)
     return found

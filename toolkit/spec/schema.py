@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from toolkit.router.policy import REQUEST_FEATURES
+from toolkit.router.policy import LOCAL_TIERS, REQUEST_FEATURES
 from toolkit.spec.variants import FP32, TARGETS, VARIANTS, check_variant
 
 NAME_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
@@ -700,7 +700,12 @@ class TritonSpec:
         tier_timeout_ms: Deadline of each of the router's tier calls: past it the router gives up
             and the next cheaper tier answers; a tier (other than the cheapest) whose recent calls
             (``routing.budget.percentile``) take longer is not called until its slow calls age out
-            (``routing.budget.max_age_s``); 0: no deadline.
+            (``routing.budget.max_age_s``); 0: no deadline. A tier the router runs in its own
+            process (``local_tiers: inprocess``) is not cut off mid-call; only its slow calls count.
+        local_tiers: How the router calls the tiers it serves beside it on the CPU (and the gate):
+            ``inprocess`` runs an ONNX Runtime session on the file Triton serves in the router's own
+            process (no second hop); ``bls`` calls the tier model through BLS. GPU tiers, TensorRT
+            plans and other pools' tiers are called through BLS or gRPC either way.
         host: Address the server binds to.
         grpc_port: gRPC port.
         http_port: HTTP port.
@@ -717,6 +722,7 @@ class TritonSpec:
     queue_timeout_ms: float = 100.0
     tier_instances: int = 1
     tier_timeout_ms: float = 1000.0
+    local_tiers: Literal["inprocess", "bls"] = "inprocess"
     host: str = "127.0.0.1"
     grpc_port: int = 8001
     http_port: int = 8000
@@ -734,6 +740,10 @@ class TritonSpec:
                 check_variant(variant)
             except ValueError as exc:
                 raise KeyedValueError(f"pin.{tier}", str(exc)) from None
+        if self.local_tiers not in LOCAL_TIERS:
+            raise KeyedValueError(
+                "local_tiers", f"expected one of {', '.join(LOCAL_TIERS)}, got {self.local_tiers!r}"
+            )
         if self.max_candidates < 1:
             raise KeyedValueError("max_candidates", f"must be positive, got {self.max_candidates}")
         if self.router_instances < 2:

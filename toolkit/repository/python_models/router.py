@@ -1,12 +1,14 @@
 """The BLS router of a tiered ranking ensemble (Triton python backend).
 
-Reads ``router.json`` beside this file. Per request: validates the raw request, runs the preprocess
-model through BLS, picks a tier with the routing policy that ``toolkit deploy`` copied beside it
-(package ``toolkit_router``), calls that tier through BLS (stepping down to cheaper tiers when it
-fails) and returns its scores plus, per candidate, the index of the tier that scored it. Tiers that
-another pool serves (``remote_tiers`` in ``router.json``) are called over gRPC with
-``tritonclient.grpc.aio`` instead: the pool's addresses in turn, an address that failed left alone for
-a while, and the same step-down when the pool does not answer in time. Every decision and failure is
+Reads ``router.json`` beside this file and runs the routing engine that ``toolkit deploy`` copied
+beside it (package ``toolkit_router``): per request it validates the raw request, picks a tier, scores
+with it (stepping down to cheaper tiers when it fails) and returns the scores plus, per candidate,
+the index of the tier that scored it. This file is the engine's tier backend. A local CPU tier (and
+the gate) has the preprocess step fused in front and, with ``local_tiers: inprocess``, runs in this
+process on the file Triton serves; otherwise it is called through BLS. Tiers that another pool
+serves (``remote_tiers``) are called over gRPC with ``tritonclient.grpc.aio``: the pool's addresses
+in turn, an address that failed left alone for a while, and the same step-down when the pool does
+not answer in time. Every decision and failure is
 counted, in the log and as the Prometheus counter ``toolkit_router_events_total``. With
 ``max_batch_size: 1`` (the config gives the router a queue policy that way), every tensor arrives
 with a leading dimension of 1, which is dropped on the way in and added on the way out.
@@ -15,11 +17,11 @@ with a leading dimension of 1, which is dropped on the way in and added on the w
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 import sys
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -29,27 +31,25 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from toolkit_router import (  # noqa: E402
     DEADLINE_EXCEEDED,
+    REQUEST_INPUTS,
     RETRYABLE,
     AddressBook,
-    InputSchema,
     LatencyTracker,
+    LocalModel,
+    NoTierError,
+    NotServedError,
     RemoteTier,
-    RequestContext,
     RouterConfig,
+    RoutingEngine,
     RoutingError,
-    cap,
-    cascade_scores,
-    decide,
+    TierError,
     grpc_status,
-    parse_parameters,
-    request_features,
-    top_candidates,
-    validate_request,
+    newest_version,
 )
 
-INPUTS = ("user_dense", "user_sparse", "user_history", "ad_dense", "ad_sparse")
 CHEAPEST_SCORE = "cheapest_score"
-CANDIDATE_INPUTS = ("ad_dense", "ad_sparse")
+_ONNX_FILE = "model.onnx"
+_SCORE_OUTPUTS = ["score"]
 _LOG_EVERY = 1000
 _EVENTS_METRIC = "toolkit_router_events_total"
 _CHANNEL_ARGS = [
@@ -65,6 +65,20 @@ reconnect backoff grows to minutes), and a DNS name that resolves to several pod
 
 
 _RETIRED: list[tuple[object, dict[str, object]]] = []
+
+
+def _complete(coroutine: object) -> object:
+    """The result of a coroutine that never waits (every model it calls runs in this process)."""
+    try:
+        coroutine.send(None)
+    except StopIteration as done:
+        return done.value
+    coroutine.close()
+    raise RuntimeError("the router waited on a call although every model runs in its process")
+
+
+def _tensors(arrays: dict) -> list:
+    return [pb_utils.Tensor(name, array) for name, array in arrays.items()]
 
 
 class _Events:
@@ -118,23 +132,11 @@ class _Events:
         _RETIRED.append((self._family, self._metrics))
 
 
-class _TierError(Exception):
-    """A tier's BLS call failed."""
-
-    def __init__(self, tier: str, message: str) -> None:
-        super().__init__(message)
-        self.tier = tier
-
-
-class _NoTierError(Exception):
-    """No tier could answer: the wished one and every cheaper one failed."""
-
-
 class TritonPythonModel:
-    """Triton's entry point for the router model."""
+    """Triton's entry point for the router model; also the routing engine's tier backend."""
 
     def initialize(self, args: dict) -> None:
-        """Load ``router.json``."""
+        """Load ``router.json`` and open the in-process sessions of the local tiers."""
         here = Path(args["model_repository"]) / args["model_version"]
         self.config = RouterConfig.from_json((here / "router.json").read_text(encoding="utf-8"))
         self.latency = LatencyTracker(
@@ -144,12 +146,12 @@ class TritonPythonModel:
             percentile=self.config.budget_percentile,
             max_age_s=self.config.budget_max_age_s,
         )
-        self.schema = InputSchema.from_dict(self.config.inputs)
         self.counts = _Events(
             args.get("model_name", "router"),
             str(args.get("model_version", "")),
             args.get("model_instance_name", ""),
         )
+        self.engine = RoutingEngine(self.config, self, self.latency, self.counts)
         self.served = 0
         self.batched = json.loads(args.get("model_config") or "{}").get("max_batch_size", 0) > 0
         self.remote = {t: RemoteTier.from_dict(t, d) for t, d in self.config.remote_tiers.items()}
@@ -171,13 +173,74 @@ class TritonPythonModel:
 
             self._grpc = grpc_aio
             self._np_to_triton = np_to_triton_dtype
+        self.local = self._local_models(Path(args["model_repository"]).parent)
+        needed = list(self.config.tiers) + [self.config.gate_model] * bool(self.config.gate_model)
+        needed += [self.config.preprocess_model] * bool(self.config.preprocessed_tiers)
+        self.inline = not self.remote and all(name in self.local for name in needed)
 
-    async def execute(self, requests: list) -> list:
+    def _local_models(self, repository: Path) -> dict[str, LocalModel]:
+        """In-process models by name: the local CPU tiers, the gate and the preprocess model.
+
+        Only with ``local_tiers: inprocess``, an importable ONNX Runtime and the models' folders
+        beside the router's (a repository in object storage is copied model by model, so there the
+        router calls them through BLS); each model not run here is called through BLS.
+        """
+        self._opener = None
+        if self.config.local_tiers != "inprocess":
+            return {}
+        try:
+            import onnxruntime as ort
+        except ImportError as exc:
+            pb_utils.Logger.log_warn(
+                f"local_tiers is inprocess but this Python cannot import onnxruntime ({exc}); "
+                "the router calls its tiers through BLS"
+            )
+            return {}
+        names = [t for t in self.config.tiers if t not in self.remote]
+        names += [m for m in (self.config.gate_model, self.config.preprocess_model) if m]
+        found = {name: repository / name for name in names if newest_version(repository / name, _ONNX_FILE)}
+        if len(found) < len(names):
+            missing = sorted(set(names) - set(found))
+            pb_utils.Logger.log_info(
+                f"router: no ONNX file of {', '.join(missing)} beside the router; calling through BLS"
+            )
+
+        def open_session(path: Path) -> object:
+            options = ort.SessionOptions()
+            options.intra_op_num_threads = 1
+            options.inter_op_num_threads = 1
+            options.log_severity_level = 3
+            return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+
+        ready = getattr(pb_utils, "is_model_ready", None)
+
+        def is_ready(name: str, version: int | None) -> bool:
+            if ready is None:
+                return True
+            return bool(ready(model_name=name, model_version="" if version is None else str(version)))
+
+        self._opener = ThreadPoolExecutor(max_workers=1, thread_name_prefix="router-open")
+        local = {
+            name: LocalModel(name, folder, _ONNX_FILE, is_ready, open_session, background=self._opener.submit)
+            for name, folder in found.items()
+        }
+        for model in local.values():
+            model.preload()
+        return local
+
+    def execute(self, requests: list) -> object:
         """Route and score each request; a refused request gets INVALID_ARGUMENT, others are unaffected.
 
-        Asynchronous so that a tier call can be given up after ``tier_timeout_ms`` (``async_exec``
-        under ``asyncio.wait_for``); the instance still handles one request at a time.
+        When every model the router calls runs in its own process there is nothing to wait for, and
+        the responses are returned at once (the python backend's event loop would add ~0.2 ms a
+        request). Otherwise this returns a coroutine, which the python backend runs on its event
+        loop, so that a BLS or remote call can be given up after its deadline (``asyncio.wait_for``);
+        the instance still handles one request at a time.
         """
+        coroutine = self._execute(requests)
+        return _complete(coroutine) if self.inline else coroutine
+
+    async def _execute(self, requests: list) -> list:
         responses = []
         for request in requests:
             try:
@@ -195,37 +258,15 @@ class TritonPythonModel:
     async def _route(self, request: object) -> object:
         try:
             tensors, context = self._parse(request)
-            cheapest = None
-            if self.config.policy == "learned" and context.forced_tier is None:
-                if self.config.cheapest_first:
-                    cheapest = await self._cheapest(tensors)
-                context = dataclasses.replace(context, gains=self._gains(tensors, cheapest))
-            budget = context.latency_budget_ms or (self.config.default_budget_ms or None)
-            n = int(context.features["num_candidates"])
-            decision = cap(self.config, decide(self.config, context), budget, n, self.latency)
+            routed = await self.engine.route(tensors, context)
         except RoutingError as exc:
             return self._refuse("rejected", exc, pb_utils.TritonError.INVALID_ARG)
-        except _NoTierError as exc:
+        except NoTierError as exc:
             return self._refuse("unavailable", exc, pb_utils.TritonError.UNAVAILABLE)
-        try:
-            score, served = await self._score_or_fall_back(
-                decision.index, [tensors[name] for name in INPUTS], cheapest
-            )
-        except _NoTierError as exc:
-            return self._refuse("unavailable", exc, pb_utils.TritonError.UNAVAILABLE)
-        tiers = np.full(score.shape, served, dtype=np.int32)
-        if decision.rescore_tier is not None and served == decision.index:
-            try:
-                top = top_candidates(score, decision.top_k)
-                better = await self._rescore(decision.rescore_tier, tensors, top) if len(top) else None
-                score, tiers = cascade_scores(score, decision, lambda _: better)
-            except _TierError as exc:
-                self.counts[f"error:{exc.tier}"] += 1
-                self.counts[f"fallback:{exc.tier}"] += 1
-            else:
-                rescored = int((tiers == decision.rescore_index).sum())
-                self.counts[f"rescored:{decision.rescore_tier}"] += rescored
-        self._count(self.config.tiers[served], decision.reason)
+        self.served += 1
+        if self.served % _LOG_EVERY == 0:
+            pb_utils.Logger.log_info(f"router decisions so far: {dict(sorted(self.counts.items()))}")
+        score, tiers = routed.scores, routed.tiers
         if self.batched:
             score, tiers = score[None, :], tiers[None, :]
         return pb_utils.InferenceResponse(
@@ -236,112 +277,128 @@ class TritonPythonModel:
         self.counts[counter] += 1
         return pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc), code))
 
-    async def _score_or_fall_back(
-        self, index: int, inputs: list, cheapest: np.ndarray | None = None
-    ) -> tuple[np.ndarray, int]:
-        """Scores of tier ``index``, else of the next cheaper tier that answers, and who answered.
-
-        A tier that returns an error or is not loaded counts as ``error:<tier>``; one whose recent
-        calls took longer than ``tier_timeout_ms`` is not called (``slow:<tier>``); each step down
-        counts as ``fallback:<tier>``. The cheapest tier's scores, when already known
-        (``cheapest``, in cheapest-first mode), are not asked for again. When even the cheapest
-        fails, :class:`_NoTierError`.
-        """
-        failures = []
-        n = int(inputs[INPUTS.index("ad_dense")].as_numpy().shape[0])
-        limit = self.config.tier_timeout_ms
-        for candidate in range(index, -1, -1):
-            tier = self.config.tiers[candidate]
-            recent = self.latency.recent(tier, n) if limit > 0 and candidate > 0 else None
-            if recent is not None and recent > limit:
-                self.counts[f"slow:{tier}"] += 1
-                self.counts[f"fallback:{tier}"] += 1
-                failures.append(
-                    f"tier {tier!r} is too slow: its recent calls take {recent:.0f} ms > {limit:g} ms"
-                )
-                continue
-            if candidate == 0 and cheapest is not None:
-                return cheapest, 0
-            try:
-                return await self._score(tier, inputs), candidate
-            except _TierError as exc:
-                self.counts[f"error:{tier}"] += 1
-                if candidate > 0:
-                    self.counts[f"fallback:{tier}"] += 1
-                failures.append(str(exc))
-        raise _NoTierError("no tier could answer this request: " + "; ".join(failures))
-
-    async def _cheapest(self, tensors: dict) -> np.ndarray | None:
-        """The cheapest tier's scores, which a cheapest-first gate takes; None if it fails (counted)."""
-        tier = self.config.tiers[0]
+    def _parse(self, request: object) -> tuple[dict, object]:
+        """The raw request tensors (batch dimension dropped) and the engine's context for them."""
+        raw = {}
+        for name in REQUEST_INPUTS:
+            tensor = pb_utils.get_input_tensor_by_name(request, name)
+            array = None if tensor is None else tensor.as_numpy()
+            if array is not None and self.batched:
+                if array.ndim < 1 or array.shape[0] != 1:
+                    raise RoutingError(
+                        f"input tensor {name!r}: expected a batch of 1, got {list(array.shape)}"
+                    )
+                array = array[0]
+            raw[name] = array
         try:
-            return await self._score(tier, [tensors[name] for name in INPUTS])
-        except _TierError:
-            self.counts[f"error:{tier}"] += 1
-            return None
+            parameters = json.loads(request.parameters() or "{}")
+        except ValueError as exc:
+            raise RoutingError(f"request parameters are not readable: {exc}") from None
+        return raw, self.engine.parse(raw, parameters)
 
-    def _gains(self, tensors: dict, cheapest: np.ndarray | None) -> tuple[float, ...] | None:
-        """The gate's predicted gains for this request; None (default tier) if the gate fails."""
-        inputs = [tensors[name] for name in INPUTS]
-        if self.config.cheapest_first:
-            if cheapest is None:
-                self.counts["error:gate"] += 1
-                return None
-            inputs.append(pb_utils.Tensor(CHEAPEST_SCORE, cheapest))
-        try:
-            response = pb_utils.InferenceRequest(
-                model_name=self.config.gate_model, requested_output_names=["gains"], inputs=inputs
-            ).exec()
-            failed = response.has_error()
-        except Exception:
-            failed = True
-        if failed:
-            self.counts["error:gate"] += 1
-            return None
-        gains = pb_utils.get_output_tensor_by_name(response, "gains").as_numpy()
-        return tuple(float(g) for g in gains[0])
+    # --- the engine's tier backend ---------------------------------------------------------------
 
-    async def _score(self, tier: str, inputs: list) -> np.ndarray:
-        """``tier``'s scores; :class:`_TierError` when it fails, is not loaded or misses the deadline."""
+    async def score(self, tier: str, tensors: dict) -> np.ndarray:
+        """``tier``'s scores: in this process, through BLS, or over gRPC for another pool's tier."""
+        if tier in self.config.preprocessed_tiers:
+            tensors = self._preprocessed(tensors)
         if tier in self.remote:
-            return await self._score_remote(self.remote[tier], inputs)
-        started = time.perf_counter()
-        n = int(inputs[INPUTS.index("ad_dense")].as_numpy().shape[0])
+            return await self._score_remote(self.remote[tier], tensors)
+        session = self._session(tier)
+        if session is not None:
+            try:
+                return session.run(_SCORE_OUTPUTS, tensors)[0]
+            except Exception as exc:
+                raise TierError(tier, f"tier {tier!r} failed in the router's process: {exc}") from None
         limit = self.config.tier_timeout_ms
-        call = pb_utils.InferenceRequest(model_name=tier, requested_output_names=["score"], inputs=inputs)
+        call = pb_utils.InferenceRequest(
+            model_name=tier, requested_output_names=["score"], inputs=_tensors(tensors)
+        )
         try:
             response = await asyncio.wait_for(
                 call.async_exec(), timeout=limit / 1000.0 if limit > 0 else None
             )
         except TimeoutError:
-            self.latency.observe(tier, n, (time.perf_counter() - started) * 1000.0)
-            self.counts[f"timeout:{tier}"] += 1
-            raise _TierError(tier, f"tier {tier!r} did not answer within {limit:g} ms") from None
+            raise TierError(
+                tier, f"tier {tier!r} did not answer within {limit:g} ms", timed_out=True
+            ) from None
         except Exception as exc:
-            raise _TierError(tier, f"tier {tier!r} failed: {exc}") from None
-        self.latency.observe(tier, n, (time.perf_counter() - started) * 1000.0)
+            raise TierError(tier, f"tier {tier!r} failed: {exc}") from None
         if response.has_error():
-            raise _TierError(tier, f"tier {tier!r} failed: {response.error().message()}")
-        return pb_utils.get_output_tensor_by_name(response, "score").as_numpy().astype(np.float32, copy=False)
+            raise TierError(tier, f"tier {tier!r} failed: {response.error().message()}")
+        return pb_utils.get_output_tensor_by_name(response, "score").as_numpy()
 
-    async def _score_remote(self, remote: RemoteTier, inputs: list) -> np.ndarray:
-        """Scores of a tier of another pool, over gRPC; :class:`_TierError` when no address answers.
+    async def gains(self, tensors: dict, cheapest: np.ndarray | None) -> np.ndarray:
+        """The gate's gains for the raw request (the gate has the preprocess step fused in front)."""
+        feed = dict(tensors) if cheapest is None else {**tensors, CHEAPEST_SCORE: cheapest}
+        session = self._session(self.config.gate_model)
+        if session is not None:
+            return session.run(["gains"], feed)[0][0]
+        response = pb_utils.InferenceRequest(
+            model_name=self.config.gate_model, requested_output_names=["gains"], inputs=_tensors(feed)
+        ).exec()
+        if response.has_error():
+            raise RuntimeError(response.error().message())
+        return pb_utils.get_output_tensor_by_name(response, "gains").as_numpy()[0]
+
+    def _session(self, name: str) -> object | None:
+        """The in-process session of a local model; None: call it through BLS.
+
+        Raises:
+            TierError: Triton does not serve the model now, or its new file cannot be opened.
+        """
+        local = self.local.get(name)
+        if local is None:
+            return None
+        try:
+            return local.get()
+        except NotServedError as exc:
+            raise TierError(name, str(exc)) from None
+        except Exception as exc:
+            raise TierError(name, f"model {name!r}: the router cannot open its file: {exc}") from None
+
+    def _preprocessed(self, raw: dict) -> dict:
+        """The preprocess model's outputs, by request tensor name (for tiers without it fused)."""
+        outputs = self.config.preprocess_outputs
+        names = [outputs[name] for name in REQUEST_INPUTS]
+        try:
+            session = self._session(self.config.preprocess_model)
+            if session is not None:
+                return dict(zip(REQUEST_INPUTS, session.run(names, raw), strict=True))
+            response = pb_utils.InferenceRequest(
+                model_name=self.config.preprocess_model, requested_output_names=names, inputs=_tensors(raw)
+            ).exec()
+            failure = response.error().message() if response.has_error() else None
+        except Exception as exc:
+            failure = str(exc)
+        if failure is not None:
+            self.counts["error:preprocess"] += 1
+            raise TierError(
+                self.config.preprocess_model,
+                f"the preprocess model {self.config.preprocess_model!r} failed: {failure}",
+            )
+        return {
+            name: pb_utils.get_output_tensor_by_name(response, outputs[name]).as_numpy()
+            for name in REQUEST_INPUTS
+        }
+
+    async def _score_remote(self, remote: RemoteTier, tensors: dict) -> np.ndarray:
+        """Scores of a tier of another pool, over gRPC; :class:`TierError` when no address answers.
 
         The pool's addresses are tried in turn (one further along each call) within one deadline,
         ``remote.timeout_ms``, for all tries: an address that refuses (UNAVAILABLE, NOT_FOUND,
         CANCELLED) is left alone for ``retry_after_ms`` and the next is tried; one that times out is
         left alone too and the call gives up; any other error gives up at once. Counts per address
         ``remote_ok``, ``remote_unavailable``, ``remote_timeout`` or ``remote_error``, per tier
-        ``retry`` and ``timeout``, and per pool ``remote_resting`` when every address is resting.
+        ``retry``, and per pool ``remote_resting`` when every address is resting.
         """
         tier, book = remote.tier, self.books[remote.pool]
-        n = int(inputs[INPUTS.index("ad_dense")].as_numpy().shape[0])
         started = time.perf_counter()
         deadline_s = remote.timeout_ms / 1000.0
         addresses = book.candidates()
         if not addresses:
             self.counts[f"remote_resting:{remote.pool}"] += 1
-            raise _TierError(
+            raise TierError(
                 tier,
                 f"tier {tier!r}: every server of pool {remote.pool!r} failed within the last "
                 f"{remote.retry_after_ms:g} ms ({', '.join(book.addresses)}); next try in "
@@ -355,7 +412,7 @@ class TritonPythonModel:
             if i:
                 self.counts[f"retry:{tier}"] += 1
             try:
-                scores = await self._call_remote(address, tier, inputs, remaining)
+                scores = await self._call_remote(address, tier, tensors, remaining)
             except Exception as exc:
                 status = grpc_status(exc)
                 message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -363,9 +420,8 @@ class TritonPythonModel:
                 if status == DEADLINE_EXCEEDED:
                     book.failed(address)
                     self.counts[f"remote_timeout:{address}"] += 1
-                    self.counts[f"timeout:{tier}"] += 1
-                    self.latency.observe(tier, n, (time.perf_counter() - started) * 1000.0)
-                    break
+                    message = f"tier {tier!r} of pool {remote.pool!r} timed out: {failures[-1]}"
+                    raise TierError(tier, message, timed_out=True) from None
                 if status in RETRYABLE:
                     book.failed(address)
                     self.counts[f"remote_unavailable:{address}"] += 1
@@ -374,20 +430,18 @@ class TritonPythonModel:
                 break
             book.succeeded(address)
             self.counts[f"remote_ok:{address}"] += 1
-            self.latency.observe(tier, n, (time.perf_counter() - started) * 1000.0)
             return scores
-        raise _TierError(tier, f"tier {tier!r} of pool {remote.pool!r} failed: " + "; ".join(failures))
+        raise TierError(tier, f"tier {tier!r} of pool {remote.pool!r} failed: " + "; ".join(failures))
 
-    async def _call_remote(self, address: str, tier: str, inputs: list, timeout_s: float) -> np.ndarray:
+    async def _call_remote(self, address: str, tier: str, tensors: dict, timeout_s: float) -> np.ndarray:
         """One gRPC call of ``tier`` at ``address``; the client is made here, in the serving event loop."""
         client = self._clients.get(address)
         if client is None:
             client = self._grpc.InferenceServerClient(address, channel_args=_CHANNEL_ARGS)
             self._clients[address] = client
         request = []
-        for tensor in inputs:
-            array = tensor.as_numpy()
-            item = self._grpc.InferInput(tensor.name(), list(array.shape), self._np_to_triton(array.dtype))
+        for name, array in tensors.items():
+            item = self._grpc.InferInput(name, list(array.shape), self._np_to_triton(array.dtype))
             item.set_data_from_numpy(array)
             request.append(item)
         result = await client.infer(
@@ -398,78 +452,9 @@ class TritonPythonModel:
         )
         return result.as_numpy("score").astype(np.float32, copy=False)
 
-    async def _rescore(self, tier: str, tensors: dict, top: np.ndarray) -> np.ndarray:
-        """Scores of ``tier`` for the candidates at ``top`` (the user tensors are passed as they are)."""
-        inputs = [
-            pb_utils.Tensor(name, np.ascontiguousarray(tensors[name].as_numpy()[top]))
-            if name in CANDIDATE_INPUTS
-            else tensors[name]
-            for name in INPUTS
-        ]
-        return await self._score(tier, inputs)
-
-    def _preprocess(self, raw: dict) -> dict:
-        """The tiers' inputs: the raw request run through the preprocess model (BLS)."""
-        outputs = self.config.preprocess_outputs
-        try:
-            response = pb_utils.InferenceRequest(
-                model_name=self.config.preprocess_model,
-                requested_output_names=[outputs[name] for name in INPUTS],
-                inputs=[pb_utils.Tensor(name, raw[name]) for name in INPUTS],
-            ).exec()
-            failure = response.error().message() if response.has_error() else None
-        except Exception as exc:
-            failure = str(exc)
-        if failure is not None:
-            self.counts["error:preprocess"] += 1
-            raise _NoTierError(f"the preprocess model {self.config.preprocess_model!r} failed: {failure}")
-        return {
-            name: pb_utils.Tensor(
-                name, pb_utils.get_output_tensor_by_name(response, outputs[name]).as_numpy()
-            )
-            for name in INPUTS
-        }
-
-    def _parse(self, request: object) -> tuple[dict, RequestContext]:
-        """Validate the raw request and its parameters, then preprocess it (nothing runs before)."""
-        raw = {}
-        for name in INPUTS:
-            tensor = pb_utils.get_input_tensor_by_name(request, name)
-            array = None if tensor is None else tensor.as_numpy()
-            if array is not None and self.batched:
-                if array.ndim < 1 or array.shape[0] != 1:
-                    raise RoutingError(
-                        f"input tensor {name!r}: expected a batch of 1, got {list(array.shape)}"
-                    )
-                array = array[0]
-            raw[name] = array
-        found = validate_request(raw, self.schema)
-        if found.folded_ids:
-            self.counts["folded_ids"] += found.folded_ids
-        if found.truncated_history:
-            self.counts["truncated_history"] += 1
-        try:
-            parameters = json.loads(request.parameters() or "{}")
-        except ValueError as exc:
-            raise RoutingError(f"request parameters are not readable: {exc}") from None
-        parsed = parse_parameters(parameters, self.config)
-        tensors = self._preprocess(raw)
-        features = request_features(tensors["user_history"].as_numpy(), int(raw["ad_dense"].shape[0]))
-        return tensors, RequestContext(
-            features=features,
-            forced_tier=parsed.tier,
-            latency_budget_ms=parsed.latency_budget_ms,
-            value=parsed.value,
-        )
-
-    def _count(self, tier: str, reason: str) -> None:
-        self.counts[f"tier:{tier}"] += 1
-        self.counts[f"reason:{reason.split(':')[0]}"] += 1
-        self.served += 1
-        if self.served % _LOG_EVERY == 0:
-            pb_utils.Logger.log_info(f"router decisions so far: {dict(sorted(self.counts.items()))}")
-
     def finalize(self) -> None:
         """Log the decision counts once more at unload."""
         pb_utils.Logger.log_info(f"router decisions: {dict(sorted(self.counts.items()))}")
         self.counts.close()
+        if self._opener is not None:
+            self._opener.shutdown(wait=False)
