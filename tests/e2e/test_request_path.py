@@ -27,6 +27,7 @@ from toolkit.export import FP32, cpu_session, read_manifest
 from toolkit.repository import MARKER
 from toolkit.repository.fuse import fuse_preprocess
 from toolkit.serve import TritonServer
+from toolkit.serve.metrics import router_tier_calls
 
 pytestmark = pytest.mark.e2e
 
@@ -93,6 +94,7 @@ def test_routed_requests_run_the_tiers_in_the_routers_process_and_tiers_take_the
     admin = grpcclient.InferenceServerClient(server.grpc_url)
     variants = json.loads((pipeline.repository / MARKER).read_text())["variants"]
     before = _counts(admin)
+    calls_before = router_tier_calls(server.metrics_url)
     routed: dict[tuple[str, int], np.ndarray] = {}
     with RankingClient(server.grpc_url, spec.name, tier_names=spec.tier_names) as client:
         for tier in spec.tier_names:
@@ -101,7 +103,13 @@ def test_routed_requests_run_the_tiers_in_the_routers_process_and_tiers_take_the
                 assert set(ranking.tier_names) == {tier}
                 routed[(tier, r)] = ranking.scores
     after = _counts(admin)
+    calls = router_tier_calls(server.metrics_url)
     served = len(spec.tier_names) * requests.num_requests
+    for tier in spec.tier_names:
+        count, seconds = calls[(tier, "inprocess")]
+        assert count - calls_before.get((tier, "inprocess"), (0.0, 0.0))[0] == requests.num_requests
+        assert seconds > 0
+    assert not [key for key in calls if key[1] != "inprocess"]
 
     assert after[spec.router_model] - before[spec.router_model] == served
     for model in (*spec.tier_names, spec.preprocess_model):

@@ -141,8 +141,9 @@ class FakeMetrics:
         metrics = self
 
         class FakeMetric:
-            def __init__(self, labels: dict[str, str]) -> None:
-                self.key = tuple(sorted(labels.items()))
+            def __init__(self, labels: dict[str, str], family: str) -> None:
+                extra = {} if family == "toolkit_router_events_total" else {"family": family}
+                self.key = tuple(sorted({**labels, **extra}.items()))
                 metrics.totals[self.key] += 0
 
             def increment(self, value: float) -> None:
@@ -152,10 +153,11 @@ class FakeMetrics:
             COUNTER, GAUGE, HISTOGRAM = "COUNTER", "GAUGE", "HISTOGRAM"
 
             def __init__(self, name: str, description: str, kind: str) -> None:
+                self.name = name
                 metrics.families.append({"name": name, "description": description, "kind": kind})
 
             def Metric(self, labels: dict[str, str]) -> FakeMetric:  # noqa: N802 (pb_utils' name)
-                return FakeMetric(labels)
+                return FakeMetric(labels, self.name)
 
         return FakeMetricFamily
 
@@ -529,12 +531,26 @@ def test_router_exports_every_count_as_the_events_counter_when_the_backend_has_m
     name = labels["router"]
     assert name == tiny_spec.router_model
     assert set(labels) == {"router", "version", "instance"}
-    (family,) = metrics.families
-    assert family["name"] == "toolkit_router_events_total" and family["kind"] == "COUNTER"
+    assert [(f["name"], f["kind"]) for f in metrics.families] == [
+        ("toolkit_router_events_total", "COUNTER"),
+        ("toolkit_router_tier_calls_total", "COUNTER"),
+        ("toolkit_router_tier_seconds_total", "COUNTER"),
+    ]
     assert counts[f"remote_ok:{A2}"] == 1 and counts[f"remote_unavailable:{A1}"] == 2
     assert counts["remote_resting:big"] == 1 and counts["fallback:xl"] == 2
-    exported = {(dict(key)["event"], dict(key)["subject"]): total for key, total in metrics.totals.items()}
+    events = {key: total for key, total in metrics.totals.items() if "event" in dict(key)}
+    exported = {(dict(key)["event"], dict(key)["subject"]): total for key, total in events.items()}
     assert {dict(key)["router"] for key in metrics.totals} == {name}
+    timed = {
+        (dict(key)["family"], dict(key)["tier"], dict(key)["path"]): total
+        for key, total in metrics.totals.items()
+        if "path" in dict(key)
+    }
+    calls = {(t, path): n for (family, t, path), n in timed.items() if family.endswith("calls_total")}
+    seconds = {(t, path): n for (family, t, path), n in timed.items() if family.endswith("seconds_total")}
+    served = {(t, "bls"): counts[f"tier:{t}"] for t in ("lite", "standard")}
+    assert calls == {("xl", "remote"): counts[f"remote_ok:{A2}"], **served}
+    assert set(seconds) == set(calls) and all(0 < t < 60 for t in seconds.values())
     expected = {tuple(key.split(":", 1)) if ":" in key else (key, ""): n for key, n in counts.items()}
     assert exported == expected
     assert metrics.total(name, "remote_ok", A2) == 1

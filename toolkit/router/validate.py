@@ -156,8 +156,11 @@ def _sizes(vocab: tuple[tuple[str, int], ...]) -> np.ndarray:
 
 
 def _columns(name: str, value: np.ndarray, vocab: tuple[tuple[str, int], ...], policy: str) -> int:
-    if value.size == 0 or (value.min() >= 0 and (value < _sizes(vocab)).all()):
+    if value.size == 0:
         return 0
+    high = value >= _sizes(vocab)
+    if value.min() >= 0 and (policy != "reject" or not high.any()):
+        return int(np.count_nonzero(high))
     return sum(
         _ids(name, value[:, column], f", column {column} ({feature!r})", feature, size, policy)
         for column, (feature, size) in enumerate(vocab)
