@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 SPEC ?= ensembles/ads_ranking.yaml
 
 .PHONY: install demo test lint format clean help bench bench-precision bench-tiers bench-router bench-per-pair \
-	bench-adaptive bench-pytriton bench-pools bench-realdata
+	bench-adaptive bench-pytriton bench-pools bench-realdata bench-soak
 
 help:
 	@echo "make demo   - install, train, export, deploy, serve, send gRPC traffic, print a summary, stop"
@@ -32,7 +32,7 @@ demo: install
 	$(BIN)/toolkit demo --spec $(SPEC)
 
 bench: bench-precision bench-tiers bench-per-pair bench-router bench-adaptive bench-pytriton bench-pools \
-	bench-realdata
+	bench-realdata bench-soak
 
 bench-precision: install
 	$(BIN)/python benchmarks/precision.py --spec $(SPEC)
@@ -57,6 +57,9 @@ bench-pools: install
 
 bench-realdata: install
 	$(BIN)/python benchmarks/realdata.py
+
+bench-soak: install
+	$(BIN)/python benchmarks/soak.py --spec $(SPEC)
 
 lint: install
 	$(BIN)/ruff check toolkit tests benchmarks examples

@@ -1,20 +1,35 @@
-"""Router overhead: the ensemble (preprocess + BLS router + tier) against calling the tier directly.
+"""Router overhead: what a routed request costs over calling its tier directly, and where it goes.
 
-Starts the embedded Triton on the deployed demo repository and sends the same requests one at a
-time, alternating between the ensemble with the tier forced (request parameter ``tier``) and the
-tier model itself with the already-preprocessed tensors, both over gRPC. Reports p50 and p99 of
-each and the overhead at p50 (target: <= 0.5 ms or <= 15%).
+Starts the embedded Triton on a copy of the deployed demo repository to which two variants of the
+router are added: ``<router>_bls`` (``local_tiers: bls``: tiers called through BLS) and
+``<router>_loop`` (the same router, its ``execute`` always handed to the python backend's event
+loop, as an ``async def execute`` is). Then, over gRPC from the same
+machine:
 
-Writes ``benchmarks/results/router_overhead.md`` and ``router_overhead.json``. Trains, exports and
-deploys the demo first where their outputs are missing.
+1. **Latency**, one request at a time, with the tier forced (request parameter ``tier``), the paths
+   alternating request by request: the ensemble (the entry point), the router called directly (what
+   the ensemble wrapper costs), the BLS router, the router on the event loop, and the tier model itself
+   with the same raw tensors (every CPU tier has the preprocess step fused in). p50 and p99 of each.
+2. **Throughput at concurrency 4** (closed loop) on the policy's own tier mix: the ensemble, the
+   routers, and direct tier calls where each request goes to the tier the router chose for it.
+3. **Where the time goes**: Triton's statistics per model over the latency run (queue, input,
+   compute, output per request).
 
-Usage: ``python benchmarks/router_overhead.py [--spec ensembles/ads_ranking.yaml] [--requests 300]``
+Target: overhead at p50 <= 0.5 ms or <= 15% for every tier, and throughput at concurrency 4 >= 85%
+of the direct calls'. Writes ``benchmarks/results/router_overhead.md`` and ``router_overhead.json``;
+trains, exports and deploys the demo first where their outputs are missing.
+
+Usage: ``python benchmarks/router_overhead.py [--spec ensembles/ads_ranking.yaml] [--requests 300]
+[--seconds 10]``
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import datetime as dt
+import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -22,107 +37,326 @@ from typing import Any
 
 import numpy as np
 import tritonclient.grpc as grpcclient
+import tritonclient.grpc.aio as grpcaio
 from common import RESULTS, ROOT, prepare, write_report
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as mc
 
-from toolkit.client import RankingClient
 from toolkit.data import REQUEST_TENSORS, demo_holdout_set
-from toolkit.evaluate.offline import OfflineEnsemble, deployed_variants
 from toolkit.machine import machine_facts
 from toolkit.serve import ServerOptions, TritonServer, free_port
+from toolkit.serve.metrics import router_tier_calls
 from toolkit.spec import load_spec
 
-OVERHEAD_MS, OVERHEAD_SHARE = 0.5, 0.15
+OVERHEAD_MS, OVERHEAD_SHARE, THROUGHPUT_SHARE = 0.5, 0.15, 0.85
+CONCURRENCY = 4
+
+_ASYNC_MODEL = '''"""Benchmark variant of the router: its execute always run on the event loop."""
+
+import importlib.util
+from pathlib import Path
+
+_found = importlib.util.spec_from_file_location(
+    "router_model", Path(__file__).resolve().parent / "router_model.py"
+)
+_module = importlib.util.module_from_spec(_found)
+_found.loader.exec_module(_module)
 
 
-def _direct(client: grpcclient.InferenceServerClient, tier: str, pre: dict[str, np.ndarray]) -> None:
+class TritonPythonModel(_module.TritonPythonModel):
+    def initialize(self, args):
+        super().initialize(args)
+        self.inline = False
+'''
+
+
+def _variant(repository: Path, router: str, suffix: str, local_tiers: str, loop: bool) -> str:
+    """Add a copy of the router model named ``<router>_<suffix>`` to ``repository``."""
+    name = f"{router}_{suffix}"
+    folder = repository / name
+    shutil.copytree(repository / router, folder)
+    config = text_format.Parse((folder / "config.pbtxt").read_text(encoding="utf-8"), mc.ModelConfig())
+    config.name = name
+    (folder / "config.pbtxt").write_text(text_format.MessageToString(config), encoding="utf-8")
+    settings = json.loads((folder / "1" / "router.json").read_text(encoding="utf-8"))
+    settings["local_tiers"] = local_tiers
+    (folder / "1" / "router.json").write_text(json.dumps(settings, indent=2), encoding="utf-8")
+    if loop:
+        (folder / "1" / "model.py").rename(folder / "1" / "router_model.py")
+        (folder / "1" / "model.py").write_text(_ASYNC_MODEL, encoding="utf-8")
+    return name
+
+
+def _inputs(raw: dict[str, np.ndarray], batched: bool, module: Any = grpcclient) -> list[Any]:
     inputs = []
     for name in REQUEST_TENSORS:
-        value = pre[name]
-        tensor = grpcclient.InferInput(
-            name, list(value.shape), "FP32" if value.dtype == np.float32 else "INT64"
-        )
+        value = raw[name][None] if batched else raw[name]
+        tensor = module.InferInput(name, list(value.shape), "FP32" if value.dtype == np.float32 else "INT64")
         tensor.set_data_from_numpy(value)
         inputs.append(tensor)
-    client.infer(tier, inputs, outputs=[grpcclient.InferRequestedOutput("score")])
+    return inputs
 
 
-def run(spec_path: Path, count: int, out: Path) -> dict[str, Any]:
+def _statistics(client: grpcclient.InferenceServerClient) -> dict[str, dict[str, float]]:
+    """Per model: successful requests and the summed ns of queue, input, compute and output."""
+    stats = client.get_inference_statistics(as_json=True)
+    out = {}
+    for model in stats.get("model_stats", []):
+        s = model.get("inference_stats", {})
+        out[model["name"]] = {
+            "count": float(s.get("success", {}).get("count", 0)),
+            **{
+                k: float(s.get(k, {}).get("ns", 0))
+                for k in ("queue", "compute_input", "compute_infer", "compute_output")
+            },
+        }
+    return out
+
+
+def _split(
+    before: dict[str, dict[str, float]], after: dict[str, dict[str, float]]
+) -> dict[str, dict[str, float]]:
+    """Per model, the mean ms per request of each phase between two statistics snapshots."""
+    split = {}
+    for name, a in after.items():
+        b = before.get(name, {})
+        count = a["count"] - b.get("count", 0.0)
+        if count <= 0:
+            continue
+        split[name] = {"requests": count} | {
+            phase: (a[phase] - b.get(phase, 0.0)) / count / 1e6
+            for phase in ("queue", "compute_input", "compute_infer", "compute_output")
+        }
+    return split
+
+
+def _latency(
+    client: grpcclient.InferenceServerClient,
+    paths: dict[str, tuple[str, bool]],
+    raws: list[dict[str, np.ndarray]],
+    tier: str,
+) -> dict[str, list[float]]:
+    """Milliseconds per request of each path for ``tier``, the paths alternating request by request."""
+    prepared = {path: [_inputs(raw, batched) for raw in raws] for path, (_, batched) in paths.items()}
+    output = [grpcclient.InferRequestedOutput("score")]
+    times: dict[str, list[float]] = {path: [] for path in paths}
+    for warm in (True, False):
+        for i in range(20 if warm else len(raws)):
+            for path, (model, _) in paths.items():
+                parameters = None if model == tier else {"tier": tier}
+                started = time.perf_counter()
+                client.infer(model, prepared[path][i], outputs=output, parameters=parameters)
+                if not warm:
+                    times[path].append((time.perf_counter() - started) * 1000.0)
+    return times
+
+
+async def _throughput(
+    url: str, model: str, calls: list[tuple[str, list[Any]]], seconds: float
+) -> dict[str, float]:
+    """Closed loop, :data:`CONCURRENCY` clients: requests per second and failures for ``seconds``."""
+    client = grpcaio.InferenceServerClient(url)
+    output = [grpcaio.InferRequestedOutput("score")]
+    done, failed, latencies = 0, 0, []
+    stop = time.perf_counter() + seconds
+
+    async def worker(offset: int) -> None:
+        nonlocal done, failed
+        i = offset
+        while time.perf_counter() < stop:
+            target, inputs = calls[i % len(calls)]
+            started = time.perf_counter()
+            try:
+                await client.infer(target or model, inputs, outputs=output)
+                done += 1
+                latencies.append((time.perf_counter() - started) * 1000.0)
+            except Exception:
+                failed += 1
+            i += CONCURRENCY
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker(k) for k in range(CONCURRENCY)))
+    elapsed = time.perf_counter() - started
+    await client.close()
+    return {
+        "requests_per_s": done / elapsed,
+        "failed": failed,
+        "p50_ms": float(np.percentile(latencies, 50)) if latencies else 0.0,
+        "p99_ms": float(np.percentile(latencies, 99)) if latencies else 0.0,
+    }
+
+
+def run(spec_path: Path, count: int, seconds: float, out: Path) -> dict[str, Any]:
     """Run the benchmark and return what was written to ``out``/router_overhead.json."""
     spec = load_spec(spec_path)
     prepare(spec_path, spec, deploy=True)
-    artifacts, repository = ROOT / spec.paths.artifacts, ROOT / spec.paths.repository
-    offline = OfflineEnsemble(spec, artifacts, deployed_variants(spec, artifacts, repository), routed=False)
+    repository = ROOT / "benchmarks" / "scratch" / "router_overhead" / "repository"
+    shutil.rmtree(repository, ignore_errors=True)
+    shutil.copytree(ROOT / spec.paths.repository, repository)
+    router = spec.router_model
+    bls = _variant(repository, router, "bls", "bls", loop=False)
+    looped = _variant(repository, router, "loop", "inprocess", loop=True)
+    local_tiers = json.loads((repository / router / "1" / "router.json").read_text(encoding="utf-8"))[
+        "local_tiers"
+    ]
     requests = demo_holdout_set(spec, count)
     raws = [requests.request(r) for r in range(count)]
-    pres = [offline.preprocessed(raw) for raw in raws]
     options = ServerOptions(
         repository=repository, grpc_port=free_port(), http_port=free_port(), metrics_port=free_port()
     )
-    tiers: dict[str, Any] = {}
-    with (
-        TritonServer(options) as server,
-        RankingClient(server.grpc_url, spec.name, tier_names=spec.tier_names) as ensemble,
-    ):
-        direct = grpcclient.InferenceServerClient(server.grpc_url)
+    paths = {
+        "ensemble": (spec.name, False),
+        "router": (router, True),
+        "router_bls": (bls, True),
+        "router_loop": (looped, True),
+    }
+    latency: dict[str, Any] = {}
+    with TritonServer(options) as server:
+        client = grpcclient.InferenceServerClient(server.grpc_url)
+        split: dict[str, Any] = {}
         for tier in spec.tier_names:
-            for raw, pre in zip(raws[:20], pres[:20], strict=True):
-                ensemble.rank(tier=tier, **raw)
-                _direct(direct, tier, pre)
-            via, straight = [], []
-            for raw, pre in zip(raws, pres, strict=True):
-                started = time.perf_counter()
-                ensemble.rank(tier=tier, **raw)
-                via.append((time.perf_counter() - started) * 1000.0)
-                started = time.perf_counter()
-                _direct(direct, tier, pre)
-                straight.append((time.perf_counter() - started) * 1000.0)
-            p50_via, p50_direct = float(np.percentile(via, 50)), float(np.percentile(straight, 50))
-            tiers[tier] = {
-                "ensemble_p50_ms": p50_via,
-                "ensemble_p99_ms": float(np.percentile(via, 99)),
-                "direct_p50_ms": p50_direct,
-                "direct_p99_ms": float(np.percentile(straight, 99)),
-                "overhead_p50_ms": p50_via - p50_direct,
-                "overhead_p50_share": (p50_via - p50_direct) / p50_direct,
+            before = _statistics(client)
+            calls_before = router_tier_calls(server.metrics_url, router=router)
+            times = _latency(client, {**paths, "direct": (tier, False)}, raws, tier)
+            latency[tier] = {
+                path: {"p50_ms": float(np.percentile(t, 50)), "p99_ms": float(np.percentile(t, 99))}
+                for path, t in times.items()
             }
-            print(f"{tier}: done", file=sys.stderr, flush=True)
-        direct.close()
+            calls = router_tier_calls(server.metrics_url, router=router)
+            made, took = calls.get((tier, "inprocess"), (0.0, 0.0))
+            made_before, took_before = calls_before.get((tier, "inprocess"), (0.0, 0.0))
+            split[tier] = {
+                "models": _split(before, _statistics(client)),
+                "inprocess_ms": (took - took_before) / max(made - made_before, 1.0) * 1000.0,
+            }
+            print(f"latency {tier}: done", file=sys.stderr, flush=True)
+        chosen = []
+        for raw in raws:
+            result = client.infer(
+                spec.name, _inputs(raw, False), outputs=[grpcclient.InferRequestedOutput("tier")]
+            )
+            chosen.append(spec.tier_names[int(np.max(result.as_numpy("tier")))])
+        client.close()
+        mix = {t: chosen.count(t) / len(chosen) for t in spec.tier_names}
+        throughput = {}
+        for path, (model, batched) in {**paths, "direct": ("", False)}.items():
+            calls = [
+                (tier if path == "direct" else "", _inputs(raw, batched, grpcaio))
+                for raw, tier in zip(raws, chosen, strict=True)
+            ]
+            throughput[path] = asyncio.run(_throughput(server.grpc_url, model, calls, seconds))
+            print(
+                f"throughput {path}: {throughput[path]['requests_per_s']:.0f}/s", file=sys.stderr, flush=True
+            )
+    shutil.rmtree(repository, ignore_errors=True)
     result = {
         "benchmark": "router_overhead",
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "machine": machine_facts(),
         "spec": str(spec_path),
         "requests": count,
-        "tiers": tiers,
+        "seconds": seconds,
+        "concurrency": CONCURRENCY,
+        "local_tiers": local_tiers,
+        "latency": latency,
+        "split": split,
+        "mix": mix,
+        "throughput": throughput,
+        "models": {"ensemble": spec.name, "router": router, "router_bls": bls, "router_loop": looped},
     }
     write_report(out, "router_overhead", result, render(result))
     return result
 
 
+def _met(overhead_ms: float, share: float) -> bool:
+    return overhead_ms <= OVERHEAD_MS or share <= OVERHEAD_SHARE
+
+
 def render(result: dict[str, Any]) -> str:
     """The markdown report of a result."""
-    m = result["machine"]
+    m, models = result["machine"], result["models"]
     lines = [
         "# Router overhead",
         "",
         f"Run {result['created']} on {m['cpu']} ({m['cores']} cores usable), onnxruntime {m['onnxruntime']}, "
-        f"toolkit {m['toolkit']}; the embedded tritonserver, client on the same machine. "
-        f"{result['requests']} held-out requests, one at a time, ensemble and direct calls alternating.",
+        f"toolkit {m['toolkit']}; the embedded tritonserver, client on the same machine "
+        "(`make bench-router`). The deployed router runs local tiers "
+        f"`{result['local_tiers']}`; every CPU tier has the preprocess step fused in, so a direct call "
+        "sends the same raw tensors as a routed one.",
         "",
-        "The ensemble runs the preprocess model, then the BLS router (python backend), which calls the "
-        "tier; the direct call sends the already-preprocessed tensors to the tier model. "
-        f"Target: overhead <= {OVERHEAD_MS} ms or <= {OVERHEAD_SHARE:.0%} at p50.",
+        f"## Latency: {result['requests']} held-out requests one at a time, the tier forced, "
+        "paths alternating",
         "",
-        "| tier | ensemble p50 ms | direct p50 ms | overhead p50 | ensemble p99 ms | direct p99 ms "
-        "| target |",
-        "|---|---|---|---|---|---|---|",
+        f"Target: the ensemble's overhead over the direct tier call <= {OVERHEAD_MS} ms or "
+        f"<= {OVERHEAD_SHARE:.0%} at p50.",
+        "",
+        "| tier | direct p50 / p99 ms | ensemble p50 / p99 ms | overhead p50 | target | router called "
+        "directly p50 | BLS router p50 | router on the event loop p50 |",
+        "|---|---|---|---|---|---|---|---|",
     ]
-    for tier, t in result["tiers"].items():
-        met = t["overhead_p50_ms"] <= OVERHEAD_MS or t["overhead_p50_share"] <= OVERHEAD_SHARE
+    for tier, t in result["latency"].items():
+        direct, ensemble = t["direct"], t["ensemble"]
+        overhead = ensemble["p50_ms"] - direct["p50_ms"]
+        share = overhead / direct["p50_ms"]
         lines.append(
-            f"| {tier} | {t['ensemble_p50_ms']:.2f} | {t['direct_p50_ms']:.2f} | "
-            f"{t['overhead_p50_ms']:.2f} ms ({t['overhead_p50_share']:.0%}) | {t['ensemble_p99_ms']:.2f} | "
-            f"{t['direct_p99_ms']:.2f} | {'met' if met else 'missed'} |"
+            f"| {tier} | {direct['p50_ms']:.2f} / {direct['p99_ms']:.2f} | "
+            f"{ensemble['p50_ms']:.2f} / {ensemble['p99_ms']:.2f} | {overhead:+.2f} ms ({share:+.0%}) | "
+            f"{'met' if _met(overhead, share) else 'missed'} | {t['router']['p50_ms']:.2f} | "
+            f"{t['router_bls']['p50_ms']:.2f} | {t['router_loop']['p50_ms']:.2f} |"
+        )
+    direct = result["throughput"]["direct"]["requests_per_s"]
+    mix = ", ".join(f"{tier} {share:.0%}" for tier, share in result["mix"].items())
+    lines += [
+        "",
+        f"## Throughput: concurrency {result['concurrency']}, closed loop, {result['seconds']:g} s per path",
+        "",
+        f"The policy's own mix ({mix}); the direct calls send each request to the tier the router chose "
+        f"for it. Target: the ensemble >= {THROUGHPUT_SHARE:.0%} of the direct calls.",
+        "",
+        "| path | requests/s | share of direct | p50 ms | p99 ms | failed |",
+        "|---|---|---|---|---|---|",
+    ]
+    names = {
+        "ensemble": f"ensemble `{models['ensemble']}`",
+        "router": f"router `{models['router']}` called directly",
+        "router_bls": f"router with BLS tier calls `{models['router_bls']}`",
+        "router_loop": f"router with its execute on the event loop `{models['router_loop']}`",
+        "direct": "tier called directly",
+    }
+    for path, t in result["throughput"].items():
+        lines.append(
+            f"| {names[path]} | {t['requests_per_s']:.0f} | {t['requests_per_s'] / direct:.0%} | "
+            f"{t['p50_ms']:.2f} | {t['p99_ms']:.2f} | {t['failed']} |"
+        )
+    lines += [
+        "",
+        "## Where the time goes, per tier: p50 of the paths and Triton's statistics, ms per request",
+        "",
+        "Each row splits the ensemble's overhead over the direct call: the ensemble wrapper (ensemble "
+        "against the router called directly, p50), then from Triton's statistics of the router model "
+        "against the tier model called directly (means over the same run): queue, input and output "
+        "handling of the python backend, the router's own Python work (its compute minus its in-process "
+        "tier calls, timed by the router), and the tier run in the router's process against in its own.",
+        "",
+        "| tier | overhead p50 | ensemble wrapper | queue | input | output | router's own work "
+        "| tier in the router's process against its own | rest |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    router = models["router"]
+    for tier, t in result["latency"].items():
+        split = result["split"][tier]
+        r, d = split["models"][router], split["models"][tier]
+        overhead = t["ensemble"]["p50_ms"] - t["direct"]["p50_ms"]
+        wrapper = t["ensemble"]["p50_ms"] - t["router"]["p50_ms"]
+        queue = r["queue"] - d["queue"]
+        io_in = r["compute_input"] - d["compute_input"]
+        io_out = r["compute_output"] - d["compute_output"]
+        own = r["compute_infer"] - split["inprocess_ms"]
+        tier_gap = split["inprocess_ms"] - d["compute_infer"]
+        rest = overhead - wrapper - queue - io_in - io_out - own - tier_gap
+        lines.append(
+            f"| {tier} | {overhead:.2f} | {wrapper:.2f} | {queue:.2f} | {io_in:.2f} | {io_out:.2f} | "
+            f"{own:.2f} | {tier_gap:.2f} | {rest:.2f} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -132,9 +366,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--spec", type=Path, default=Path("ensembles/ads_ranking.yaml"))
     parser.add_argument("--requests", type=int, default=300, help="held-out requests per tier (default 300)")
+    parser.add_argument("--seconds", type=float, default=10.0, help="seconds per throughput run (default 10)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
-    run(args.spec, args.requests, args.out)
+    run(args.spec, args.requests, args.seconds, args.out)
     print((args.out / "router_overhead.md").read_text(encoding="utf-8"))
 
 
