@@ -8,8 +8,8 @@ load generator (``toolkit.bench.load.run_step``, closed loop over gRPC):
       ``torch.no_grad()``, one torch thread per instance, one model instance (PyTriton's default;
       ``--pytriton-instances`` for more), no dynamic batching (each request is one user with N
       candidates);
-  (b) the deployed ensemble (preprocess -> BLS router -> xl, the variant ``toolkit deploy`` chose)
-      with the request parameter ``tier=xl``, on the embedded tritonserver.
+  (b) the deployed ensemble (the router running xl with preprocess fused in, the variant
+      ``toolkit deploy`` chose) with the request parameter ``tier=xl``, on the embedded tritonserver.
 
 The PyTriton model takes the ensemble's raw inputs and returns ``score`` and ``tier`` like the
 ensemble, so ``AsyncRankingClient`` drives both unchanged. PyTriton runs in a child process (its
@@ -382,12 +382,11 @@ def render(result: dict[str, Any]) -> str:
         "(python-backend proxy to a Python callable in its own process): preprocess module then the tier "
         "module, eager, `torch.no_grad()`, one torch thread per instance, "
         f"{result['pytriton_instances']} instance(s), no dynamic batching.",
-        f"- **toolkit**: the deployed ensemble (preprocess -> BLS router -> `{result['tier']}`, variant "
-        f"`{result['xl_variant']}`, ONNX Runtime in the python backend, one thread) on the "
-        f"{result['toolkit_tritonserver']} tritonserver, request parameter `tier={result['tier']}`. "
-        "Preprocess, router and tier each run in their own python-backend process, one instance each "
-        "(router: two), so requests in flight overlap across stages; a PyTriton instance runs one "
-        "request at a time.",
+        f"- **toolkit**: the deployed ensemble (the router, running `{result['tier']}` with the preprocess "
+        f"step fused in, variant `{result['xl_variant']}`, ONNX Runtime in the router's python-backend "
+        f"process, one thread) on the {result['toolkit_tritonserver']} tritonserver, request parameter "
+        f"`tier={result['tier']}`. The router has two instances, so two requests run at once; a "
+        "PyTriton instance runs one request at a time.",
         "",
         f"Both over gRPC, driven by the same closed-loop load generator with the same "
         f"{result['requests']} held-out requests of {low} to {high} candidates each (production-like "

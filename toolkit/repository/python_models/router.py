@@ -1,17 +1,17 @@
-"""The BLS router of a tiered ranking ensemble (Triton python backend).
+"""The router of a tiered ranking ensemble (Triton python backend).
 
 Reads ``router.json`` beside this file and runs the routing engine that ``toolkit deploy`` copied
-beside it (package ``toolkit_router``): per request it validates the raw request, picks a tier, scores
-with it (stepping down to cheaper tiers when it fails) and returns the scores plus, per candidate,
-the index of the tier that scored it. This file is the engine's tier backend. A local CPU tier (and
-the gate) has the preprocess step fused in front and, with ``local_tiers: inprocess``, runs in this
-process on the file Triton serves; otherwise it is called through BLS. Tiers that another pool
-serves (``remote_tiers``) are called over gRPC with ``tritonclient.grpc.aio``: the pool's addresses
-in turn, an address that failed left alone for a while, and the same step-down when the pool does
-not answer in time. Every decision and failure is
-counted, in the log and as the Prometheus counter ``toolkit_router_events_total``. With
-``max_batch_size: 1`` (the config gives the router a queue policy that way), every tensor arrives
-with a leading dimension of 1, which is dropped on the way in and added on the way out.
+beside it (package ``toolkit_router``): per request it validates the raw request, picks a tier,
+scores with it (stepping down to cheaper tiers when it fails) and returns the scores plus, per
+candidate, the index of the tier that scored it. This file is the engine's tier backend. A local CPU
+tier (and the gate) has the preprocess step fused in front and, with ``local_tiers: inprocess``, runs
+in this process on the file Triton serves; otherwise it is called through BLS. Tiers that another
+pool serves (``remote_tiers``) are called over gRPC with ``tritonclient.grpc.aio``: the pool's
+addresses in turn, an address that failed left alone for a while, and the same step-down when the
+pool does not answer in time. Every decision, failure and tier call is counted, in the log and as
+Prometheus counters. With ``max_batch_size: 1`` (the config gives the router a queue policy that
+way), every tensor arrives with a leading dimension of 1, which is dropped on the way in and added
+on the way out.
 """
 
 from __future__ import annotations
