@@ -14,8 +14,10 @@ import threading
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 from helpers import free_port_options
 
 from toolkit.client import RankingClient
@@ -38,6 +40,22 @@ def router_versions(server: TritonServer, router: str) -> dict[str, str]:
     return {m.get("version", ""): m.get("state", "") for m in index if m["name"] == router}
 
 
+def deploy_without_queue_timeout(pipeline: Any, repository: Path) -> None:
+    """The session's deployment without the router's queue timeout.
+
+    Loading a router version starts two python-backend processes that import ONNX Runtime and open
+    every local tier: on a 2-core machine that starves the serving version for more than the 100 ms
+    a request may queue, and shedding under the test's own CPU load is test_overload's subject.
+    """
+    from helpers import run_cli, write_spec
+
+    data = yaml.safe_load(pipeline.spec_path.read_text(encoding="utf-8"))
+    data["triton"]["queue_timeout_ms"] = 0
+    spec_path = write_spec(repository.parent / "spec.yaml", data)
+    pins = [a for t, v in pipeline.pins.items() for a in ("--pin", f"{t}={v}")]
+    run_cli("deploy", "--spec", str(spec_path), "--out", str(repository), *pins)
+
+
 def swapped(states: dict[str, str], version: str) -> bool:
     """Whether ``version`` is the one router version ready."""
     return [v for v, state in states.items() if state == "READY"] == [version]
@@ -50,7 +68,7 @@ def test_polling_server_survives_the_router_replaced_under_traffic(pipeline, tmp
         pytest.skip(f"no tritonserver on this machine: {exc}")
     spec = pipeline.spec
     repository = tmp_path / "repository"
-    shutil.copytree(pipeline.repository, repository, ignore=shutil.ignore_patterns("__pycache__"))
+    deploy_without_queue_timeout(pipeline, repository)
     options = free_port_options(repository, tmp_path / "tritonserver.log")
     options = dataclasses.replace(
         options, model_control_mode="poll", extra_args=("--repository-poll-secs=1",)

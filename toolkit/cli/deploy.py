@@ -88,11 +88,13 @@ def command(
 ) -> None:
     """Write the Triton model repository: the ensemble, preprocess, router and one model per tier.
 
-    The ensemble (named after the spec) is the entry point clients call. Its one step is the BLS
-    router (python backend): it admits a request (rejecting those that waited past
-    triton.queue_timeout_ms), validates it, runs the preprocess model (the exported feature
-    transforms), picks a tier with the spec's routing policy and calls it, stepping down to a cheaper
-    tier when one fails. Every config.pbtxt is built as a protobuf message.
+    The ensemble (named after the spec) is the entry point clients call. Its one step is the router
+    (python backend): it admits a request (rejecting those that waited past
+    triton.queue_timeout_ms), validates it, picks a tier with the spec's routing policy and scores
+    with it, stepping down to a cheaper tier when one fails. Every CPU tier (and the gate) is written
+    with the preprocess step (the exported feature transforms) fused in front, so it takes the raw
+    request; with triton.local_tiers: inprocess (the default) the router runs them in its own
+    process, with bls it calls them through BLS. Every config.pbtxt is built as a protobuf message.
 
     Per tier, the variant deployed is the one pinned (--pin, then the spec's triton.pin) or the
     fastest on the target that passed export's accuracy gate (mean latency over the timed candidate

@@ -126,7 +126,7 @@ def gate_config(spec: Spec, backend: str, cheapest_first: bool) -> mc.ModelConfi
 
 
 def router_config(spec: Spec) -> mc.ModelConfig:
-    """Config of the BLS router (python backend), the ensemble's only step and its admission point.
+    """Config of the router (python backend), the ensemble's only step and its admission point.
 
     It takes the raw request, validates it and scores it with a tier: in its own process, through
     BLS, or over gRPC. ``max_batch_size`` is 1 only so that it can have a queue policy (Triton keeps queue

@@ -1,9 +1,11 @@
 """Latency budgets: the router's own estimates of each tier's latency, and the cap they impose.
 
-The router times every BLS call it makes and keeps, per tier and per candidate-count bucket
-(powers of two), the most recent calls; a tier's estimate for N is a percentile of its bucket. The
-calls include the time a request waits in the tier's queue, so under overload the estimates rise and
-requests with a budget step down to cheaper tiers instead of queueing. Before a bucket has enough
+The router times every tier call it makes and keeps, per tier and per candidate-count bucket
+(powers of two), the most recent calls; a tier's estimate for N is a percentile of its bucket. A
+BLS or remote call includes the time a request waits in the tier's queue, so under overload the
+estimates rise and requests with a budget step down to cheaper tiers instead of queueing; a tier run
+in the router's own process has no queue of its own (requests wait in the router's), so its
+estimate is its compute time alone. Before a bucket has enough
 calls, the estimate comes from export's measured latency (``latency_prior_ms`` in ``router.json``).
 Calls older than ``max_age_s`` are forgotten: a tier the budget stepped away from gets no new calls,
 so without ageing its last slow calls would keep it capped after the load has passed; once they age
@@ -46,7 +48,7 @@ def bucket(num_candidates: int) -> int:
 
 
 class LatencyTracker:
-    """Recent BLS call latencies per tier and candidate-count bucket.
+    """Recent tier-call latencies per tier and candidate-count bucket.
 
     Args:
         tiers: Tier names.

@@ -692,7 +692,8 @@ class TritonSpec:
             ``python`` (an ONNX Runtime runner in the python backend, for servers without the
             onnxruntime backend, such as the embedded one) or ``auto`` (pick by the server).
         max_candidates: Largest N a request may carry.
-        router_instances: Instances of the router model (>= 2: a synchronous BLS call blocks one).
+        router_instances: Instances of the router model (>= 2: with one, a queue policy stalls bursts
+            on the 2.51 server; each runs one request at a time).
         queue_timeout_ms: How long a request may wait in the router's queue (the ensemble's only
             queue) before it is rejected with UNAVAILABLE; a client's request ``timeout`` can only
             shorten it; 0 means no bound.
@@ -749,8 +750,7 @@ class TritonSpec:
         if self.router_instances < 2:
             raise KeyedValueError(
                 "router_instances",
-                f"must be at least 2 (a synchronous BLS call blocks its instance), "
-                f"got {self.router_instances}",
+                f"must be at least 2 (one instance runs one request at a time), got {self.router_instances}",
             )
         if self.tier_instances < 1:
             raise KeyedValueError("tier_instances", f"must be positive, got {self.tier_instances}")

@@ -257,7 +257,8 @@ class TritonPythonModel:
             )
             return {}
         names = [t for t in self.config.tiers if t not in self.remote]
-        names += [m for m in (self.config.gate_model, self.config.preprocess_model) if m]
+        names += [self.config.gate_model] * bool(self.config.gate_model)
+        names += [self.config.preprocess_model] * bool(self.config.preprocessed_tiers)
         found = {name: repository / name for name in names if newest_version(repository / name, _ONNX_FILE)}
         if len(found) < len(names):
             missing = sorted(set(names) - set(found))
