@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import collections
 import datetime as dt
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -27,7 +25,7 @@ from common import RESULTS, ROOT, prepare, write_report
 
 from toolkit.bench.load import StabilityPolicy, StepSpec, Window, run_step
 from toolkit.data import demo_holdout_set
-from toolkit.machine import machine_facts
+from toolkit.machine import machine_facts, process_tree_rss_kib
 from toolkit.serve import ServerOptions, TritonServer, free_port
 from toolkit.spec import load_spec
 
@@ -36,27 +34,8 @@ SHARE = 0.5
 
 
 def tree_rss_mib(root: int) -> float:
-    """Resident memory of process ``root`` and all its descendants, in MiB (Linux ``/proc``)."""
-    children = collections.defaultdict(list)
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                parent = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children[parent].append(int(entry))
-    total_kib, stack = 0, [root]
-    while stack:
-        pid = stack.pop()
-        stack.extend(children.get(pid, []))
-        try:
-            status = Path(f"/proc/{pid}/status").read_text()
-        except OSError:
-            continue
-        total_kib += next(
-            (int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:")), 0
-        )
-    return total_kib / 1024.0
+    """Resident memory of process ``root`` and all its descendants, in MiB."""
+    return process_tree_rss_kib(root) / 1024.0
 
 
 def run(spec_path: Path, minutes: float, out: Path) -> dict[str, Any]:

@@ -48,3 +48,32 @@ def machine_facts() -> dict[str, Any]:
         "numpy": numpy.__version__,
         "cuda_gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
     }
+
+
+def process_tree_rss_kib(root: int) -> int:
+    """Resident memory of process ``root`` and all its descendants, in KiB (Linux ``/proc``; 0 elsewhere).
+
+    For a Triton server that is the server and its python-backend stubs.
+    """
+    children: dict[int, list[int]] = {}
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return 0
+    for entry in entries:
+        if entry.isdigit():
+            try:
+                parent = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(parent, []).append(int(entry))
+    total, stack = 0, [root]
+    while stack:
+        pid = stack.pop()
+        stack.extend(children.get(pid, []))
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            continue
+        total += next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:")), 0)
+    return total

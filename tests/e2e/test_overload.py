@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import os
 import time
-from pathlib import Path
 
 import grpc
 import numpy as np
@@ -23,6 +21,7 @@ from tritonclient.grpc import service_pb2
 
 from toolkit.client import RankingClient
 from toolkit.data import REQUEST_TENSORS, generate_requests
+from toolkit.machine import process_tree_rss_kib
 from toolkit.serve import TritonServer
 
 pytestmark = pytest.mark.e2e
@@ -45,32 +44,11 @@ def _payloads(spec, count: int) -> list[bytes]:
     return out
 
 
-def _tree_rss_kib(root: int) -> int:
-    children = collections.defaultdict(list)
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                parent = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children[parent].append(int(entry))
-    total, stack = 0, [root]
-    while stack:
-        pid = stack.pop()
-        stack.extend(children.get(pid, []))
-        try:
-            status = Path(f"/proc/{pid}/status").read_text()
-        except OSError:
-            continue
-        total += next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:")), 0)
-    return total
-
-
 async def _drive(url: str, payloads: list[bytes], rate: float | None, seconds: float, pid: int) -> dict:
     """Closed loop at concurrency 4 when ``rate`` is None, else Poisson arrivals at ``rate``/s."""
     results: list[tuple[str, float]] = []
     messages: dict[str, str] = {}
-    rss = [_tree_rss_kib(pid)]
+    rss = [process_tree_rss_kib(pid)]
     async with grpc.aio.insecure_channel(url, options=[("grpc.max_send_message_length", -1)]) as channel:
         call = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
 
@@ -107,10 +85,10 @@ async def _drive(url: str, payloads: list[bytes], rate: float | None, seconds: f
                 task.add_done_callback(tasks.discard)
                 sent += 1
                 if time.perf_counter() - last_rss > 0.5:
-                    rss.append(_tree_rss_kib(pid))
+                    rss.append(process_tree_rss_kib(pid))
                     last_rss = time.perf_counter()
             await asyncio.gather(*tasks)
-        rss.append(_tree_rss_kib(pid))
+        rss.append(process_tree_rss_kib(pid))
     return {"results": results, "messages": messages, "sent": sent, "seconds": seconds, "rss_kib": rss}
 
 

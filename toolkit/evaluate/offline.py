@@ -7,10 +7,9 @@ and scores with the real Triton server's, request by request.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
 
 import numpy as np
 
@@ -22,12 +21,11 @@ from toolkit.export.parity import cpu_session
 from toolkit.repository.gate import CHEAPEST_SCORE, GATE_OUTPUT, gate_path, read_calibration
 from toolkit.repository.select import select_variants
 from toolkit.repository.writer import MARKER, router_settings
-from toolkit.router.engine import RoutingEngine
+from toolkit.router.engine import RoutingEngine, complete
 from toolkit.router.policy import Decision, RequestContext, RouterConfig, request_features
 from toolkit.spec.schema import Spec
 
 Inputs = dict[str, np.ndarray]
-T = TypeVar("T")
 
 
 def deployed_variants(spec: Spec, artifacts: Path, repository: Path | None = None) -> dict[str, str]:
@@ -145,7 +143,7 @@ class OfflineEnsemble:
             cheapest: In cheapest-first mode, the cheapest tier's scores if already known.
         """
         context = self._context(raw, forced_tier, value)
-        return _complete(self._engine.decide(raw, context, cheapest))
+        return complete(self._engine.decide(raw, context, cheapest))
 
     def route(
         self, raw: Inputs, forced_tier: str | None = None, value: float = 1.0
@@ -157,18 +155,8 @@ class OfflineEnsemble:
         scores are the answer when the gate keeps the request there.
         """
         context = self._context(raw, forced_tier, value)
-        routed = _complete(self._engine.route(raw, context))
+        routed = complete(self._engine.route(raw, context))
         return routed.decision, routed.scores, routed.tiers
-
-
-def _complete(coroutine: Coroutine[Any, Any, T]) -> T:
-    """The result of a coroutine that never waits (the offline backend's calls all return at once)."""
-    try:
-        coroutine.send(None)
-    except StopIteration as done:
-        return done.value
-    coroutine.close()
-    raise RuntimeError("the offline routing engine waited on something; it should not")
 
 
 class _OnnxBackend:

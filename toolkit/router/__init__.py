@@ -9,6 +9,7 @@ from .engine import (
     RoutingEngine,
     TierBackend,
     TierError,
+    complete,
 )
 from .learned import calibrate_lambda, calibrate_lambda_to_cost, choose_tier, choose_tiers
 from .local import LocalModel, NotServedError, newest_version, versions
@@ -39,6 +40,7 @@ __all__ = [
     "RoutingEngine",
     "TierBackend",
     "TierError",
+    "complete",
     "LocalModel",
     "NotServedError",
     "newest_version",

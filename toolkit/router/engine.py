@@ -13,9 +13,9 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections import Counter
-from collections.abc import MutableMapping
+from collections.abc import Coroutine, MutableMapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
@@ -39,6 +39,25 @@ CANDIDATE_INPUTS = ("ad_dense", "ad_sparse")
 """Request tensors with one row per candidate."""
 
 Tensors = dict[str, np.ndarray]
+T = TypeVar("T")
+
+
+def complete(coroutine: Coroutine[Any, Any, T]) -> T:
+    """The result of a coroutine that never waits, run without an event loop.
+
+    The engine's coroutines only wait when a backend does (BLS or remote calls); with every model in
+    the caller's process, or offline, they run straight through, and an event loop would only add
+    its cost.
+
+    Raises:
+        RuntimeError: The coroutine waited on something after all.
+    """
+    try:
+        coroutine.send(None)
+    except StopIteration as done:
+        return done.value
+    coroutine.close()
+    raise RuntimeError("the routing engine waited on a call although every model it calls runs here")
 
 
 class TierError(Exception):

@@ -44,6 +44,7 @@ from toolkit_router import (  # noqa: E402
     RoutingEngine,
     RoutingError,
     TierError,
+    complete,
     grpc_status,
     newest_version,
 )
@@ -70,16 +71,6 @@ reconnect backoff grows to minutes), and a DNS name that resolves to several pod
 
 
 _RETIRED: list[tuple[object, dict[str, object]]] = []
-
-
-def _complete(coroutine: object) -> object:
-    """The result of a coroutine that never waits (every model it calls runs in this process)."""
-    try:
-        coroutine.send(None)
-    except StopIteration as done:
-        return done.value
-    coroutine.close()
-    raise RuntimeError("the router waited on a call although every model runs in its process")
 
 
 def _tensors(arrays: dict) -> list:
@@ -299,7 +290,7 @@ class TritonPythonModel:
         the instance still handles one request at a time.
         """
         coroutine = self._execute(requests)
-        return _complete(coroutine) if self.inline else coroutine
+        return complete(coroutine) if self.inline else coroutine
 
     async def _execute(self, requests: list) -> list:
         responses = []
