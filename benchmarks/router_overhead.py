@@ -42,6 +42,7 @@ from common import RESULTS, ROOT, prepare, write_report
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
+from toolkit.bench.load import STATS_FIELDS, server_split, statistics_by_model
 from toolkit.data import REQUEST_TENSORS, demo_holdout_set
 from toolkit.machine import machine_facts
 from toolkit.serve import ServerOptions, TritonServer, free_port
@@ -97,37 +98,19 @@ def _inputs(raw: dict[str, np.ndarray], batched: bool, module: Any = grpcclient)
     return inputs
 
 
-def _statistics(client: grpcclient.InferenceServerClient) -> dict[str, dict[str, float]]:
+def _statistics(client: grpcclient.InferenceServerClient) -> dict[str, dict[str, int]]:
     """Per model: successful requests and the summed ns of queue, input, compute and output."""
-    stats = client.get_inference_statistics(as_json=True)
-    out = {}
-    for model in stats.get("model_stats", []):
-        s = model.get("inference_stats", {})
-        out[model["name"]] = {
-            "count": float(s.get("success", {}).get("count", 0)),
-            **{
-                k: float(s.get(k, {}).get("ns", 0))
-                for k in ("queue", "compute_input", "compute_infer", "compute_output")
-            },
-        }
-    return out
+    return statistics_by_model(client.get_inference_statistics(as_json=True))
 
 
 def _split(
-    before: dict[str, dict[str, float]], after: dict[str, dict[str, float]]
+    before: dict[str, dict[str, int]], after: dict[str, dict[str, int]]
 ) -> dict[str, dict[str, float]]:
     """Per model, the mean ms per request of each phase between two statistics snapshots."""
-    split = {}
-    for name, a in after.items():
-        b = before.get(name, {})
-        count = a["count"] - b.get("count", 0.0)
-        if count <= 0:
-            continue
-        split[name] = {"requests": count} | {
-            phase: (a[phase] - b.get(phase, 0.0)) / count / 1e6
-            for phase in ("queue", "compute_input", "compute_infer", "compute_output")
-        }
-    return split
+    return {
+        name: {"requests": s["requests"]} | {phase: s[f"{phase}_us"] / 1000.0 for phase in STATS_FIELDS}
+        for name, s in server_split(before, after).items()
+    }
 
 
 def _latency(

@@ -156,6 +156,15 @@ async def _server_stats(url: str) -> dict[str, dict[str, int]]:
         data = await client.get_inference_statistics(as_json=True)
     finally:
         await client.close()
+    return statistics_by_model(data)
+
+
+def statistics_by_model(data: dict) -> dict[str, dict[str, int]]:
+    """Per model: successful requests (``count``) and the summed ns of each :data:`STATS_FIELDS` phase.
+
+    Args:
+        data: Triton's statistics, as ``get_inference_statistics(as_json=True)`` returns them.
+    """
     out = {}
     for model in data.get("model_stats", []):
         stats = model.get("inference_stats", {})
@@ -166,7 +175,7 @@ async def _server_stats(url: str) -> dict[str, dict[str, int]]:
     return out
 
 
-def _server_split(before: dict, after: dict) -> dict[str, dict[str, float]]:
+def server_split(before: dict, after: dict) -> dict[str, dict[str, float]]:
     """Per model, requests handled during the step and mean microseconds per request in each phase."""
     split = {}
     for name, end in after.items():
@@ -279,7 +288,7 @@ async def run_step(
         errors=dict(errors),
         tier_mix={t: c / answered for t, c in sorted(tiers.items())} if answered else {},
         candidates=candidates,
-        server=_server_split(before, after),
+        server=server_split(before, after),
         sent=load.sent,
         ne=sum(w.log_loss for w in measured) / candidates / entropy if candidates else float("nan"),
     )

@@ -93,7 +93,6 @@ class LocalModel:
         self.signature: Signature | None = None
         self.served = False
         self.checked = -float("inf")
-        self.opened = 0
         self._pending: tuple[int, Signature, Future] | None = None
         self._failed: Signature | None = None
 
@@ -113,7 +112,6 @@ class LocalModel:
         except Exception:
             return
         self.session, self.version, self.signature = session, version, signature
-        self.opened += 1
 
     def get(self) -> Any:
         """The session of the version Triton serves; :class:`NotServedError` when it serves none.
@@ -143,7 +141,6 @@ class LocalModel:
             self._failed = signature
             raise
         self.session, self.version, self.signature = session, version, signature
-        self.opened += 1
 
     def _refresh(self) -> None:
         for version in versions(self.folder, self.filename):
@@ -172,7 +169,6 @@ class LocalModel:
                 self.served = self.session is not None
                 raise
             self.version, self.signature = version, signature
-            self.opened += 1
         elif self._pending is None or self._pending[1] != signature:
             self._pending = (version, signature, self.background(self.open_session, path))
         self.served = True

@@ -38,7 +38,7 @@ def router_events(
     Raises:
         ServerError: The endpoint cannot be read.
     """
-    return _series(metrics_url, ROUTER_EVENTS, ("event", "subject"), timeout_s, settle)
+    return _series(metrics_url, {ROUTER_EVENTS: ("event", "subject")}, timeout_s, settle)[ROUTER_EVENTS]
 
 
 def router_tier_calls(
@@ -52,26 +52,32 @@ def router_tier_calls(
     Raises:
         ServerError: The endpoint cannot be read.
     """
-    calls = _series(metrics_url, ROUTER_TIER_CALLS, ("tier", "path"), timeout_s, settle, router)
-    seconds = _series(metrics_url, ROUTER_TIER_SECONDS, ("tier", "path"), timeout_s, settle, router)
-    return {key: (n, seconds.get(key, 0.0)) for key, n in calls.items()}
+    keys = ("tier", "path")
+    found = _series(
+        metrics_url, {ROUTER_TIER_CALLS: keys, ROUTER_TIER_SECONDS: keys}, timeout_s, settle, router
+    )
+    seconds = found[ROUTER_TIER_SECONDS]
+    return {key: (n, seconds.get(key, 0.0)) for key, n in found[ROUTER_TIER_CALLS].items()}
+
+
+Series = dict[str, dict[tuple[str, str], float]]
 
 
 def _series(
     metrics_url: str,
-    name: str,
-    keys: tuple[str, str],
+    names: dict[str, tuple[str, str]],
     timeout_s: float,
     settle: bool,
     router: str | None = None,
-) -> dict[tuple[str, str], float]:
-    found = _read(metrics_url, name, keys, timeout_s, router)
+) -> Series:
+    """Each counter in ``names`` by its two labels, read from one page (until settled)."""
+    found = _read(metrics_url, names, timeout_s, router)
     if not settle:
         return found
     deadline = time.monotonic() + max(10 * ROUTER_FLUSH_S, 2.0)
     while time.monotonic() < deadline:
         time.sleep(ROUTER_FLUSH_S * 1.5)
-        again = _read(metrics_url, name, keys, timeout_s, router)
+        again = _read(metrics_url, names, timeout_s, router)
         if again == found:
             break
         found = again
@@ -79,21 +85,24 @@ def _series(
 
 
 def _read(
-    metrics_url: str, name: str, keys: tuple[str, str], timeout_s: float, router: str | None = None
-) -> dict[tuple[str, str], float]:
+    metrics_url: str, names: dict[str, tuple[str, str]], timeout_s: float, router: str | None
+) -> Series:
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     try:
         with opener.open(metrics_url, timeout=timeout_s) as reply:
             text = reply.read().decode("utf-8", errors="replace")
     except (urllib.error.URLError, OSError) as exc:
         raise ServerError(f"Cannot read the metrics at {metrics_url}: {exc}.") from None
-    series: dict[tuple[str, str], float] = {}
+    found: Series = {name: {} for name in names}
     for line in text.splitlines():
-        if not line.startswith(name + "{"):
+        name, brace, _ = line.partition("{")
+        if not brace or name not in names:
             continue
         labels = dict(_LABEL.findall(line[len(name) + 1 : line.rindex("}")]))
         if router is not None and labels.get("router") != router:
             continue
-        key = (labels.get(keys[0], ""), labels.get(keys[1], ""))
+        first, second = names[name]
+        key = (labels.get(first, ""), labels.get(second, ""))
+        series = found[name]
         series[key] = series.get(key, 0.0) + float(line.rsplit(" ", 1)[1])
-    return series
+    return found

@@ -224,13 +224,14 @@ class TritonPythonModel:
 
             self._grpc = grpc_aio
             self._np_to_triton = np_to_triton_dtype
-        self.local = self._local_models(Path(args["model_repository"]).parent)
-        needed = list(self.config.tiers) + [self.config.gate_model] * bool(self.config.gate_model)
-        needed += [self.config.preprocess_model] * bool(self.config.preprocessed_tiers)
-        self.inline = not self.remote and all(name in self.local for name in needed)
+        called = [t for t in self.config.tiers if t not in self.remote]
+        called += [self.config.gate_model] * bool(self.config.gate_model)
+        called += [self.config.preprocess_model] * bool(self.config.preprocessed_tiers)
+        self.local = self._local_models(Path(args["model_repository"]).parent, called)
+        self.inline = not self.remote and all(name in self.local for name in called)
 
-    def _local_models(self, repository: Path) -> dict[str, LocalModel]:
-        """In-process models by name: the local CPU tiers, the gate and the preprocess model.
+    def _local_models(self, repository: Path, names: list[str]) -> dict[str, LocalModel]:
+        """In-process models by name, of ``names``: the local CPU tiers, the gate, the preprocess model.
 
         Only with ``local_tiers: inprocess``, an importable ONNX Runtime and the models' folders
         beside the router's (a repository in object storage is copied model by model, so there the
@@ -247,9 +248,6 @@ class TritonPythonModel:
                 "the router calls its tiers through BLS"
             )
             return {}
-        names = [t for t in self.config.tiers if t not in self.remote]
-        names += [self.config.gate_model] * bool(self.config.gate_model)
-        names += [self.config.preprocess_model] * bool(self.config.preprocessed_tiers)
         found = {name: repository / name for name in names if newest_version(repository / name, _ONNX_FILE)}
         if len(found) < len(names):
             missing = sorted(set(names) - set(found))
