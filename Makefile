@@ -15,12 +15,16 @@ help:
 	@echo "make lint   - ruff check and format check"
 	@echo "make clean  - remove generated checkpoints, artifacts and model repository"
 
+# Every extra but gpu (TensorRT needs an NVIDIA GPU), at the exact versions of constraints.txt.
 # MovieLens-100k (the real-data benchmark and its tests) ships in RecBole's wheel, which is only read,
 # never imported: installed without its many dependencies.
-$(STAMP): pyproject.toml Makefile
+EXTRAS := export,serve,fleet,dev
+PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt
+
+$(STAMP): pyproject.toml constraints.txt Makefile
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps recbole==1.2.1
+	$(PIP) -e '.[$(EXTRAS)]'
+	$(PIP) --no-deps recbole
 	@touch $(STAMP)
 
 install: $(STAMP)
@@ -62,15 +66,15 @@ bench-soak: install
 	$(BIN)/python benchmarks/soak.py --spec $(SPEC)
 
 lint: install
-	$(BIN)/ruff check toolkit tests benchmarks examples
-	$(BIN)/ruff format --check toolkit tests benchmarks examples
+	$(BIN)/ruff check toolkit tests benchmarks
+	$(BIN)/ruff format --check toolkit tests benchmarks
 
 test: lint
 	$(BIN)/pytest -p no:cacheprovider
 
 format: install
-	$(BIN)/ruff format toolkit tests benchmarks examples
-	$(BIN)/ruff check --fix toolkit tests benchmarks examples
+	$(BIN)/ruff format toolkit tests benchmarks
+	$(BIN)/ruff check --fix toolkit tests benchmarks
 
 clean:
 	rm -rf checkpoints artifacts model_repository

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import subprocess
 import sys
-from collections.abc import Iterator
+import sysconfig
+import tempfile
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -43,14 +46,69 @@ def write_spec(path: Path, data: dict) -> Path:
     return path
 
 
-def run_cli(*args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    """Run ``python -m toolkit ARGS`` and return the completed process (text output)."""
+def only_extras(extras: Iterable[str]) -> tuple[list[str], dict[str, str]]:
+    """A Python command and environment in which only the base install and ``extras`` are installed.
+
+    The modules of every other extra (:data:`toolkit.extras.EXTRAS`) are absent from its path, as after
+    ``pip install 'adaptive-ranking-toolkit[EXTRAS]'``: the interpreter runs without ``site`` (``-S``) on
+    a folder that links every entry of this virtualenv's site-packages except theirs.
+
+    Returns:
+        The interpreter's arguments (prepend to ``-m toolkit ...`` or ``-c ...``) and the environment.
+    """
+    from toolkit.extras import EXTRAS
+
+    keep = {module for extra in extras for module in EXTRAS[extra]}
+    absent = sorted({module for modules in EXTRAS.values() for module in modules} - keep)
+    site = _site_without(tuple(absent))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), str(ROOT)])}
+    return [sys.executable, "-S"], env
+
+
+_SITES: dict[tuple[str, ...], Path] = {}
+
+
+def _site_without(absent: tuple[str, ...]) -> Path:
+    if absent in _SITES:
+        return _SITES[absent]
+    source = Path(sysconfig.get_paths()["purelib"])
+    folder = Path(tempfile.mkdtemp(prefix="site-without-"))
+    for entry in source.iterdir():
+        top = entry.name.split(".")[0].split("-")[0]
+        if top in absent or entry.suffix == ".pth" or entry.name.startswith("__editable__"):
+            continue
+        (folder / entry.name).symlink_to(entry)
+    _SITES[absent] = folder
+    return folder
+
+
+LOCAL_SERVER_EXTRAS = {"deploy": ("serve",)}
+"""Extras a command needs beyond its own when it targets the local server, as the tests do: ``deploy
+--backend auto`` asks the bundled tritonserver (the ``serve`` extra) which backends it has."""
+
+
+def run_cli(
+    *args: str, check: bool = True, timeout: float = 600, extras: Iterable[str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m toolkit ARGS`` as a user would and return the completed process (text output).
+
+    It runs with only the extras its command needs installed (:data:`toolkit.extras.COMMAND_EXTRAS`,
+    or ``extras``), so every command the tests run also checks that its extra is enough.
+    """
+    from toolkit.extras import COMMAND_EXTRAS
+
+    command = next((arg for arg in args if not arg.startswith("-")), "")
+    needs = (*COMMAND_EXTRAS.get(command, ()), *LOCAL_SERVER_EXTRAS.get(command, ()))
+    if any(arg.startswith("s3://") for arg in args):
+        needs += ("fleet",)  # publishing to or reading from S3 goes through boto3
+    python, env = only_extras(needs if extras is None else extras)
     proc = subprocess.run(
-        [sys.executable, "-m", "toolkit", *args],
+        [*python, "-m", "toolkit", *args],
         capture_output=True,
         text=True,
         timeout=timeout,
         cwd=ROOT,
+        env=env,
     )
     if check and proc.returncode != 0:
         raise AssertionError(

@@ -75,12 +75,33 @@ def test_run_step_counts_every_refused_request_by_its_grpc_status(pipeline, serv
 def test_bench_cli_writes_csv_json_and_png_and_reports_the_slo(pipeline, server, tmp_path) -> None:
     out = tmp_path / "bench"
     args = ("--url", server.grpc_url, "--concurrency", "1,2", "--window-s", "0.2", "--max-windows", "3")
-    proc = run_cli("bench", "--spec", str(pipeline.spec_path), *args, "--slo-ms", "10000", "--out", str(out))
+    proc = run_cli(
+        "bench",
+        "--spec",
+        str(pipeline.spec_path),
+        *args,
+        "--slo-ms",
+        "10000",
+        "--out",
+        str(out),
+        extras=["export"],
+    )
     rows = list(csv.DictReader((out / "bench.csv").open()))
     assert [r["level"] for r in rows] == ["1.0", "2.0"]
     data = json.loads((out / "bench.json").read_text())
     assert len(data["steps"]) == 2 and data["slo_ms"] == 10000
     assert (out / "bench.png").stat().st_size > 5_000
     assert "highest load with p99 <= 10000 ms" in proc.stdout
+
+
+def test_bench_cli_on_the_client_install_writes_csv_and_json_and_says_why_no_plot(
+    pipeline, server, tmp_path
+) -> None:
+    out = tmp_path / "bench"
+    args = ("--url", server.grpc_url, "--concurrency", "1", "--window-s", "0.2", "--max-windows", "3")
+    proc = run_cli("bench", "--spec", str(pipeline.spec_path), *args, "--out", str(out), extras=[])
+    assert json.loads((out / "bench.json").read_text())["steps"][0]["requests"] > 0
+    assert (out / "bench.csv").is_file() and not (out / "bench.png").exists()
+    assert "bench.png needs matplotlib: pip install 'adaptive-ranking-toolkit[export]'" in proc.stdout
     bad = run_cli("bench", "--spec", str(pipeline.spec_path), "--concurrency", "1,x", check=False)
     assert bad.returncode == 2 and "--concurrency" in bad.stderr

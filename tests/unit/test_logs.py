@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-import toolkit.data.demo as demo
+import toolkit.data.logs as logs
 from toolkit.data.demo import demo_gate_set, demo_holdout_set, demo_quantization_set, demo_train_set
 from toolkit.data.generator import generate_requests
 from toolkit.data.logs import (
@@ -363,14 +363,14 @@ def test_demo_sets_read_the_logs_and_demo_train_set_refuses_when_the_spec_has_fi
 def count_train_chunks(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Record the requests of every chunk that training streams (the first, counting pass excluded)."""
     seen: list[int] = []
-    real = demo.iter_requests
+    real = logs.iter_requests
 
     def counting(spec: Spec, path: str | Path, chunk_rows: int | None = None):
         for chunk in real(spec, path, chunk_rows):
             seen.append(chunk.num_requests)
             yield chunk
 
-    monkeypatch.setattr(demo, "iter_requests", counting)
+    monkeypatch.setattr(logs, "iter_requests", counting)
     return seen
 
 

@@ -21,6 +21,7 @@ import numpy as np
 from toolkit.bench.histogram import LatencyHistogram
 from toolkit.client import AsyncRankingClient, ClientError
 from toolkit.data.requests import RequestSet
+from toolkit.errors import ServerError
 from toolkit.evaluate.metrics import ctr_entropy, log_loss
 
 STATS_FIELDS = ("queue", "compute_input", "compute_infer", "compute_output")
@@ -150,10 +151,15 @@ class _Load:
 
 async def _server_stats(url: str) -> dict[str, dict[str, int]]:
     import tritonclient.grpc.aio as grpcclient
+    from tritonclient.utils import InferenceServerException
 
     client = grpcclient.InferenceServerClient(url)
     try:
         data = await client.get_inference_statistics(as_json=True)
+    except InferenceServerException as exc:
+        raise ServerError(
+            f"{url}: cannot read Triton's statistics; is the server running there? ({exc.message()})"
+        ) from None
     finally:
         await client.close()
     return statistics_by_model(data)

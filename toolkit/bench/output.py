@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 from pathlib import Path
 from typing import Any
@@ -28,8 +29,14 @@ COLUMNS = (
 )
 
 
-def write_results(results: list[StepResult], out: Path, meta: dict[str, Any]) -> None:
-    """Write ``bench.csv`` (one row per step), ``bench.json`` (everything) and ``bench.png``."""
+def write_results(results: list[StepResult], out: Path, meta: dict[str, Any]) -> list[Path]:
+    """Write ``bench.csv`` (one row per step), ``bench.json`` (everything) and ``bench.png``.
+
+    The plot needs matplotlib (the ``export`` extra); a client-only install writes the CSV and JSON.
+
+    Returns:
+        The files written.
+    """
     out.mkdir(parents=True, exist_ok=True)
     rows = [r.row() for r in results]
     with (out / "bench.csv").open("w", newline="", encoding="utf-8") as fh:
@@ -40,7 +47,11 @@ def write_results(results: list[StepResult], out: Path, meta: dict[str, Any]) ->
                 [*(row[c] for c in COLUMNS), json.dumps(row["errors"]), json.dumps(row["tier_mix"])]
             )
     (out / "bench.json").write_text(json.dumps({**meta, "steps": rows}, indent=2) + "\n", encoding="utf-8")
-    plot(results, out / "bench.png", meta.get("slo_ms"))
+    written = [out / "bench.csv", out / "bench.json"]
+    if importlib.util.find_spec("matplotlib") is not None:
+        plot(results, out / "bench.png", meta.get("slo_ms"))
+        written.append(out / "bench.png")
+    return written
 
 
 def plot(results: list[StepResult], path: Path, slo_ms: float | None = None) -> None:

@@ -14,6 +14,10 @@ import click
 from toolkit import __version__
 
 _COMMANDS: dict[str, tuple[str, str]] = {
+    "init": (
+        "toolkit.cli.init",
+        "Write a starter spec and the examples into a folder and print what to run.",
+    ),
     "train": (
         "toolkit.cli.train",
         "Train the demo tiers on generated data or request logs and save checkpoints.",
@@ -58,8 +62,42 @@ class _LazyGroup(click.Group):
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         if cmd_name not in _COMMANDS:
             return None
-        module = importlib.import_module(_COMMANDS[cmd_name][0])
+        from toolkit.extras import explain
+
+        try:
+            module = importlib.import_module(_COMMANDS[cmd_name][0])
+        except ModuleNotFoundError as exc:
+            error = explain(exc, f"toolkit {cmd_name}")
+            if error is None:
+                raise
+            raise error from None
         return module.command
+
+    def resolve_command(
+        self, ctx: click.Context, args: list[str]
+    ) -> tuple[str | None, click.Command | None, list[str]]:
+        """Resolve as click does, then stop with one line when the command's extra is missing.
+
+        ``--help`` works without the extra, so a user can read what a command does before installing.
+        """
+        from toolkit.extras import require_for_command
+
+        name, command, rest = super().resolve_command(ctx, args)
+        if name is not None and not ctx.resilient_parsing and not {"-h", "--help"} & set(rest):
+            require_for_command(name)
+        return name, command, rest
+
+    def invoke(self, ctx: click.Context) -> object:
+        """Run the command; an import that fails for want of an extra becomes that extra's one line."""
+        from toolkit.extras import explain
+
+        try:
+            return super().invoke(ctx)
+        except ModuleNotFoundError as exc:
+            error = explain(exc, f"toolkit {ctx.invoked_subcommand or ''}".strip())
+            if error is None or (ctx.obj or {}).get("debug"):
+                raise
+            raise error from None
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         rows = [(name, help_text) for name, (_, help_text) in _COMMANDS.items()]

@@ -168,7 +168,9 @@ def command(
         )
         results.append(result)
     target = folder(out, str(Path(spec.paths.artifacts) / "bench"))
-    write_results(results, target, {"url": address, "model": spec.name, "slo_ms": slo_ms, "tier": tier})
+    written = write_results(
+        results, target, {"url": address, "model": spec.name, "slo_ms": slo_ms, "tier": tier}
+    )
     table = results_table(
         f"{spec.name} at {address}: measured over each step's last 3 windows",
         [
@@ -206,4 +208,6 @@ def command(
             if best
             else f"no step met p99 <= {slo_ms:g} ms without failures"
         )
-    click.echo(f"wrote {target}/bench.csv, bench.json, bench.png")
+    click.echo(f"wrote {target}/{', '.join(path.name for path in written)}")
+    if len(written) < 3:
+        click.echo("bench.png needs matplotlib: pip install 'adaptive-ranking-toolkit[export]'")

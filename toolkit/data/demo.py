@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from toolkit.data.generator import generate_requests
-from toolkit.data.logs import iter_requests, read_requests
 from toolkit.data.requests import RequestSet
 from toolkit.errors import DataError
 from toolkit.spec.schema import Spec
@@ -41,6 +40,8 @@ def train_chunks(spec: Spec) -> Iterator[RequestSet]:
     if files is None:
         yield demo_train_set(spec)
         return
+    from toolkit.data.logs import iter_requests
+
     yield from iter_requests(spec, files.train)
 
 
@@ -52,6 +53,8 @@ def demo_holdout_set(spec: Spec, num_requests: int | None = None) -> RequestSet:
     count = num_requests or spec.data.holdout_requests
     files = spec.data.files
     if files is not None:
+        from toolkit.data.logs import read_requests
+
         return read_requests(spec, files.holdout, count)
     return _generate(spec, count, SPLITS["holdout"])
 
@@ -64,6 +67,8 @@ def demo_quantization_set(spec: Spec) -> RequestSet:
     """
     files = spec.data.files
     if files is not None:
+        from toolkit.data.logs import read_requests
+
         return read_requests(spec, files.calibration or files.train, spec.export.calibration_requests)
     return _generate(spec, spec.export.calibration_requests, SPLITS["quantization"])
 
@@ -76,6 +81,8 @@ def demo_gate_set(spec: Spec, num_requests: int) -> RequestSet:
     """
     files = spec.data.files
     if files is not None:
+        from toolkit.data.logs import read_requests
+
         return read_requests(spec, files.calibration or files.train, num_requests)
     return _generate(spec, num_requests, SPLITS["gate"])
 

@@ -98,7 +98,8 @@ def find_tritonserver(explicit: Path | None = None) -> TritonInstall:
         return bundled
     raise ServerError(
         "No tritonserver found: pass --tritonserver PATH, put tritonserver on PATH, "
-        "or install the nvidia-pytriton wheel (pip install nvidia-pytriton==0.7.0), which bundles one."
+        "or install the serve extra, whose nvidia-pytriton wheel bundles one "
+        "(pip install 'adaptive-ranking-toolkit[serve]')."
     )
 
 

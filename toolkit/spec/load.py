@@ -33,7 +33,10 @@ def load_spec(path: str | Path = DEFAULT_SPEC) -> Spec:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise SpecError(f"{path}: spec file not found") from None
+        hint = ""
+        if path == DEFAULT_SPEC:
+            hint = "; run `toolkit init` to write the default spec here, or pass --spec"
+        raise SpecError(f"{path}: spec file not found{hint}") from None
     except OSError as exc:
         raise SpecError(f"{path}: cannot read the spec file ({exc.strerror})") from None
     try:
