@@ -480,3 +480,74 @@ def test_deploy_refuses_to_replace_a_folder_it_did_not_write(
         deploy(spec, artifacts, out, "onnxruntime")
 
     assert (out / "cpu" / "notes.txt").read_text(encoding="utf-8") == "mine"
+
+
+# --- TensorRT plans against the serving image ---
+
+
+def record_engine(artifacts: Path, tier: str, variant: str, tensorrt_version: str) -> None:
+    """Write into the manifest what export records for a plan it built."""
+    path = artifacts / "manifest.json"
+    manifest = json.loads(path.read_text(encoding="utf-8"))
+    manifest["tiers"][tier]["variants"][variant]["engine"] = {
+        "precision": "fp16",
+        "tensorrt_version": tensorrt_version,
+        "device": "NVIDIA H100 80GB HBM3",
+        "compute_capability": "9.0",
+    }
+    path.write_text(json.dumps(manifest), encoding="utf-8")
+
+
+def test_deploy_refuses_a_plan_built_by_another_tensorrt_than_the_image_and_writes_nothing(
+    tmp_path: Path, spec: Spec, artifacts: Path
+) -> None:
+    record_engine(artifacts, "xl", "trt-fp16", "10.16.1.11")
+
+    with pytest.raises(RepositoryError) as info:
+        deploy(spec, artifacts, tmp_path / "repos", "onnxruntime")
+
+    message = str(info.value)
+    assert "tier xl (trt-fp16)" in message and "10.16.1.11" in message and "10.5.0.18" in message
+    assert "nvcr.io/nvidia/tritonserver:24.10-py3" in message
+    assert not (tmp_path / "repos").exists()
+
+
+def test_deploy_records_the_plan_engine_when_its_tensorrt_is_the_image_one(
+    tmp_path: Path, spec: Spec, artifacts: Path
+) -> None:
+    record_engine(artifacts, "xl", "trt-fp16", "10.5.0")
+
+    result = deploy(spec, artifacts, tmp_path / "repos", "onnxruntime")
+
+    assert result.notes == ()
+    marker = json.loads((tmp_path / "repos" / "big" / MARKER).read_text(encoding="utf-8"))
+    assert marker["engines"] == {
+        "xl": {"tensorrt_version": "10.5.0", "device": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0"}
+    }
+    assert "engines" not in json.loads((tmp_path / "repos" / "cpu" / MARKER).read_text(encoding="utf-8"))
+
+
+def test_deploy_takes_the_image_and_its_tensorrt_from_the_spec(
+    tmp_path: Path, pools_dict: dict[str, Any], artifacts: Path
+) -> None:
+    record_engine(artifacts, "xl", "trt-fp16", "10.16.1.11")
+    custom = {**pools_dict, "kubernetes": {"image": "example.com/triton:26.05"}}
+
+    unchecked = deploy(spec_from_dict(custom, "custom.yaml"), artifacts, tmp_path / "a", "onnxruntime")
+    stated = {
+        **pools_dict,
+        "kubernetes": {"image": "example.com/triton:26.05", "image_tensorrt": "10.16.1.11"},
+    }
+    checked = deploy(spec_from_dict(stated, "stated.yaml"), artifacts, tmp_path / "b", "onnxruntime")
+
+    assert len(unchecked.notes) == 1 and "kubernetes.image_tensorrt" in unchecked.notes[0]
+    assert checked.notes == ()
+
+
+def test_deploy_notes_a_plan_whose_tensorrt_the_manifest_does_not_record(
+    tmp_path: Path, spec: Spec, artifacts: Path
+) -> None:
+    result = deploy(spec, artifacts, tmp_path / "repos", "onnxruntime")
+
+    assert len(result.notes) == 1
+    assert "tier xl (trt-fp16)" in result.notes[0] and "not checked" in result.notes[0]

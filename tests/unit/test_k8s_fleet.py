@@ -313,3 +313,114 @@ def test_kubernetes_version_flag_is_checked(tmp_path: Path) -> None:
         f"{supported_kubernetes_versions()[0]} to {supported_kubernetes_versions()[-1]}"
     )
     assert not (tmp_path / "out").exists()
+
+
+# --- GPU pools: the engine cache, the engine-build Job and the plans' TensorRT ---
+
+
+def test_engine_cache_and_build_job_go_to_gpu_pools_only_and_validate(tmp_path: Path) -> None:
+    spec_path = write_spec(
+        tmp_path / "spec.yaml",
+        pools_dict(tmp_path, engine_cache="20Gi", engine_cache_class="shared-rwx", build_engines=True),
+    )
+    proc = run_cli("k8s", "--spec", str(spec_path), "--out", str(tmp_path / "out"))
+
+    big = documents(tmp_path / "out" / "big.yaml")
+    assert [m["kind"] for m in big[:3]] == ["PersistentVolumeClaim", "Job", "Deployment"]
+    claim = kind(big, "PersistentVolumeClaim")
+    assert claim["metadata"]["name"] == "ads-ranking-big-trt-engine-cache"
+    assert claim["spec"] == {
+        "accessModes": ["ReadWriteMany"],
+        "resources": {"requests": {"storage": "20Gi"}},
+        "storageClassName": "shared-rwx",
+    }
+    serving = pod_spec(big)
+    job = kind(big, "Job")["spec"]["template"]["spec"]
+    for pod in (serving, job):
+        assert {
+            "name": "trt-engine-cache",
+            "persistentVolumeClaim": {"claimName": claim["metadata"]["name"]},
+        } in pod["volumes"]
+        (container,) = pod["containers"]
+        assert {"name": "trt-engine-cache", "mountPath": "/tmp/triton_trt_cache"} in container["volumeMounts"]
+        assert container["image"] == TRITON_IMAGE
+        assert any(t["key"] == "nvidia.com/gpu" for t in pod["tolerations"])
+    (builder,) = job["containers"]
+    assert job["restartPolicy"] == "Never"
+    assert builder["command"][:2] == ["/bin/sh", "-c"]
+    assert "'--load-model=*'" in builder["command"][2]
+    assert "s3://https://minio.storage:9000/models/ads/big" in builder["command"][2]
+    assert builder["resources"] == serving["containers"][0]["resources"]
+    job_labels = kind(big, "Job")["spec"]["template"]["metadata"]["labels"]
+    selector = kind(big, "Service")["spec"]["selector"]
+    assert not selector.items() <= job_labels.items()  # the Services never send traffic to the Job's pod
+    for version in supported_kubernetes_versions()[:: len(supported_kubernetes_versions()) - 1]:
+        validate(big, version)
+    cpu = documents(tmp_path / "out" / "cpu.yaml")
+    assert [m["kind"] for m in cpu] == [
+        "Deployment",
+        "Service",
+        "Service",
+        "HorizontalPodAutoscaler",
+        "PodDisruptionBudget",
+    ]
+    assert "note:" not in proc.stderr
+
+
+def test_the_build_job_script_is_valid_shell_and_stops_the_server_once_ready(tmp_path: Path) -> None:
+    import subprocess
+
+    from toolkit.k8s.manifests import build_engines_script
+
+    (deployment,) = [
+        pool
+        for pool in pool_deployments(
+            spec_from_dict(pools_dict(tmp_path, engine_cache="20Gi", build_engines=True), "spec.yaml")
+        )
+        if pool.build_engines
+    ]
+    script = build_engines_script(deployment)
+    assert subprocess.run(["sh", "-n", "-c", script]).returncode == 0
+    assert script.splitlines()[0].startswith("tritonserver ") and script.splitlines()[0].endswith(" &")
+    assert (
+        'kill -TERM "$server"' in script
+        and f"http://127.0.0.1:{deployment.http_port}/v2/health/ready" in script
+    )
+
+
+def test_build_engines_without_an_engine_cache_fails_naming_the_key(tmp_path: Path) -> None:
+    spec_path = write_spec(tmp_path / "spec.yaml", pools_dict(tmp_path, build_engines=True))
+    proc = run_cli("k8s", "--spec", str(spec_path), "--out", str(tmp_path / "out"), check=False)
+    assert proc.returncode == 1
+    assert "kubernetes.build_engines" in proc.stderr and "engine_cache" in proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_k8s_refuses_a_deployed_plan_the_pools_image_cannot_load(tmp_path: Path) -> None:
+    import json
+
+    spec_path = write_spec(tmp_path / "spec.yaml", pools_dict(tmp_path))
+    repository = Path(load_spec(spec_path).paths.repository)
+    (repository / "big").mkdir(parents=True)
+    marker = {"engines": {"xl": {"tensorrt_version": "10.16.1.11", "device": "NVIDIA L4"}}}
+    (repository / "big" / "toolkit-repository.json").write_text(json.dumps(marker), encoding="utf-8")
+
+    refused = run_cli("k8s", "--spec", str(spec_path), "--out", str(tmp_path / "out"), check=False)
+    stated = write_spec(
+        tmp_path / "stated.yaml",
+        pools_dict(tmp_path, image="example.com/triton:26.05", image_tensorrt="10.16.1.11"),
+    )
+    accepted = run_cli("k8s", "--spec", str(stated), "--out", str(tmp_path / "out2"))
+
+    assert refused.returncode == 1 and len(refused.stderr.strip().splitlines()) == 1
+    assert "pool big, tier xl" in refused.stderr and "10.16.1.11" in refused.stderr
+    assert "10.5.0.18" in refused.stderr
+    assert not (tmp_path / "out").exists()
+    assert (tmp_path / "out2" / "big.yaml").is_file() and "note:" not in accepted.stderr
+
+
+def test_k8s_reads_the_marker_deploy_writes() -> None:
+    from toolkit.k8s.fleet import REPOSITORY_MARKER
+    from toolkit.repository import MARKER
+
+    assert REPOSITORY_MARKER == MARKER

@@ -201,6 +201,8 @@ def _describe(spec: Spec, result: DeployResult) -> None:
             f"note: tier {tier!r} is deployed without the preprocess step fused in (it takes preprocessed "
             f"tensors, which the router computes): {reason}"
         )
+    for note in result.notes:
+        click.echo(f"note: {note}")
     if result.pools:
         _describe_pools(spec, result)
         return

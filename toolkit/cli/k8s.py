@@ -71,6 +71,8 @@ def command(spec_path: Path, out: Path, kserve: bool | None, kubernetes_version:
     spec = load(spec_path)
     written = write_fleet(spec, out, kserve=kserve, kubernetes_version=kubernetes_version)
     _report(spec, written)
+    for note in written.notes:
+        click.echo(f"note: {note}", err=True)
 
 
 def _report(spec: Spec, written: FleetFiles) -> None:

@@ -225,6 +225,14 @@ def pool_deployments(spec: Spec) -> list[PoolDeployment]:
             (_pool_key(spec, index, "memory"), {"memory": pool.memory}),
             (_pool_key(spec, index, "hardware"), {"hardware": pool.hardware, "gpus": pool.gpus}),
             (
+                "kubernetes.engine_cache",
+                {
+                    "engine_cache": k8s.engine_cache or None,
+                    "engine_cache_class": k8s.engine_cache_class or None,
+                    "build_engines": k8s.build_engines and pool.hardware == "gpu",
+                },
+            ),
+            (
                 _pool_key(spec, index, "max_replicas"),
                 {"min_replicas": pool.min_replicas, "max_replicas": pool.max_replicas},
             ),
@@ -345,6 +353,7 @@ class FleetFiles:
         kserve: Whether the pools are in the KServe form.
         kubernetes_version: The version the manifests were validated against.
         dockerfile: ``Dockerfile.entry``, or None (no remote pools).
+        notes: TensorRT plans of the local repository that could not be checked against their image.
     """
 
     out_dir: Path
@@ -354,6 +363,50 @@ class FleetFiles:
     kserve: bool
     kubernetes_version: str
     dockerfile: Path | None
+    notes: tuple[str, ...] = ()
+
+
+REPOSITORY_MARKER = "toolkit-repository.json"
+"""The file ``toolkit deploy`` writes into each repository (``toolkit.repository.MARKER``), named here so
+that ``toolkit k8s`` reads it without the ``export`` extra."""
+
+
+def check_deployed_plans(spec: Spec, pools: list[PoolDeployment]) -> tuple[str, ...]:
+    """Check the TensorRT plans of the spec's local repository against the image each pool runs.
+
+    ``toolkit deploy`` records, per pool repository (``paths.repository[/<pool>]``), the TensorRT
+    version of every plan it wrote. Every pool runs :func:`cluster_image`, or (the entry pool with
+    ``kubernetes.entry_image``) an image built from it, so that is the image checked. A repository that
+    is not there (published from another machine) is not checked.
+
+    Returns:
+        Notes for plans whose image's TensorRT version is not known.
+
+    Raises:
+        RepositoryError: A plan was built by another TensorRT than its pool's image runs.
+    """
+    import json
+
+    from toolkit.ngc import check_plan
+
+    root = Path(spec.paths.repository)
+    notes = []
+    for pool in pools:
+        marker = root / pool.name / REPOSITORY_MARKER if spec.pools else root / REPOSITORY_MARKER
+        try:
+            engines = json.loads(marker.read_text(encoding="utf-8")).get("engines", {})
+        except (OSError, ValueError):
+            continue
+        for tier, engine in engines.items():
+            note = check_plan(
+                f"pool {pool.name}, tier {tier} ({marker})",
+                str(engine.get("tensorrt_version")),
+                cluster_image(spec),
+                spec.kubernetes.image_tensorrt,
+            )
+            if note:
+                notes.append(note)
+    return tuple(notes)
 
 
 def write_fleet(
@@ -395,6 +448,7 @@ def write_fleet(
         )
     cluster = cluster_settings(spec)
     pools = pool_deployments(spec)
+    notes = check_deployed_plans(spec, pools)
     if kserve:
         for index, (pool, deployment) in enumerate(zip(pool_specs(spec), pools, strict=True)):
             if deployment.queue_time_target_us is not None:
@@ -431,4 +485,5 @@ def write_fleet(
         kserve=kserve,
         kubernetes_version=version,
         dockerfile=paths[-1] if remote else None,
+        notes=notes,
     )

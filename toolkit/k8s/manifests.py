@@ -44,6 +44,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import shlex
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,9 +54,11 @@ from typing import Any, Literal
 import yaml
 
 from toolkit.errors import ToolkitError
+from toolkit.ngc import DEFAULT_IMAGE, ENGINE_CACHE_ROOT
 
-TRITON_IMAGE = "nvcr.io/nvidia/tritonserver:24.10-py3"
-"""The NGC image of Triton 2.51, the release the toolkit's bundled tritonserver matches."""
+
+TRITON_IMAGE = DEFAULT_IMAGE
+"""The NGC image of Triton 2.51 (24.10), the release the toolkit's bundled tritonserver matches."""
 
 MANAGED_BY = "adaptive-ranking-toolkit"
 ANNOTATION_PREFIX = "adaptive-ranking-toolkit/"
@@ -305,6 +308,14 @@ class PoolDeployment:
         labels: Extra labels on the pool's objects and pods.
         env: Extra plain environment variables of the Triton container (e.g. other pools' addresses).
         extra_args: More ``tritonserver`` arguments, passed last and as given.
+        engine_cache: GPU pools: size of a ReadWriteMany PersistentVolumeClaim mounted where ONNX
+            Runtime's TensorRT accelerator keeps its engines (:data:`ENGINE_CACHE_ROOT`), so a new pod
+            loads the engines the first one built instead of building them on its first requests;
+            None for none.
+        engine_cache_class: StorageClass of that claim, or None for the cluster's default.
+        build_engines: GPU pools with ``engine_cache``: also write a Job that runs the pool's own image
+            on its repository until every model is loaded (loading runs each model's warmup, which
+            builds its engines with the image's TensorRT into the cache), then exits.
 
     Raises:
         ManifestError: A value is out of range or inconsistent with another.
@@ -341,6 +352,9 @@ class PoolDeployment:
     labels: Mapping[str, str] = field(default_factory=dict, hash=False)
     env: Mapping[str, str] = field(default_factory=dict, hash=False)
     extra_args: tuple[str, ...] = ()
+    engine_cache: str | None = None
+    engine_cache_class: str | None = None
+    build_engines: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or len(self.name) > 63 or not _DNS1123_LABEL.match(self.name):
@@ -400,6 +414,15 @@ class PoolDeployment:
                 raise ManifestError(f"{what}: environment variable name {key!r} is not valid.")
             if key.startswith("AWS_"):
                 raise ManifestError(f"{what}: set S3 credentials with s3_secret/s3_region, not env {key}.")
+        _check_quantity(self.engine_cache, f"{what}: engine_cache")
+        if self.engine_cache_class is not None and not _DNS1123_SUBDOMAIN.match(self.engine_cache_class):
+            raise ManifestError(
+                f"{what}: engine_cache_class {self.engine_cache_class!r} is not an object name."
+            )
+        if self.build_engines and (self.hardware != "gpu" or self.engine_cache is None):
+            raise ManifestError(
+                f"{what}: build_engines needs a GPU pool with an engine_cache to build the engines into."
+            )
         object.__setattr__(self, "extra_args", tuple(self.extra_args))
         for arg in self.extra_args:
             if not isinstance(arg, str) or not arg.startswith("--"):
@@ -582,6 +605,104 @@ def _shm_volume(pool: PoolDeployment) -> dict[str, Any]:
     return {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": pool.shm_size}}
 
 
+ENGINE_CACHE_VOLUME = "trt-engine-cache"
+"""Name of the engine-cache volume in the pods and the suffix of its PersistentVolumeClaim."""
+
+
+def _engine_cache(pool: PoolDeployment) -> bool:
+    return pool.hardware == "gpu" and pool.engine_cache is not None
+
+
+def _volumes(pool: PoolDeployment, name: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The pod's volumes and the Triton container's mounts: ``/dev/shm`` and, when kept, the engine cache."""
+    volumes = [_shm_volume(pool)]
+    mounts = [{"name": "dshm", "mountPath": "/dev/shm"}]
+    if _engine_cache(pool):
+        volumes.append(
+            {
+                "name": ENGINE_CACHE_VOLUME,
+                "persistentVolumeClaim": {"claimName": f"{name}-{ENGINE_CACHE_VOLUME}"},
+            }
+        )
+        mounts.append({"name": ENGINE_CACHE_VOLUME, "mountPath": ENGINE_CACHE_ROOT})
+    return volumes, mounts
+
+
+def _engine_cache_claim(cluster: ClusterSettings, pool: PoolDeployment, name: str) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "accessModes": ["ReadWriteMany"],
+        "resources": {"requests": {"storage": pool.engine_cache}},
+    }
+    if pool.engine_cache_class is not None:
+        spec["storageClassName"] = pool.engine_cache_class
+    return {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": _metadata(cluster, pool, f"{name}-{ENGINE_CACHE_VOLUME}"),
+        "spec": spec,
+    }
+
+
+def build_engines_script(pool: PoolDeployment) -> str:
+    """The engine-build Job's shell script: serve the repository until every model is ready, then stop.
+
+    Loading a model runs its warmup request, which makes ONNX Runtime's TensorRT accelerator build the
+    model's engines with the image's own TensorRT and write them into the cache. The script fails when
+    the server exits early or the models are not ready within ``startup_timeout_s``.
+    """
+    args = " ".join(shlex.quote(arg) for arg in triton_args(pool))
+    ready = f"http://127.0.0.1:{pool.http_port}/v2/health/ready"
+    return "\n".join(
+        [
+            f"tritonserver {args} &",
+            "server=$!",
+            f"deadline=$(( $(date +%s) + {pool.startup_timeout_s} ))",
+            f"probe=\"import urllib.request as u; u.urlopen('{ready}', timeout=5)\"",
+            'until python3 -c "$probe" 2>/dev/null; do',
+            '  if ! kill -0 "$server" 2>/dev/null; then',
+            '    echo "tritonserver exited before its models were ready"; exit 1',
+            "  fi",
+            '  if [ "$(date +%s)" -ge "$deadline" ]; then',
+            f'    echo "models not ready after {pool.startup_timeout_s} s"; kill "$server"; exit 1',
+            "  fi",
+            "  sleep 5",
+            "done",
+            f'echo "every model is loaded; its TensorRT engines are in {ENGINE_CACHE_ROOT}"',
+            'kill -TERM "$server"',
+            'wait "$server" || true',
+        ]
+    )
+
+
+def _build_engines_job(cluster: ClusterSettings, pool: PoolDeployment, name: str) -> dict[str, Any]:
+    volumes, mounts = _volumes(pool, name)
+    container: dict[str, Any] = {
+        "name": "build-engines",
+        "image": pool.image or cluster.image,
+        "imagePullPolicy": "IfNotPresent",
+        "command": ["/bin/sh", "-c", build_engines_script(pool)],
+    }
+    env = _s3_env(pool) + [{"name": key, "value": value} for key, value in pool.env.items()]
+    if env:
+        container["env"] = env
+    container.update({"resources": _resources(pool), "volumeMounts": mounts})
+    pod_spec = _scheduling(cluster, pool)
+    pod_spec.update({"restartPolicy": "Never", "containers": [container], "volumes": volumes})
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": _metadata(cluster, pool, f"{name}-build-engines"),
+        "spec": {
+            "backoffLimit": 1,
+            "activeDeadlineSeconds": pool.startup_timeout_s + 300,
+            "template": {
+                "metadata": {"labels": _labels(cluster, pool, f"{name}-build-engines")},
+                "spec": pod_spec,
+            },
+        },
+    }
+
+
 def _scheduling(cluster: ClusterSettings, pool: PoolDeployment) -> dict[str, Any]:
     """Pod-level scheduling fields shared by the Deployment and the KServe predictor."""
     spec: dict[str, Any] = {}
@@ -601,6 +722,7 @@ def _scheduling(cluster: ClusterSettings, pool: PoolDeployment) -> dict[str, Any
 
 
 def _deployment(cluster: ClusterSettings, pool: PoolDeployment, name: str) -> dict[str, Any]:
+    volumes, mounts = _volumes(pool, name)
     env = _s3_env(pool) + [{"name": key, "value": value} for key, value in pool.env.items()]
     container: dict[str, Any] = {
         "name": "tritonserver",
@@ -629,7 +751,7 @@ def _deployment(cluster: ClusterSettings, pool: PoolDeployment, name: str) -> di
             "readinessProbe": _http_probe("/v2/health/ready", pool, READINESS_PERIOD_S, READINESS_FAILURES),
             "livenessProbe": _http_probe("/v2/health/live", pool, LIVENESS_PERIOD_S, LIVENESS_FAILURES),
             "lifecycle": {"preStop": {"exec": {"command": ["sleep", str(PRESTOP_SLEEP_S)]}}},
-            "volumeMounts": [{"name": "dshm", "mountPath": "/dev/shm"}],
+            "volumeMounts": mounts,
         }
     )
     selector = _selector(name)
@@ -646,7 +768,7 @@ def _deployment(cluster: ClusterSettings, pool: PoolDeployment, name: str) -> di
                 }
             ],
             "containers": [container],
-            "volumes": [_shm_volume(pool)],
+            "volumes": volumes,
         }
     )
     spec: dict[str, Any] = {}
@@ -906,8 +1028,18 @@ def pool_manifests(
     """
     name = object_name(cluster, pool)
     if kserve:
+        if _engine_cache(pool):
+            raise ManifestError(
+                f"Pool {pool.name}: the KServe form does not mount the engine cache; write the plain form "
+                "or leave engine_cache unset."
+            )
         return _kserve(cluster, pool, name)
-    manifests = [
+    manifests = []
+    if _engine_cache(pool):
+        manifests.append(_engine_cache_claim(cluster, pool, name))
+        if pool.build_engines:
+            manifests.append(_build_engines_job(cluster, pool, name))
+    manifests += [
         _deployment(cluster, pool, name),
         _service(cluster, pool, name),
         _pods_service(cluster, pool, name),

@@ -8,6 +8,7 @@ from toolkit.data.requests import REQUEST_TENSORS
 from toolkit.errors import RepositoryError
 from toolkit.export.onnx_export import PREPROCESSED, SCORE
 from toolkit.export.tensorrt import tensorrt_profile
+from toolkit.ngc import ENGINE_CACHE_ROOT
 from toolkit.spec.schema import Features, Spec
 from toolkit.spec.variants import GPU, VARIANTS
 
@@ -175,23 +176,14 @@ def ensemble_config(spec: Spec) -> mc.ModelConfig:
 # ``tensorrt_profile`` (imported above from toolkit.export.tensorrt) is the one source of the
 # (min, opt, max) candidate range for both the engines export builds and these configs.
 
-ENGINE_CACHE_ROOT = "/tmp/triton_trt_cache"
-"""Default root of ONNX Runtime's TensorRT engine caches, on the server.
-
-Triton's onnxruntime backend passes ``trt_engine_cache_path`` to ONNX Runtime as it is, so a relative
-path would resolve against the server's working directory, not the model's folder; and a cache
-written inside the model folder would look like a model change to a polling server. Each model gets
-its own folder below the root: ``<root>/<tier>/<variant>[/<sha256 prefix>]``.
-"""
-
-_ORT_PRECISION = {"onnx-fp32": "FP32", "onnx-fp16": "FP16", "onnx-int8-static": "INT8"}
+ORT_TRT_PRECISION = {"onnx-fp32": "FP32", "onnx-fp16": "FP16", "onnx-int8-static": "INT8"}
 """``precision_mode`` of the TensorRT accelerator per ONNX variant (int8-static is QDQ: no calibration
 table may be given)."""
 
 GPU_VARIANTS = tuple(
     name
     for name, info in VARIANTS.items()
-    if GPU in info.targets and (info.engine == "tensorrt" or name in _ORT_PRECISION)
+    if GPU in info.targets and (info.engine == "tensorrt" or name in ORT_TRT_PRECISION)
 )
 """Variants :func:`gpu_tier_config` can deploy, in catalogue order."""
 
@@ -201,7 +193,9 @@ def candidate_inputs(features: Features) -> tuple[str, ...]:
     return tuple(k for k, (_, shape) in request_dims(features, raw=False).items() if shape[0] == -1)
 
 
-def _profile_shapes(dims: dict[str, tuple[str, list[int]]], names: tuple[str, ...], n: int) -> str:
+def profile_shapes(features: Features, names: tuple[str, ...], n: int) -> str:
+    """The TensorRT accelerator's profile shapes at N = ``n``: ``name:NxD,...`` for the inputs ``names``."""
+    dims = request_dims(features, raw=False)
     return ",".join(f"{k}:{'x'.join(str(d) for d in [n, *dims[k][1][1:]])}" for k in names)
 
 
@@ -282,13 +276,13 @@ def gpu_tier_config(
         accelerators = config.optimization.execution_accelerators
         accelerator = accelerators.gpu_execution_accelerator.add(name="tensorrt")
         for key, value in {
-            "precision_mode": _ORT_PRECISION[variant],
+            "precision_mode": ORT_TRT_PRECISION[variant],
             "max_workspace_size_bytes": str(spec.export.tensorrt.workspace_mb << 20),
             "trt_engine_cache_enable": "1",
             "trt_engine_cache_path": cache,
-            "trt_profile_min_shapes": _profile_shapes(dims, names, low),
-            "trt_profile_opt_shapes": _profile_shapes(dims, names, opt),
-            "trt_profile_max_shapes": _profile_shapes(dims, names, high),
+            "trt_profile_min_shapes": profile_shapes(spec.features, names, low),
+            "trt_profile_opt_shapes": profile_shapes(spec.features, names, opt),
+            "trt_profile_max_shapes": profile_shapes(spec.features, names, high),
         }.items():
             accelerator.parameters[key] = value
     _inputs(config, dims, {})

@@ -27,7 +27,7 @@ from toolkit.router.policy import RouterConfig, RuleConfig
 from toolkit.router.remote import RemoteTier
 from toolkit.router.validate import InputSchema
 from toolkit.spec.schema import Spec
-from toolkit.spec.variants import GPU
+from toolkit.spec.variants import GPU, VARIANTS
 
 MARKER = "toolkit-repository.json"
 """File at the repository's top level that says the toolkit wrote it (Triton ignores top-level files)."""
@@ -55,6 +55,8 @@ class DeployResult:
             that holds them and ``target`` is empty).
         unfused: CPU tiers deployed without the preprocess step fused in (they take preprocessed
             tensors, which the router computes), and why the fusion failed.
+        notes: Things the user should know that did not stop the deploy (a TensorRT plan that could
+            not be checked against the serving image).
     """
 
     repository: Path
@@ -66,6 +68,7 @@ class DeployResult:
     replaced_older: str = ""
     pools: tuple[PoolRepository, ...] = ()
     unfused: dict[str, str] = field(default_factory=dict)
+    notes: tuple[str, ...] = ()
 
     @property
     def variants(self) -> dict[str, str]:
@@ -326,6 +329,12 @@ def deploy(
             verify_files(artifacts, entry, f"tier {name!r} ({selections[name].variant})")
     except ExportError as exc:
         raise RepositoryError(str(exc)) from None
+    engines = {
+        name: entry.get("engine", {})
+        for name, entry in entries.items()
+        if targets[name] == GPU and VARIANTS[selections[name].variant].engine == "tensorrt"
+    }
+    notes = check_plans(spec, engines, {name: selections[name].variant for name in engines})
     learned = read_calibration(spec, artifacts) if spec.routing.policy == "learned" else None
     priors = {
         name: {str(n): float(ms) for n, ms in entry.get("latency_ms", {}).get(targets[name], {}).items()}
@@ -402,7 +411,7 @@ def deploy(
         if not spec.pools:
             write_tiers(staging, spec.tier_names)
             write_entry(staging)
-            _write_marker(staging, {**marker, "backend": backend, "target": target}, selections)
+            _write_marker(staging, {**marker, "backend": backend, "target": target}, selections, engines)
             return
         for pool in pools:
             (staging / pool.name).mkdir()
@@ -412,7 +421,7 @@ def deploy(
             if pool.entry:
                 write_entry(folder)
             extra = {"backend": pool.backend, "target": pool.target, "pool": pool.name, "entry": pool.entry}
-            _write_marker(folder, {**marker, **extra}, {t: selections[t] for t in pool.tiers})
+            _write_marker(folder, {**marker, **extra}, {t: selections[t] for t in pool.tiers}, engines)
         pools_marker = {p.name: {"tiers": list(p.tiers), "target": p.target, "entry": p.entry} for p in pools}
         _write_marker(staging, {**marker, "backend": backend, "pools": pools_marker}, selections)
 
@@ -423,7 +432,7 @@ def deploy(
     replacing, older = _replace(out, write_and_compile)
     models = (*entry_models[:3], *spec.tier_names, *entry_models[3:])
     return DeployResult(
-        out, backend, models, selections, replacing, target or "", older, tuple(pools), dict(unfused)
+        out, backend, models, selections, replacing, target or "", older, tuple(pools), dict(unfused), notes
     )
 
 
@@ -453,12 +462,58 @@ def _compile_python(staging: Path, out: Path) -> None:
     compileall.compile_dir(str(staging), ddir=str(out), quiet=2, workers=1)
 
 
-def _write_marker(folder: Path, marker: dict[str, Any], selections: dict[str, Selection]) -> None:
+def check_plans(spec: Spec, engines: dict[str, dict[str, Any]], variants: dict[str, str]) -> tuple[str, ...]:
+    """Refuse TensorRT plans that the spec's serving image cannot load (:func:`toolkit.ngc.check_plan`).
+
+    Args:
+        spec: The ensemble spec; its image is ``kubernetes.image`` (or the default NGC image) and its
+            TensorRT version ``kubernetes.image_tensorrt`` (or the NGC release table's).
+        engines: Per tier deployed as a plan, the export manifest's ``engine`` record.
+        variants: Variant per tier in ``engines``.
+
+    Returns:
+        Notes for plans that could not be checked (an image the table does not list).
+
+    Raises:
+        RepositoryError: A plan was built by another TensorRT than the image's.
+    """
+    from toolkit.k8s.fleet import cluster_image
+    from toolkit.ngc import check_plan
+
+    image = cluster_image(spec)
+    notes = []
+    for tier, engine in engines.items():
+        where = f"tier {tier} ({variants[tier]})"
+        built = engine.get("tensorrt_version")
+        if not built:
+            notes.append(
+                f"{where}: the export manifest does not say which TensorRT built the plan, so it is not "
+                f"checked against {image}."
+            )
+            continue
+        note = check_plan(where, str(built), image, spec.kubernetes.image_tensorrt)
+        if note:
+            notes.append(note)
+    return tuple(notes)
+
+
+def _write_marker(
+    folder: Path,
+    marker: dict[str, Any],
+    selections: dict[str, Selection],
+    engines: dict[str, dict[str, Any]] | None = None,
+) -> None:
     marker = {
         **marker,
         "variants": {name: s.variant for name, s in selections.items()},
         "selection": {name: s.reason for name, s in selections.items()},
     }
+    engines = {name: engines[name] for name in selections if engines and engines.get(name)}
+    if engines:
+        marker["engines"] = {
+            name: {key: engine.get(key) for key in ("tensorrt_version", "device", "compute_capability")}
+            for name, engine in engines.items()
+        }
     (folder / MARKER).write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
 
 

@@ -905,6 +905,16 @@ class KubernetesSpec:
         kserve: Write KServe InferenceServices instead of Deployments and Services.
         model_control_mode: ``explicit`` (load every model at start; changes roll out as new pods)
             or ``poll``.
+        image_tensorrt: TensorRT version of the image, for images the NGC release table does not
+            list (empty: from the table). TensorRT plans built by another version are refused.
+        engine_cache: Size of a PersistentVolumeClaim (``"10Gi"``) that keeps ONNX Runtime's TensorRT
+            engines for the GPU pools serving ONNX variants, so a new pod reuses them instead of
+            building them on its first requests; empty for none (each pod builds its own).
+        engine_cache_class: StorageClass of that claim (it must offer ReadWriteMany); empty for the
+            cluster's default.
+        build_engines: Also write a Job per such GPU pool that starts the pool's own image on its
+            repository once, so its TensorRT builds every engine into the cache before the pool
+            serves. Needs ``engine_cache``.
     """
 
     namespace: str = ""
@@ -919,8 +929,25 @@ class KubernetesSpec:
     kubernetes_version: str = "1.30"
     kserve: bool = False
     model_control_mode: Literal["explicit", "poll"] = "explicit"
+    image_tensorrt: str = ""
+    engine_cache: str = ""
+    engine_cache_class: str = ""
+    build_engines: bool = False
 
     def __post_init__(self) -> None:
+        if self.image_tensorrt and not re.match(r"^\d+\.\d+\.\d+(\.\d+)?$", self.image_tensorrt):
+            raise KeyedValueError(
+                "image_tensorrt",
+                f"expected a TensorRT version such as 10.5.0.18, got {self.image_tensorrt!r}",
+            )
+        if self.engine_cache and not re.match(r"^\d+(\.\d+)?(Ki|Mi|Gi|Ti)$", self.engine_cache):
+            raise KeyedValueError(
+                "engine_cache", f"expected a storage size such as 10Gi, got {self.engine_cache!r}"
+            )
+        if self.build_engines and not self.engine_cache:
+            raise KeyedValueError(
+                "build_engines", "the engine-build Job writes into the engine cache: set engine_cache too"
+            )
         if self.repository and not self.repository.startswith("s3://"):
             raise KeyedValueError(
                 "repository", f"expected an s3://bucket/prefix URL, got {self.repository!r}"
