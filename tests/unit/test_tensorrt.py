@@ -22,7 +22,16 @@ from toolkit.data import REQUEST_TENSORS, generate_requests
 from toolkit.errors import ExportError
 from toolkit.export import SCORE, cpu_session, export_tier
 from toolkit.export import tensorrt as trt_export
-from toolkit.export.tensorrt import Profile, build_engine, run_engine, tensorrt_profile, time_engine
+from toolkit.export.tensorrt import (
+    Profile,
+    build_engine,
+    check_source,
+    engine_recipe,
+    profile_shapes,
+    run_engine,
+    tensorrt_profile,
+    time_engine,
+)
 from toolkit.models import Preprocess, build_tier
 from toolkit.repository.configs import candidate_inputs
 from toolkit.spec import Spec, spec_from_dict
@@ -141,6 +150,99 @@ def test_build_engine_refuses_fp8_with_the_reason_when_the_gpu_is_older_than_ada
     assert "8.9" in message and "8.0" in message and "A100" in message
 
 
+def test_unavailable_reason_names_polygraphy_when_tensorrt_is_there_but_the_builder_is_not(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    fake_tensorrt(monkeypatch)
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: (
+            None if name == "polygraphy" else (object() if name == "tensorrt" else real_find_spec(name, *a))
+        ),
+    )
+
+    assert trt_export.unavailable_reason() == (
+        "the `polygraphy` Python package, which builds the engines, is not installed"
+    )
+
+
+# --- the Polygraphy recipe, on any machine (Polygraphy imports TensorRT only when a loader runs) ---
+
+
+@pytest.fixture
+def tier_onnx(tiny_spec: Spec, tmp_path: Path) -> Path:
+    """The tiny spec's standard tier exported to ONNX (preprocessed inputs, N dynamic)."""
+    torch.manual_seed(0)
+    model = build_tier(tiny_spec, tiny_spec.tier("standard")).eval()
+    example = next(r for r in preprocessed_requests(tiny_spec, 6, seed=11) if r["ad_dense"].shape[0] >= 2)
+    path = tmp_path / "model.onnx"
+    export_tier(model, {k: torch.from_numpy(v) for k, v in example.items()}, path, tiny_spec.export.opset)
+    return path
+
+
+def test_engine_recipe_is_a_strongly_typed_network_with_one_profile_over_n_and_no_precision_flag(
+    tiny_spec: Spec, tier_onnx: Path
+) -> None:
+    from polygraphy.backend.trt import CreateConfig, NetworkFromOnnxPath
+
+    names = candidate_inputs(tiny_spec.features)
+    network, config = engine_recipe(tier_onnx, Profile(1, 8, 16), names)
+
+    assert isinstance(network, NetworkFromOnnxPath) and isinstance(config, CreateConfig)
+    assert network.path == str(tier_onnx) and network.strongly_typed is True
+    assert not (config.fp16 or config.int8 or config.fp8)
+    (profile,) = config.profiles
+    assert list(profile) == list(names)
+    shapes = profile_shapes(tier_onnx, Profile(1, 8, 16), names)
+    for name in names:
+        rest = shapes[name][0][1:]
+        assert (profile[name].min, profile[name].opt, profile[name].max) == (
+            (1, *rest),
+            (8, *rest),
+            (16, *rest),
+        )
+    user = [name for name in shapes if name not in names]
+    assert user and all(shapes[name][0] == shapes[name][2] and shapes[name][0][0] == 1 for name in user)
+
+
+def test_profile_shapes_refuses_a_dynamic_input_that_is_not_a_candidate_input(tmp_path: Path) -> None:
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["ad_dense", "user_dense"], ["score"])],
+        "g",
+        [
+            helper.make_tensor_value_info("ad_dense", TensorProto.FLOAT, ["N", 2]),
+            helper.make_tensor_value_info("user_dense", TensorProto.FLOAT, ["B", 2]),
+        ],
+        [helper.make_tensor_value_info("score", TensorProto.FLOAT, ["N", 2])],
+    )
+    path = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(graph), str(path))
+
+    with pytest.raises(ExportError, match="'user_dense' has dynamic shape .*only candidate inputs may vary"):
+        profile_shapes(path, Profile(1, 4, 8), ["ad_dense"])
+    with pytest.raises(ExportError, match="has no input named 'ad_sparse'"):
+        profile_shapes(path, Profile(1, 4, 8), ["ad_dense", "user_dense", "ad_sparse"])
+
+
+def test_check_source_wants_the_model_already_in_the_engine_precision(
+    tier_onnx: Path, tmp_path: Path
+) -> None:
+    from toolkit.export.quantize import to_fp16
+
+    with pytest.raises(ExportError, match="no float16 tensors.*onnx-fp16"):
+        check_source(tier_onnx, "fp16")
+    with pytest.raises(ExportError, match="no float8 tensors.*fp8 QDQ"):
+        check_source(tier_onnx, "fp8")
+    half = tmp_path / "half.onnx"
+    to_fp16(tier_onnx, half)
+    check_source(half, "fp16")
+
+
 @pytest.mark.parametrize(("low", "opt", "high"), [(0, 1, 2), (1, 9, 8), (3, 2, 8)])
 def test_profile_raises_value_error_when_the_bounds_are_out_of_order(low: int, opt: int, high: int) -> None:
     with pytest.raises(ValueError, match="min <= opt <= max"):
@@ -197,6 +299,8 @@ def preprocessed_requests(spec: Spec, count: int, seed: int) -> list[dict[str, n
 def test_fp16_engine_matches_onnx_runtime_on_cpu_when_built_from_a_tiny_tier(
     tiny_spec: Spec, tmp_path: Path
 ) -> None:
+    from toolkit.export.quantize import to_fp16
+
     torch.manual_seed(0)
     model = build_tier(tiny_spec, tiny_spec.tier("standard")).eval()
     requests = preprocessed_requests(tiny_spec, 6, seed=11)
@@ -207,7 +311,10 @@ def test_fp16_engine_matches_onnx_runtime_on_cpu_when_built_from_a_tiny_tier(
     single = dict(requests[0], ad_dense=requests[0]["ad_dense"][:1], ad_sparse=requests[0]["ad_sparse"][:1])
     requests.append(single)  # N = 1, the profile's minimum
 
-    info = build_engine(onnx, plan, "fp16", Profile(1, 8, 16), candidate_inputs(tiny_spec.features), 256)
+    half = tmp_path / "half.onnx"
+    to_fp16(onnx, half)
+
+    info = build_engine(half, plan, "fp16", Profile(1, 8, 16), candidate_inputs(tiny_spec.features), 256)
 
     assert plan.stat().st_size > 0
     assert info.precision == "fp16" and info.profile == Profile(1, 8, 16)

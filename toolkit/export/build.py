@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import multiprocessing
 import shutil
+import tempfile
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -102,17 +103,20 @@ def _embeddings(bits: int, dense_int8: bool = False) -> Builder:
 def _tensorrt(precision: str) -> Builder:
     def build(ctx: BuildContext, folder: Path) -> dict[str, Any]:
         from toolkit.export import tensorrt
-        from toolkit.export.quantize import int8_static, qdq_fp8
+        from toolkit.export.quantize import int8_static, qdq_fp8, to_fp16
 
         reason = tensorrt.unavailable_reason()
         if reason:
             raise VariantUnavailableError(reason)
-        if precision == "fp16":
-            source = ctx.fp32
-        elif precision == "int8" and "onnx-int8-static" in ctx.built:
-            source = ctx.built["onnx-int8-static"] / ONNX_FILE
+        # Strongly typed networks: the source model is already in the engine's precision.
+        variant = {"fp16": "onnx-fp16", "int8": "onnx-int8-static"}.get(precision)
+        if variant in ctx.built:
+            source, origin = ctx.built[variant] / ONNX_FILE, variant
+        elif precision == "fp16":
+            source, origin = ctx.scratch / f"{ctx.tier}-fp16.onnx", "onnx-fp32 converted to fp16"
+            to_fp16(ctx.fp32, source)
         else:
-            source = ctx.scratch / f"{ctx.tier}-qdq-{precision}.onnx"
+            source, origin = ctx.scratch / f"{ctx.tier}-qdq-{precision}.onnx", f"onnx-fp32 {precision} QDQ"
             make = int8_static if precision == "int8" else qdq_fp8
             make(ctx.fp32, source, ctx.calibration())
         info = run_isolated(
@@ -124,7 +128,7 @@ def _tensorrt(precision: str) -> Builder:
             CANDIDATE_INPUTS,
             ctx.spec.export.tensorrt.workspace_mb,
         )
-        return {"engine": asdict(info)}
+        return {"engine": {**asdict(info), "source": origin, "strongly_typed": True}}
 
     return build
 
@@ -177,18 +181,31 @@ class Runner:
     Attributes:
         target: ``cpu`` or ``gpu``.
         run: Inputs of one request -> scores [N].
+        provider: What runs it: an ONNX Runtime execution provider, or ``TensorRT`` for plans.
     """
 
     target: str
     run: Callable[[Inputs], np.ndarray]
+    provider: str = "CPUExecutionProvider"
 
 
-def runners(variant: str, folder: Path) -> list[Runner]:
+def runners(
+    variant: str, folder: Path, spec: Spec | None = None, cache_dir: Path | None = None
+) -> list[Runner]:
     """Runners for the checks and the timing of a built variant: CPU first, then GPU where present.
 
-    ONNX variants always run on ONNX Runtime's CPU provider (one thread) and also on its CUDA
-    provider when this ONNX Runtime has it and the variant can be deployed on GPU; TensorRT
-    variants run on the GPU through the TensorRT runtime.
+    ONNX variants always run on ONNX Runtime's CPU provider (one thread). On a GPU they run the way a
+    GPU server serves them: the variants Triton serves through ONNX Runtime's TensorRT accelerator
+    (:data:`~toolkit.repository.configs.ORT_TRT_PRECISION`) on ONNX Runtime's TensorRT execution
+    provider, with the same precision and the spec's optimization profile over N, when this ONNX
+    Runtime has it (``onnxruntime-gpu``) and ``spec`` is given; otherwise on its CUDA provider.
+    TensorRT variants run on the GPU through the TensorRT runtime.
+
+    Args:
+        variant: The variant.
+        folder: Where it was built.
+        spec: The ensemble spec, for the TensorRT provider's profile and workspace.
+        cache_dir: Where the TensorRT provider keeps its engines (default: a temporary folder).
 
     Raises:
         ExportError: The model cannot be loaded (for example an operator without a kernel).
@@ -198,7 +215,7 @@ def runners(variant: str, folder: Path) -> list[Runner]:
         from toolkit.export import tensorrt
 
         plan = folder / PLAN_FILE
-        return [Runner(GPU, lambda inputs: tensorrt.run_engine(plan, inputs)[SCORE])]
+        return [Runner(GPU, lambda inputs: tensorrt.run_engine(plan, inputs)[SCORE], "TensorRT")]
     from toolkit.export.parity import cpu_session
 
     path = str(folder / ONNX_FILE)
@@ -207,20 +224,61 @@ def runners(variant: str, folder: Path) -> list[Runner]:
     except Exception as exc:  # noqa: BLE001 - ONNX Runtime raises several native exception types
         raise ExportError(f"ONNX Runtime cannot load {path}: {_first_line(exc)}") from None
     out = [Runner("cpu", lambda inputs: cpu.run([SCORE], inputs)[0])]
-    gpu = _cuda_session(path) if GPU in info.targets else None
-    if gpu is not None:
-        out.append(Runner(GPU, lambda inputs: gpu.run([SCORE], inputs)[0]))
+    if GPU in info.targets:
+        gpu = _gpu_session(path, variant, spec, cache_dir)
+        if gpu is not None:
+            session, provider = gpu
+            out.append(Runner(GPU, lambda inputs: session.run([SCORE], inputs)[0], provider))
     return out
 
 
-def _cuda_session(path: str) -> Any:
+def tensorrt_provider_options(spec: Spec, variant: str, cache_dir: Path) -> dict[str, Any]:
+    """Options of ONNX Runtime's TensorRT execution provider that match what a GPU server deploys.
+
+    The precision, workspace and optimization profile over N are those of the tier's Triton config
+    (:func:`~toolkit.repository.configs.gpu_tier_config`); engines are cached in ``cache_dir``.
+    """
+    from toolkit.export.tensorrt import tensorrt_profile
+    from toolkit.repository.configs import ORT_TRT_PRECISION, candidate_inputs, profile_shapes
+
+    precision = ORT_TRT_PRECISION[variant]
+    low, opt, high = tensorrt_profile(spec)
+    names = candidate_inputs(spec.features)
+    return {
+        "trt_fp16_enable": precision in ("FP16", "INT8"),
+        "trt_int8_enable": precision == "INT8",
+        "trt_max_workspace_size": spec.export.tensorrt.workspace_mb << 20,
+        "trt_engine_cache_enable": True,
+        "trt_engine_cache_path": str(cache_dir),
+        "trt_profile_min_shapes": profile_shapes(spec.features, names, low),
+        "trt_profile_opt_shapes": profile_shapes(spec.features, names, opt),
+        "trt_profile_max_shapes": profile_shapes(spec.features, names, high),
+    }
+
+
+def _gpu_session(
+    path: str, variant: str, spec: Spec | None, cache_dir: Path | None
+) -> tuple[Any, str] | None:
     import onnxruntime as ort
 
-    if "CUDAExecutionProvider" not in ort.get_available_providers():
-        return None
+    from toolkit.repository.configs import ORT_TRT_PRECISION
+
+    available = ort.get_available_providers()
     options = ort.SessionOptions()
     options.log_severity_level = 3
-    return ort.InferenceSession(path, sess_options=options, providers=["CUDAExecutionProvider"])
+    if "TensorrtExecutionProvider" in available and spec is not None and variant in ORT_TRT_PRECISION:
+        cache = cache_dir or Path(tempfile.mkdtemp(prefix="ort-trt-cache-"))
+        providers: list[Any] = [
+            ("TensorrtExecutionProvider", tensorrt_provider_options(spec, variant, cache)),
+            "CUDAExecutionProvider",
+        ]
+        return ort.InferenceSession(
+            path, sess_options=options, providers=providers
+        ), "TensorrtExecutionProvider"
+    if "CUDAExecutionProvider" in available:
+        session = ort.InferenceSession(path, sess_options=options, providers=["CUDAExecutionProvider"])
+        return session, "CUDAExecutionProvider"
+    return None
 
 
 def _first_line(exc: BaseException) -> str:

@@ -228,10 +228,13 @@ class Exporter:
             Per variant: ``latency_ms`` and ``timing`` entries for the manifest, by target.
         """
         rounds = self.spec.export.timing_rounds
-        calls: dict[tuple[str, str], Callable[[dict[str, np.ndarray]], Any]] = {
-            (variant, runner.target): runner.run
+        timed_runners = {
+            (variant, runner.target): runner
             for variant, folder in folders.items()
-            for runner in runners(variant, folder)
+            for runner in runners(variant, folder, self.spec)
+        }
+        calls: dict[tuple[str, str], Callable[[dict[str, np.ndarray]], Any]] = {
+            key: runner.run for key, runner in timed_runners.items()
         }
         samples: dict[tuple[str, str, int], list[Timing]] = {}
         for r in range(rounds):
@@ -249,7 +252,15 @@ class Exporter:
             entry["latency_ms"].setdefault(target, {})[str(n)] = round(
                 float(np.median([t.median_ms for t in timings])), 4
             )
-            detail = entry["timing"].setdefault(target, {"stable": True, "rounds": rounds, "windows": {}})
+            detail = entry["timing"].setdefault(
+                target,
+                {
+                    "stable": True,
+                    "rounds": rounds,
+                    "provider": timed_runners[(variant, target)].provider,
+                    "windows": {},
+                },
+            )
             detail["stable"] = detail["stable"] and all(t.stable for t in timings)
             detail["windows"][str(n)] = [t.windows for t in timings]
         return out

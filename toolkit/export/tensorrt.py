@@ -1,10 +1,17 @@
 """TensorRT engines built from the exported ONNX models, run and timed one request at a time.
 
-Everything here needs the ``tensorrt`` package (TensorRT 10.x) and a CUDA GPU visible to PyTorch
-(PyTorch allocates the device buffers and the stream). Where either is missing,
-:func:`unavailable_reason` says why, and :func:`build_engine`, :func:`run_engine` and
-:func:`time_engine` raise :class:`~toolkit.errors.ExportError` with that reason, so export can record
-the TensorRT variants as skipped instead of failing. ``tensorrt`` and ``torch`` are imported lazily.
+Engines are built with Polygraphy on strongly typed networks (:func:`engine_recipe`): the ONNX model's
+own types choose each layer's precision, so the fp16 engine is built from the float16 model and the
+int8 and fp8 engines from QDQ models. Building and running need the ``gpu`` extra (``tensorrt`` and
+``polygraphy``) and a CUDA GPU visible to PyTorch (PyTorch allocates the device buffers and the
+stream). Where one is missing, :func:`unavailable_reason` says why, and :func:`build_engine`,
+:func:`run_engine` and :func:`time_engine` raise :class:`~toolkit.errors.ExportError` with that reason,
+so export can record the TensorRT variants as skipped instead of failing. ``tensorrt``, ``polygraphy``
+and ``torch`` are imported lazily.
+
+A plan loads only in the TensorRT version that built it: the manifest records that version, the GPU
+and its compute capability, and ``toolkit deploy`` refuses a plan the serving image cannot load
+(:mod:`toolkit.ngc`).
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from toolkit.errors import ExportError
+from toolkit.errors import ExportError, first_line
 
 if TYPE_CHECKING:
     from toolkit.spec.schema import Spec
@@ -34,9 +41,6 @@ PRECISIONS = ("fp16", "int8", "fp8")
 
 FP8_MIN_COMPUTE_CAPABILITY = (8, 9)
 """FP8 kernels need Ada (8.9) or Hopper (9.0) and later."""
-
-_BUILDER_FLAGS = {"fp16": ("FP16",), "int8": ("INT8", "FP16"), "fp8": ("FP8", "FP16")}
-"""``trt.BuilderFlag`` members set per precision; FP16 lets the unquantized layers run in half."""
 
 _ENGINE_CACHE_SIZE = 4
 """Deserialized engines (runtime, engine, context, stream) kept per process, least recently used out."""
@@ -110,6 +114,8 @@ def unavailable_reason() -> str | None:
         import tensorrt  # noqa: F401
     except (ImportError, OSError) as exc:
         return f"the `tensorrt` Python package is installed but cannot be imported ({exc})"
+    if importlib.util.find_spec("polygraphy") is None:
+        return "the `polygraphy` Python package, which builds the engines, is not installed"
     import torch
 
     if torch.version.cuda is None:
@@ -189,35 +195,124 @@ def _numpy_type(trt: Any, engine_path: Path, name: str, dtype: Any) -> np.dtype:
     raise ExportError(f"{engine_path}: tensor {name!r} has TensorRT type {dtype}, which has no numpy type.")
 
 
-def _set_profile(
-    trt: Any, builder: Any, network: Any, onnx_path: Path, profile: Profile, candidate_inputs: Sequence[str]
-) -> Any:
+_ONNX_FLOAT16 = 10
+_ONNX_INT8 = 3
+_ONNX_FLOAT8E4M3FN = 17
+_SOURCE_TYPE = {
+    "fp16": (_ONNX_FLOAT16, "float16"),
+    "int8": (_ONNX_INT8, "int8"),
+    "fp8": (_ONNX_FLOAT8E4M3FN, "float8"),
+}
+"""ONNX element type (and its name) the source model of each precision must hold: on a strongly typed
+network the model's own types decide every layer's precision, so an fp32 model builds an fp32 engine."""
+
+
+def profile_shapes(
+    onnx_path: Path, profile: Profile, candidate_inputs: Sequence[str]
+) -> dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]:
+    """(min, opt, max) shape of every input of the ONNX model, read from its graph.
+
+    Each input named in ``candidate_inputs`` has a dynamic first dimension N in ``profile`` and static
+    other dimensions; every other input must be static (user tensors are [1, D]).
+
+    Raises:
+        ExportError: The file cannot be read, a candidate input is missing or has another dynamic
+            dimension, or another input is dynamic.
+    """
+    import onnx
+
+    try:
+        model = onnx.load(str(onnx_path), load_external_data=False)
+    except Exception as exc:  # noqa: BLE001 - onnx raises OSError, DecodeError and its own errors
+        raise ExportError(f"cannot read {onnx_path}: {exc}") from None
     wanted = list(candidate_inputs)
-    found = []
-    opt_profile = builder.create_optimization_profile()
-    for i in range(network.num_inputs):
-        tensor = network.get_input(i)
-        shape = tuple(int(d) for d in tensor.shape)
+    shapes = {}
+    initializers = {init.name for init in model.graph.initializer}
+    for tensor in model.graph.input:
+        if tensor.name in initializers:
+            continue
+        shape = tuple(
+            d.dim_value if d.HasField("dim_value") else -1 for d in tensor.type.tensor_type.shape.dim
+        )
         if tensor.name in wanted:
-            found.append(tensor.name)
             rest = shape[1:]
             if not shape or any(d < 0 for d in rest):
                 raise ExportError(
                     f"{onnx_path}: candidate input {tensor.name!r} has shape {shape}; only its first "
                     "dimension (N) may be dynamic."
                 )
-            opt_profile.set_shape(
-                tensor.name, (profile.min, *rest), (profile.opt, *rest), (profile.max, *rest)
-            )
+            shapes[tensor.name] = ((profile.min, *rest), (profile.opt, *rest), (profile.max, *rest))
         elif any(d < 0 for d in shape):
             raise ExportError(
                 f"{onnx_path}: input {tensor.name!r} has dynamic shape {shape} but is not one of the "
                 f"candidate inputs ({', '.join(wanted)}); only candidate inputs may vary in size."
             )
-    missing = [name for name in wanted if name not in found]
+        else:
+            shapes[tensor.name] = (shape, shape, shape)
+    missing = [name for name in wanted if name not in shapes]
     if missing:
         raise ExportError(f"{onnx_path} has no input named {', '.join(map(repr, missing))}.")
-    return opt_profile
+    return shapes
+
+
+def check_source(onnx_path: Path, precision: str) -> None:
+    """Raise :class:`ExportError` unless the ONNX model holds the element type ``precision`` builds from.
+
+    ``fp16`` needs float16 tensors (the ``onnx-fp16`` variant), ``int8`` and ``fp8`` need int8 or float8
+    quantize/dequantize pairs (QDQ).
+    """
+    import onnx
+
+    element, name = _SOURCE_TYPE[precision]
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    types = {init.data_type for init in model.graph.initializer}
+    types |= {v.type.tensor_type.elem_type for v in (*model.graph.value_info, *model.graph.output)}
+    types |= {attr.t.data_type for node in model.graph.node for attr in node.attribute if attr.HasField("t")}
+    if element not in types:
+        raise ExportError(
+            f"{onnx_path} holds no {name} tensors, so a strongly typed TensorRT network built from it "
+            f"would not run in {precision}; build {precision} from the model converted to it "
+            f"({'onnx-fp16' if precision == 'fp16' else f'a {precision} QDQ model'})."
+        )
+
+
+def engine_recipe(
+    onnx_path: Path,
+    profile: Profile,
+    candidate_inputs: Sequence[str],
+    workspace_bytes: int | None = None,
+) -> tuple[Any, Any]:
+    """Polygraphy loaders of the engine: a strongly typed network and a config with one profile over N.
+
+    The network is parsed from the ONNX model. No precision flag is set: on a strongly typed network
+    the model's own types (float16 weights, int8 or float8 QDQ pairs) decide each layer's precision,
+    the way TensorRT 11 requires.
+
+    Args:
+        onnx_path: The source model.
+        profile: Range of N.
+        candidate_inputs: Inputs whose first dimension is N.
+        workspace_bytes: Builder workspace limit, or None for TensorRT's default (setting it needs
+            the ``tensorrt`` package, which the rest of the recipe does not).
+
+    Returns:
+        ``(network, config)``: Polygraphy's ``NetworkFromOnnxPath`` and ``CreateConfig``.
+    """
+    from polygraphy.backend.trt import CreateConfig, NetworkFromOnnxPath
+    from polygraphy.backend.trt import Profile as PolygraphyProfile
+
+    shapes = profile_shapes(onnx_path, profile, candidate_inputs)
+    trt_profile = PolygraphyProfile()
+    for name in candidate_inputs:
+        trt_profile.add(name, *shapes[name])
+    limits = None
+    if workspace_bytes is not None:
+        import tensorrt as trt
+
+        limits = {trt.MemoryPoolType.WORKSPACE: workspace_bytes}
+    network = NetworkFromOnnxPath(str(onnx_path), strongly_typed=True)
+    config = CreateConfig(profiles=[trt_profile], memory_pool_limits=limits)
+    return network, config
 
 
 def build_engine(
@@ -228,24 +323,26 @@ def build_engine(
     candidate_inputs: Sequence[str],
     workspace_mb: int,
 ) -> EngineInfo:
-    """Build a TensorRT engine from an ONNX model and write it to ``engine_path``.
+    """Build a TensorRT engine from an ONNX model with Polygraphy and write it to ``engine_path``.
 
-    The engine has one optimization profile: each input named in ``candidate_inputs`` has a dynamic
-    first dimension N in ``profile``; every other input must have a static shape in the ONNX (user
-    tensors are [1, D]).
+    The network is strongly typed (:func:`engine_recipe`): the model must already be in the precision
+    (:func:`check_source`). It has one optimization profile: each input named in ``candidate_inputs``
+    has a dynamic first dimension N in ``profile``; every other input must have a static shape in the
+    ONNX (user tensors are [1, D]).
 
     Args:
-        onnx_path: The ONNX model. For ``int8`` and ``fp8`` it must be explicitly quantized (QDQ).
+        onnx_path: The model: float16 (the ``onnx-fp16`` variant) for ``fp16``, int8 QDQ for ``int8``,
+            float8 QDQ for ``fp8``.
         engine_path: Serialized engine to write (atomically: written beside, then renamed).
-        precision: ``fp16`` (FP16 kernels allowed), ``int8`` or ``fp8`` (the quantized precision from
-            the QDQ nodes, FP16 for the rest). ``fp8`` needs compute capability 8.9 or higher.
+        precision: ``fp16``, ``int8`` or ``fp8``. ``fp8`` needs compute capability 8.9 or higher.
         profile: Range of N.
         candidate_inputs: Inputs whose first dimension is N.
         workspace_mb: Builder workspace limit in MiB.
 
     Raises:
-        ExportError: TensorRT or a GPU is unavailable, the precision is unknown or unsupported on this
-            GPU, the ONNX cannot be parsed (every parser error is listed) or the build fails.
+        ExportError: TensorRT, Polygraphy or a GPU is unavailable, the precision is unknown or
+            unsupported on this GPU, the model is not in that precision, the ONNX cannot be parsed or
+            the build fails (TensorRT's errors are in the message).
     """
     if precision not in PRECISIONS:
         raise ExportError(
@@ -263,29 +360,21 @@ def build_engine(
         )
     if not onnx_path.is_file():
         raise ExportError(f"cannot build a TensorRT engine: {onnx_path} does not exist.")
+    check_source(onnx_path, precision)
+
+    from polygraphy.backend.trt import EngineBytesFromNetwork
 
     started = time.perf_counter()
     logger = _logger(trt)
     logger.take_errors()
-    builder = trt.Builder(logger)
-    network = builder.create_network(0)  # TensorRT 10: explicit batch is the only mode
-    parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(str(onnx_path)):
-        errors = [str(parser.get_error(i)) for i in range(parser.num_errors)] or logger.take_errors()
+    network, config = engine_recipe(onnx_path, profile, candidate_inputs, workspace_mb << 20)
+    try:
+        serialized = EngineBytesFromNetwork(network, config=config)()
+    except Exception as exc:  # noqa: BLE001 - Polygraphy raises PolygraphyException and TensorRT errors
+        detail = "; ".join(logger.take_errors()) or first_line(exc)
         raise ExportError(
-            f"TensorRT could not parse {onnx_path} ({len(errors)} error(s)): " + "; ".join(errors)
-        )
-
-    config = builder.create_builder_config()
-    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mb << 20)
-    for flag in _BUILDER_FLAGS[precision]:
-        config.set_flag(getattr(trt.BuilderFlag, flag))
-    config.add_optimization_profile(_set_profile(trt, builder, network, onnx_path, profile, candidate_inputs))
-
-    serialized = builder.build_serialized_network(network, config)
-    if serialized is None:
-        detail = "; ".join(logger.take_errors()) or "no error was logged"
-        raise ExportError(f"TensorRT failed to build a {precision} engine from {onnx_path}: {detail}")
+            f"TensorRT failed to build a {precision} engine from {onnx_path}: {detail}"
+        ) from None
     engine_path.parent.mkdir(parents=True, exist_ok=True)
     partial = engine_path.with_name(engine_path.name + ".partial")
     with open(partial, "wb") as handle:

@@ -58,9 +58,16 @@ VARIANTS: dict[str, VariantInfo] = {
         VariantInfo(
             "onnx-int8-emb-int4", "onnx", (CPU,), "onnx-int8-dynamic dense layers with int4 embedding tables"
         ),
-        VariantInfo("trt-fp16", "tensorrt", (GPU,), "TensorRT engine, fp16 kernels allowed"),
-        VariantInfo("trt-int8", "tensorrt", (GPU,), "TensorRT engine built from the int8 QDQ model"),
-        VariantInfo("trt-fp8", "tensorrt", (GPU,), "TensorRT engine built from an fp8 QDQ model (Hopper+)"),
+        VariantInfo("trt-fp16", "tensorrt", (GPU,), "TensorRT engine built from onnx-fp16, strongly typed"),
+        VariantInfo(
+            "trt-int8", "tensorrt", (GPU,), "TensorRT engine built from the int8 QDQ model, strongly typed"
+        ),
+        VariantInfo(
+            "trt-fp8",
+            "tensorrt",
+            (GPU,),
+            "TensorRT engine built from an fp8 QDQ model, strongly typed (Ada+)",
+        ),
     )
 }
 """Every variant the toolkit can build, in the order they are built and listed."""
