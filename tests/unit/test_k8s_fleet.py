@@ -417,10 +417,3 @@ def test_k8s_refuses_a_deployed_plan_the_pools_image_cannot_load(tmp_path: Path)
     assert "10.5.0.18" in refused.stderr
     assert not (tmp_path / "out").exists()
     assert (tmp_path / "out2" / "big.yaml").is_file() and "note:" not in accepted.stderr
-
-
-def test_k8s_reads_the_marker_deploy_writes() -> None:
-    from toolkit.k8s.fleet import REPOSITORY_MARKER
-    from toolkit.repository import MARKER
-
-    assert REPOSITORY_MARKER == MARKER

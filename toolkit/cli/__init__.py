@@ -115,7 +115,9 @@ def cli(ctx: click.Context, verbose: int, debug: bool) -> None:
 
     The pipeline runs one way: a spec (ensembles/<name>.yaml) -> train (demo data) -> export
     (ONNX, checked against PyTorch) -> deploy (Triton model repository) -> serve -> clients.
-    Every command reads the spec given with --spec (default: ensembles/ads_ranking.yaml).
+    Every command reads the spec given with --spec (default: ensembles/ads_ranking.yaml;
+    `toolkit init` writes it). The base install runs init, infer and bench; the other commands
+    need an extra (export, serve, fleet), and say which when it is missing.
     """
     level = logging.WARNING - 10 * min(verbose, 2)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")

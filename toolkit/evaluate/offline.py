@@ -16,7 +16,7 @@ import numpy as np
 from toolkit.data.requests import REQUEST_TENSORS, RequestSet
 from toolkit.errors import ExportError, RepositoryError
 from toolkit.export.manifest import FP32, read_manifest, verify_files
-from toolkit.export.onnx_export import SCORE
+from toolkit.export.names import SCORE
 from toolkit.export.parity import cpu_session
 from toolkit.repository.gate import CHEAPEST_SCORE, GATE_OUTPUT, gate_path, read_calibration
 from toolkit.repository.select import select_variants

@@ -1,20 +1,32 @@
-"""Export: tiers and the preprocess step to ONNX, checked against PyTorch, recorded in a manifest."""
+"""Export: tiers and the preprocess step to ONNX, checked against PyTorch, recorded in a manifest.
 
-from toolkit.export.manifest import FP32, read_manifest, verify_files
-from toolkit.export.onnx_export import PREPROCESSED, SCORE, export_preprocess, export_tier
-from toolkit.export.parity import ParityReport, check_parity, cpu_session
-from toolkit.export.pipeline import run_export
+Names are imported on first use, so that ``toolkit.export.names`` and the manifest readers do not pull
+in PyTorch (the ``export`` extra) for commands that only read what export wrote.
+"""
 
-__all__ = [
-    "FP32",
-    "PREPROCESSED",
-    "SCORE",
-    "ParityReport",
-    "check_parity",
-    "cpu_session",
-    "export_preprocess",
-    "export_tier",
-    "read_manifest",
-    "run_export",
-    "verify_files",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "FP32": "toolkit.export.manifest",
+    "read_manifest": "toolkit.export.manifest",
+    "verify_files": "toolkit.export.manifest",
+    "PREPROCESSED": "toolkit.export.names",
+    "SCORE": "toolkit.export.names",
+    "export_preprocess": "toolkit.export.onnx_export",
+    "export_tier": "toolkit.export.onnx_export",
+    "ParityReport": "toolkit.export.parity",
+    "check_parity": "toolkit.export.parity",
+    "cpu_session": "toolkit.export.parity",
+    "run_export": "toolkit.export.pipeline",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'toolkit.export' has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)

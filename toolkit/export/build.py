@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from toolkit.errors import ExportError
-from toolkit.export.onnx_export import SCORE
+from toolkit.export.names import SCORE
 from toolkit.spec.schema import Spec
 from toolkit.spec.variants import GPU, VARIANTS
 

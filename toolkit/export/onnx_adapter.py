@@ -30,7 +30,7 @@ from torch import nn
 from toolkit.data.requests import REQUEST_TENSORS
 from toolkit.errors import first_line
 from toolkit.evaluate.flops import FlopsError, _constants, _fix_candidates, _infer, _node_flops
-from toolkit.export.onnx_export import SCORE
+from toolkit.export.names import SCORE
 from toolkit.export.parity import cpu_session
 from toolkit.models.user import (
     RAW_STATISTICS,

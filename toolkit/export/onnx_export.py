@@ -13,15 +13,10 @@ from torch import nn
 
 from toolkit.data.requests import REQUEST_TENSORS
 from toolkit.errors import ExportError
+from toolkit.export.names import PREPROCESSED, SCORE
 from toolkit.models.preprocess import Preprocess
 
 log = logging.getLogger(__name__)
-
-SCORE = "score"
-"""Output of every tier: click probability per candidate, FP32 [N]."""
-
-PREPROCESSED = {name: f"{name}_pre" for name in REQUEST_TENSORS}
-"""Output names of the preprocess model, by the request tensor they transform."""
 
 _EXTERNAL_DATA_BYTES = 1_500_000_000
 

@@ -366,11 +366,6 @@ class FleetFiles:
     notes: tuple[str, ...] = ()
 
 
-REPOSITORY_MARKER = "toolkit-repository.json"
-"""The file ``toolkit deploy`` writes into each repository (``toolkit.repository.MARKER``), named here so
-that ``toolkit k8s`` reads it without the ``export`` extra."""
-
-
 def check_deployed_plans(spec: Spec, pools: list[PoolDeployment]) -> tuple[str, ...]:
     """Check the TensorRT plans of the spec's local repository against the image each pool runs.
 
@@ -388,11 +383,12 @@ def check_deployed_plans(spec: Spec, pools: list[PoolDeployment]) -> tuple[str, 
     import json
 
     from toolkit.ngc import check_plan
+    from toolkit.repository.layout import MARKER
 
     root = Path(spec.paths.repository)
     notes = []
     for pool in pools:
-        marker = root / pool.name / REPOSITORY_MARKER if spec.pools else root / REPOSITORY_MARKER
+        marker = root / pool.name / MARKER if spec.pools else root / MARKER
         try:
             engines = json.loads(marker.read_text(encoding="utf-8")).get("engines", {})
         except (OSError, ValueError):

@@ -1,23 +1,31 @@
-"""The Triton model repository: configs as protobuf messages, written atomically by deploy."""
+"""The Triton model repository: configs as protobuf messages, written atomically by deploy.
 
-from toolkit.repository.configs import (
-    TIER_OUTPUT,
-    ensemble_config,
-    preprocess_config,
-    router_config,
-    tier_config,
-)
-from toolkit.repository.writer import BACKENDS, MARKER, DeployResult, deploy, router_settings
+Names are imported on first use, so that serving a repository (``toolkit.repository.object_store``)
+does not pull in what writing one needs.
+"""
 
-__all__ = [
-    "BACKENDS",
-    "MARKER",
-    "TIER_OUTPUT",
-    "DeployResult",
-    "deploy",
-    "ensemble_config",
-    "preprocess_config",
-    "router_config",
-    "router_settings",
-    "tier_config",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "TIER_OUTPUT": "toolkit.repository.configs",
+    "ensemble_config": "toolkit.repository.configs",
+    "preprocess_config": "toolkit.repository.configs",
+    "router_config": "toolkit.repository.configs",
+    "tier_config": "toolkit.repository.configs",
+    "BACKENDS": "toolkit.repository.writer",
+    "MARKER": "toolkit.repository.writer",
+    "DeployResult": "toolkit.repository.writer",
+    "deploy": "toolkit.repository.writer",
+    "router_settings": "toolkit.repository.writer",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'toolkit.repository' has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)

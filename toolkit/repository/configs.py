@@ -6,7 +6,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from toolkit.data.requests import REQUEST_TENSORS
 from toolkit.errors import RepositoryError
-from toolkit.export.onnx_export import PREPROCESSED, SCORE
+from toolkit.export.names import PREPROCESSED, SCORE
 from toolkit.export.tensorrt import tensorrt_profile
 from toolkit.ngc import ENGINE_CACHE_ROOT
 from toolkit.spec.schema import Features, Spec

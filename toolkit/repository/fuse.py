@@ -16,7 +16,7 @@ from onnx import compose, version_converter
 
 from toolkit.data.requests import REQUEST_TENSORS
 from toolkit.errors import RepositoryError
-from toolkit.export.onnx_export import PREPROCESSED
+from toolkit.export.names import PREPROCESSED
 
 PREFIX = "pre_"
 """Prefix of the preprocess graph's node and value names inside a fused model."""

@@ -18,19 +18,17 @@ from tritonclient.grpc import model_config_pb2 as mc
 from toolkit import __version__
 from toolkit.errors import ExportError, RepositoryError
 from toolkit.export.manifest import FP32, read_manifest, verify_files
-from toolkit.export.onnx_export import PREPROCESSED
+from toolkit.export.names import PREPROCESSED
 from toolkit.repository import configs
 from toolkit.repository.fuse import fuse_files
 from toolkit.repository.gate import gate_path, read_calibration
+from toolkit.repository.layout import MARKER
 from toolkit.repository.select import Selection, select_variants
 from toolkit.router.policy import RouterConfig, RuleConfig
 from toolkit.router.remote import RemoteTier
 from toolkit.router.validate import InputSchema
 from toolkit.spec.schema import Spec
 from toolkit.spec.variants import GPU, VARIANTS
-
-MARKER = "toolkit-repository.json"
-"""File at the repository's top level that says the toolkit wrote it (Triton ignores top-level files)."""
 
 MARKER_FORMAT = 1
 BACKENDS = ("onnxruntime", "python")
