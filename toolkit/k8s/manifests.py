@@ -56,7 +56,6 @@ import yaml
 from toolkit.errors import ToolkitError
 from toolkit.ngc import DEFAULT_IMAGE, ENGINE_CACHE_ROOT
 
-
 TRITON_IMAGE = DEFAULT_IMAGE
 """The NGC image of Triton 2.51 (24.10), the release the toolkit's bundled tritonserver matches."""
 
