@@ -245,3 +245,22 @@ def test_gpu_tier_config_raises_repository_error_when_the_variant_is_unknown(spe
 def test_gpu_tier_config_raises_repository_error_when_the_tier_is_unknown(spec: Spec) -> None:
     with pytest.raises(RepositoryError, match="unknown tier 'huge'.*small, big"):
         configs.gpu_tier_config(spec, "huge", "trt-fp16")
+
+
+@pytest.mark.parametrize("variant", ["onnx-fp32", "onnx-fp16", "onnx-int8-static"])
+def test_export_times_onnx_variants_on_the_tensorrt_provider_as_the_gpu_config_deploys_them(
+    spec: Spec, variant: str, tmp_path
+) -> None:
+    from toolkit.export.build import tensorrt_provider_options
+
+    deployed = trt_parameters(configs.gpu_tier_config(spec, "big", variant))
+    options = tensorrt_provider_options(spec, variant, tmp_path)
+
+    # Triton's onnxruntime backend: precision_mode FP16 -> trt_fp16_enable, INT8 -> trt_int8_enable.
+    assert options["trt_fp16_enable"] is (deployed["precision_mode"] == "FP16")
+    assert options["trt_int8_enable"] is (deployed["precision_mode"] == "INT8")
+    assert str(options["trt_max_workspace_size"]) == deployed["max_workspace_size_bytes"]
+    for bound in ("min", "opt", "max"):
+        key = f"trt_profile_{bound}_shapes"
+        assert options[key] == deployed[key]
+    assert options["trt_engine_cache_enable"] is True and options["trt_engine_cache_path"] == str(tmp_path)

@@ -236,7 +236,9 @@ def tensorrt_provider_options(spec: Spec, variant: str, cache_dir: Path) -> dict
     """Options of ONNX Runtime's TensorRT execution provider that match what a GPU server deploys.
 
     The precision, workspace and optimization profile over N are those of the tier's Triton config
-    (:func:`~toolkit.repository.configs.gpu_tier_config`); engines are cached in ``cache_dir``.
+    (:func:`~toolkit.repository.configs.gpu_tier_config`), mapped the way Triton's onnxruntime backend
+    maps them (``precision_mode`` FP16 sets ``trt_fp16_enable`` only, INT8 ``trt_int8_enable`` only);
+    engines are cached in ``cache_dir``.
     """
     from toolkit.export.tensorrt import tensorrt_profile
     from toolkit.repository.configs import ORT_TRT_PRECISION, candidate_inputs, profile_shapes
@@ -245,7 +247,7 @@ def tensorrt_provider_options(spec: Spec, variant: str, cache_dir: Path) -> dict
     low, opt, high = tensorrt_profile(spec)
     names = candidate_inputs(spec.features)
     return {
-        "trt_fp16_enable": precision in ("FP16", "INT8"),
+        "trt_fp16_enable": precision == "FP16",
         "trt_int8_enable": precision == "INT8",
         "trt_max_workspace_size": spec.export.tensorrt.workspace_mb << 20,
         "trt_engine_cache_enable": True,
