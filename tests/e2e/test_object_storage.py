@@ -9,6 +9,8 @@ that changes a tier's variant is picked up by the polling server without a faile
 from __future__ import annotations
 
 import json
+import os
+import shlex
 import subprocess
 import sys
 import threading
@@ -328,3 +330,83 @@ def test_deploy_publishes_one_prefix_per_pool_the_entry_pool_last_when_the_spec_
     assert remote_marker(endpoint, "fleet/cpu")["entry"] is True
     assert out.index(f"publishing to {url}/big") < out.index(f"publishing to {url}/cpu")
     assert not keys(endpoint, "fleet") - {f"big/{k}" for k in big} - {f"cpu/{k}" for k in cpu}
+
+
+# --- the engine-build Job's script, on the real server ---
+
+
+def _image_like_env(folder: Path) -> dict[str, str]:
+    """An environment whose ``tritonserver`` runs the bundled server as the NGC image runs its own.
+
+    A shim on ``PATH`` passes the Job's arguments through, adding only what the bundled server needs
+    beyond the image's (its backend and cache folders), and the environment the bundled server needs.
+    """
+    from toolkit.serve.locate import backend_python, prepare_backend_dir
+    from toolkit.serve.options import build_env, python_library_dir
+
+    install = find_tritonserver(None)
+    extra = [f"--backend-directory={folder}" for folder in [prepare_backend_dir(install)] if folder]
+    extra += [f"--cache-directory={install.cache_dir}"] if install.cache_dir else []
+    shim = folder / "tritonserver"
+    shim.write_text(
+        f'#!/bin/sh\nexec {shlex.quote(str(install.binary))} "$@" {" ".join(map(shlex.quote, extra))}\n',
+        encoding="utf-8",
+    )
+    shim.chmod(0o755)
+    env = build_env(install, backend_python().parent, python_lib_dir=python_library_dir())
+    env["PATH"] = f"{folder}{os.pathsep}{env['PATH']}"
+    return env
+
+
+def _build_job_pool(endpoint: str, prefix: str) -> Any:
+    from toolkit.k8s.manifests import PoolDeployment
+
+    return PoolDeployment(
+        name="big",
+        repository_url=f"s3://{BUCKET}/{prefix}",
+        s3_endpoint=endpoint,
+        cpu="1",
+        memory="1Gi",
+        hardware="gpu",
+        gpus=1,
+        engine_cache="1Gi",
+        build_engines=True,
+        grpc_port=free_port(),
+        http_port=free_port(),
+        metrics_port=free_port(),
+        startup_timeout_s=240,
+    )
+
+
+def test_build_engines_job_script_loads_every_model_then_stops_the_server(
+    pipeline, endpoint: str, published: str, tmp_path: Path
+) -> None:
+    from toolkit.k8s.manifests import build_engines_script
+
+    pool = _build_job_pool(endpoint, "ranking/prod")
+    env = _image_like_env(tmp_path)
+
+    done = subprocess.run(
+        ["/bin/sh", "-c", build_engines_script(pool)], env=env, capture_output=True, text=True, timeout=400
+    )
+
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "every model is loaded" in done.stdout
+    with pytest.raises(OSError):
+        _NO_PROXY.open(f"http://127.0.0.1:{pool.http_port}/v2/health/live", timeout=2)
+
+
+def test_build_engines_job_script_fails_when_the_server_cannot_load_the_repository(
+    endpoint: str, tmp_path: Path
+) -> None:
+    from toolkit.k8s.manifests import build_engines_script
+
+    pool = _build_job_pool(endpoint, "nothing/here")
+    env = _image_like_env(tmp_path)
+
+    done = subprocess.run(
+        ["/bin/sh", "-c", build_engines_script(pool)], env=env, capture_output=True, text=True, timeout=400
+    )
+
+    assert done.returncode == 1
+    assert "tritonserver exited before its models were ready" in done.stdout
