@@ -25,10 +25,12 @@ echo "== install: export, serve and gpu extras at the versions of constraints.tx
 "$PYTHON" -m venv "$VENV"
 PIP=("$VENV/bin/python" -m pip install --quiet --disable-pip-version-check)
 # torch: PyPI's default Linux wheel is a CUDA build, which export needs to run the TensorRT engines.
+# tensorrt-cu12 10.5.0 is a source package that installs TensorRT's libraries from NVIDIA's package
+# index while it builds: that index must be reachable too.
 "${PIP[@]}" -c constraints.txt -e '.[export,serve,gpu]'
-ORT=$("$VENV/bin/python" -c "import onnxruntime; print(onnxruntime.__version__)")
+# ONNX Runtime's GPU build (CUDA and TensorRT providers) replaces the CPU one; both are `onnxruntime`.
 "$VENV/bin/python" -m pip uninstall --quiet --yes onnxruntime
-"${PIP[@]}" "onnxruntime-gpu==$ORT"
+"${PIP[@]}" -c constraints.txt onnxruntime-gpu
 "$VENV/bin/python" - <<'PY' | tee "$OUT/versions.txt"
 import onnxruntime, tensorrt, torch, polygraphy
 print("torch", torch.__version__, "cuda", torch.version.cuda, "gpu", torch.cuda.get_device_name(0))

@@ -274,13 +274,13 @@ def _gpu_session(
             ("TensorrtExecutionProvider", tensorrt_provider_options(spec, variant, cache)),
             "CUDAExecutionProvider",
         ]
-        return ort.InferenceSession(
-            path, sess_options=options, providers=providers
-        ), "TensorrtExecutionProvider"
-    if "CUDAExecutionProvider" in available:
-        session = ort.InferenceSession(path, sess_options=options, providers=["CUDAExecutionProvider"])
-        return session, "CUDAExecutionProvider"
-    return None
+    elif "CUDAExecutionProvider" in available:
+        providers = ["CUDAExecutionProvider"]
+    else:
+        return None
+    session = ort.InferenceSession(path, sess_options=options, providers=providers)
+    # ONNX Runtime falls back to the next provider when one cannot start (a TensorRT it cannot load).
+    return session, session.get_providers()[0]
 
 
 def _first_line(exc: BaseException) -> str:
