@@ -6,10 +6,27 @@ tensor or flag at fault.
 """
 
 
-def first_line(exc: BaseException) -> str:
-    """``Type: first line of the message`` of an exception from a library, for one-line errors."""
+def first_line(exc: BaseException, *, with_type: bool = True) -> str:
+    """The first line of an exception's message, for one-line errors.
+
+    Args:
+        exc: An exception, usually from a library.
+        with_type: Prefix the exception's type (``ValueError: ...``); without it, an exception with no
+            message gives its type's name.
+    """
     lines = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {lines[0] if lines else ''}".rstrip(": ")
+    line = lines[0].strip() if lines else ""
+    if not with_type:
+        return line or type(exc).__name__
+    return f"{type(exc).__name__}: {line}".rstrip(": ")
+
+
+def one_line(text: object, limit: int | None = None) -> str:
+    """``text`` with each run of whitespace (newlines too) made one space, cut to ``limit`` characters."""
+    flat = " ".join(str(text).split())
+    if limit is None or len(flat) <= limit:
+        return flat
+    return flat[: limit - 3] + "..."
 
 
 class ToolkitError(Exception):

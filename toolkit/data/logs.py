@@ -30,7 +30,7 @@ import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
 from toolkit.data.requests import RequestSet
-from toolkit.errors import DataError
+from toolkit.errors import DataError, first_line
 from toolkit.spec.schema import LOG_FORMATS, LogColumns, LogFiles, Spec
 
 CRITEO_LABEL = "label"
@@ -354,10 +354,6 @@ def _listing(names: list[str]) -> str:
     return shown + (f", ... ({len(names)} in all)" if len(names) > _LISTED_COLUMNS else "")
 
 
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-
-
 def _read_batches(file: Path, spec: Spec, chunk_rows: int) -> Iterator[pa.RecordBatch]:
     files = _files_spec(spec)
     needed = _needed(files.columns)
@@ -371,7 +367,9 @@ def _read_batches(file: Path, spec: Spec, chunk_rows: int) -> Iterator[pa.Record
         else:
             yield from _csv_batches(file, needed, chunk_rows, criteo=files.format == "criteo")
     except (pa.ArrowException, OSError) as exc:
-        raise DataError(f"{file}: cannot read it as {files.format}: {_first_line(exc)}") from None
+        raise DataError(
+            f"{file}: cannot read it as {files.format}: {first_line(exc, with_type=False)}"
+        ) from None
 
 
 def _parquet_batches(file: Path, needed: list[str], chunk_rows: int) -> Iterator[pa.RecordBatch]:
@@ -585,7 +583,9 @@ def _floats(arr: pa.Array, fail: Fail, required: bool = False) -> np.ndarray:
             values = pc.cast(text, pa.float32())
         except pa.ArrowInvalid as exc:
             i, value = _first_bad(text.to_pylist(), _NUMBER)
-            raise fail(max(i, 0), f"{value!r} is not a number" if i >= 0 else _first_line(exc)) from None
+            raise fail(
+                max(i, 0), f"{value!r} is not a number" if i >= 0 else first_line(exc, with_type=False)
+            ) from None
         out = values.to_numpy(zero_copy_only=False)
     elif any(check(arr.type) for check in _NUMERIC_TYPES):
         out = pc.cast(arr, pa.float64(), safe=False).fill_null(0.0).to_numpy().astype(np.float32)
@@ -610,7 +610,7 @@ def _ids(arr: pa.Array, fail: Fail) -> np.ndarray:
             big = [j for j, v in enumerate(values) if not -_INT64_LIMIT <= int(v) < _INT64_LIMIT]
             if big:
                 raise fail(big[0], f"id {values[big[0]]} does not fit INT64") from None
-            raise fail(0, _first_line(exc)) from None
+            raise fail(0, first_line(exc, with_type=False)) from None
     if pa.types.is_unsigned_integer(arr.type):
         values = pc.cast(arr, pa.uint64()).fill_null(0).to_numpy()
         big = np.flatnonzero(values >= np.uint64(_INT64_LIMIT))

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from toolkit.errors import ExportError
+from toolkit.errors import ExportError, first_line
 from toolkit.export.names import SCORE
 from toolkit.spec.schema import Spec
 from toolkit.spec.variants import GPU, VARIANTS
@@ -222,7 +222,7 @@ def runners(
     try:
         cpu = cpu_session(path)
     except Exception as exc:  # noqa: BLE001 - ONNX Runtime raises several native exception types
-        raise ExportError(f"ONNX Runtime cannot load {path}: {_first_line(exc)}") from None
+        raise ExportError(f"ONNX Runtime cannot load {path}: {first_line(exc)}") from None
     out = [Runner("cpu", lambda inputs: cpu.run([SCORE], inputs)[0])]
     if GPU in info.targets:
         gpu = _gpu_session(path, variant, spec, cache_dir)
@@ -281,8 +281,3 @@ def _gpu_session(
     session = ort.InferenceSession(path, sess_options=options, providers=providers)
     # ONNX Runtime falls back to the next provider when one cannot start (a TensorRT it cannot load).
     return session, session.get_providers()[0]
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {lines[0] if lines else ''}"

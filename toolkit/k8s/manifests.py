@@ -53,7 +53,7 @@ from typing import Any, Literal
 
 import yaml
 
-from toolkit.errors import ToolkitError
+from toolkit.errors import ToolkitError, one_line
 from toolkit.ngc import DEFAULT_IMAGE, ENGINE_CACHE_ROOT
 
 TRITON_IMAGE = DEFAULT_IMAGE
@@ -1096,11 +1096,6 @@ def _describe(manifest: Mapping[str, Any], index: int) -> str:
     return f"{kind} {name}" if isinstance(name, str) and name else f"{kind} (unnamed)"
 
 
-def _one_line(text: str, limit: int = 240) -> str:
-    text = " ".join(str(text).split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
 def _json_path(path: Iterable[Any]) -> str:
     out = ""
     for item in path:
@@ -1220,7 +1215,7 @@ def _validate_inference_service(manifest: Mapping[str, Any], label: str, version
         else:
             rest = _json_path(path[1:])
             where = "spec.predictor" if rest == "(top level)" else f"spec.predictor.{rest}"
-        raise ManifestError(f"{label}: {where}: {_one_line(error.message)}") from None
+        raise ManifestError(f"{label}: {where}: {one_line(error.message, 240)}") from None
 
 
 def validate(manifests: Iterable[Mapping[str, Any]], kubernetes_version: str = "1.30") -> None:
@@ -1264,9 +1259,11 @@ def validate(manifests: Iterable[Mapping[str, Any]], kubernetes_version: str = "
         try:
             kubernetes_validate.validate(dict(manifest), version, strict=True)
         except kubernetes_validate.ValidationError as error:
-            raise ManifestError(f"{label}: {_json_path(error.path)}: {_one_line(error.message)}") from None
+            raise ManifestError(
+                f"{label}: {_json_path(error.path)}: {one_line(error.message, 240)}"
+            ) from None
         except kubernetes_validate.SchemaNotFoundError as error:
-            raise ManifestError(f"{label}: {_one_line(error.message)}.") from None
+            raise ManifestError(f"{label}: {one_line(error.message, 240)}.") from None
 
 
 def summary_markdown(

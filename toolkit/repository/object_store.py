@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from toolkit.errors import RepositoryError
+from toolkit.errors import RepositoryError, one_line
 from toolkit.repository.layout import MARKER
 
 S3_SCHEME = "s3://"
@@ -370,11 +370,11 @@ def translate_errors(location: S3Location, endpoint: Endpoint | None, doing: str
         ) from None
     except (bx.EndpointConnectionError, bx.ConnectTimeoutError, bx.ReadTimeoutError) as exc:
         target = endpoint.url if endpoint is not None else "the AWS S3 endpoint"
-        raise RepositoryError(f"{where}: cannot reach {target} ({_one_line(exc)})") from None
+        raise RepositoryError(f"{where}: cannot reach {target} ({one_line(exc)})") from None
     except bx.ClientError as exc:
         error = exc.response.get("Error", {})
         code = str(error.get("Code", ""))
-        message = _one_line(error.get("Message") or exc)
+        message = one_line(error.get("Message") or exc)
         if code == "NoSuchBucket" or (code in ("404", "NotFound") and exc.operation_name == "HeadBucket"):
             raise RepositoryError(
                 f"{where}: bucket {location.bucket!r} does not exist; create it first"
@@ -386,17 +386,13 @@ def translate_errors(location: S3Location, endpoint: Endpoint | None, doing: str
             ) from None
         raise RepositoryError(f"{where}: {doing} failed: {code or 'error'}: {message}") from None
     except (bx.BotoCoreError, Boto3Error) as exc:
-        raise RepositoryError(f"{where}: {doing} failed: {_one_line(exc)}") from None
+        raise RepositoryError(f"{where}: {doing} failed: {one_line(exc)}") from None
     except OSError as exc:
-        raise RepositoryError(f"{where}: {doing} failed: {_one_line(exc)}") from None
+        raise RepositoryError(f"{where}: {doing} failed: {one_line(exc)}") from None
 
 
 def _at(endpoint: Endpoint | None) -> str:
     return f" (endpoint {endpoint.url})" if endpoint is not None else ""
-
-
-def _one_line(value: object) -> str:
-    return " ".join(str(value).split())
 
 
 def _scan_local(root: Path) -> tuple[dict[str, _LocalModel], list[str]]:
@@ -573,7 +569,7 @@ def _pinned_config(path: Path, versions: tuple[int, ...]) -> str:
     try:
         text_format.Parse(path.read_text(encoding="utf-8"), config)
     except (OSError, text_format.ParseError) as exc:
-        raise RepositoryError(f"{path}: cannot be read as a model configuration: {_one_line(exc)}") from None
+        raise RepositoryError(f"{path}: cannot be read as a model configuration: {one_line(exc)}") from None
     if versions:
         config.ClearField("version_policy")
         config.version_policy.specific.versions.extend(versions)
@@ -592,7 +588,7 @@ def _delete(s3: Any, location: S3Location, keys: list[str]) -> None:
             first = errors[0]
             raise RepositoryError(
                 f"{location.url}: removing {len(errors)} stale object(s) failed, first {first.get('Key')}: "
-                f"{first.get('Code')}: {_one_line(first.get('Message', ''))}"
+                f"{first.get('Code')}: {one_line(first.get('Message', ''))}"
             )
 
 
