@@ -68,6 +68,7 @@ bench-soak: install
 lint: install
 	$(BIN)/ruff check toolkit tests benchmarks
 	$(BIN)/ruff format --check toolkit tests benchmarks
+	$(BIN)/lint-imports
 
 test: lint
 	$(BIN)/pytest -p no:cacheprovider

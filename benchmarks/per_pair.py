@@ -33,10 +33,10 @@ from common import RESULTS, ROOT, held_out_requests, prepare, write_report
 from matplotlib.figure import Figure
 
 from toolkit.data import REQUEST_TENSORS
-from toolkit.evaluate.flops import flops_model
 from toolkit.export import SCORE, cpu_session, export_tier
 from toolkit.export.onnx_export import export_module
 from toolkit.export.timing import measure_interleaved
+from toolkit.flops import flops_model
 from toolkit.machine import machine_facts
 from toolkit.models.base import RankingModel
 from toolkit.spec import load_spec

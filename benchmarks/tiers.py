@@ -27,9 +27,9 @@ import torch
 from common import RESULTS, ROOT, prepare, write_report
 
 from toolkit.data import REQUEST_TENSORS, demo_holdout_set
-from toolkit.evaluate.flops import flops_model
 from toolkit.export import cpu_session, read_manifest
 from toolkit.export.timing import measure_interleaved
+from toolkit.flops import flops_model
 from toolkit.machine import machine_facts
 from toolkit.repository.select import select_variants
 from toolkit.spec import load_spec

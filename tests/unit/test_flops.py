@@ -1,4 +1,4 @@
-"""Unit tests of toolkit.evaluate.flops: hand-built graphs with known counts, then exported tiny tiers."""
+"""Unit tests of toolkit.flops: hand-built graphs with known counts, then exported tiny tiers."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 from onnxruntime.quantization import QuantType, quantize_dynamic
 
-from toolkit.evaluate.flops import FlopsModel, count_flops, flops_model
 from toolkit.export import export_tier
+from toolkit.flops import FlopsModel, count_flops, flops_model
 from toolkit.models import build_tier
 from toolkit.spec import Spec
 

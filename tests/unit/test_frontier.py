@@ -17,7 +17,7 @@ from toolkit.evaluate.frontier import (
     random_curve,
     score_curve,
 )
-from toolkit.evaluate.metrics import normalized_entropy
+from toolkit.metrics import normalized_entropy
 
 
 def ragged_requests(seed: int, num_requests: int, num_tiers: int = 3):

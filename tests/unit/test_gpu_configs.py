@@ -17,6 +17,7 @@ from google.protobuf import text_format
 from helpers import CONFIG_FEATURES, CONFIG_TIERS
 from tritonclient.grpc import model_config_pb2 as mc
 
+from toolkit.data.requests import candidate_inputs, request_dims
 from toolkit.errors import RepositoryError
 from toolkit.repository import configs
 from toolkit.spec import Spec, spec_from_dict
@@ -103,7 +104,7 @@ def test_gpu_tier_config_round_trips_with_preprocessed_tensors_on_gpu_instances_
     assert message.name == "big"
     assert message.max_batch_size == 0
     cpu = configs.tier_config(spec, "big", "onnxruntime")
-    expected = configs.request_dims(spec.features, raw=False)
+    expected = request_dims(spec.features, raw=False)
     assert dims(message.input) == {name: shape for name, (_, shape) in expected.items()}
     assert dims(cpu.input)["user_history"] == [1, -1]
     assert list(message.output) == list(cpu.output)
@@ -163,7 +164,7 @@ def test_warmup_sends_zero_ids_and_random_features_at_opt_candidates_when_built(
 def test_profile_shapes_cover_only_the_candidate_inputs_when_built(spec: Spec) -> None:
     params = trt_parameters(configs.gpu_tier_config(spec, "big", "onnx-fp32"))
 
-    assert configs.candidate_inputs(spec.features) == ("ad_dense", "ad_sparse")
+    assert candidate_inputs(spec.features) == ("ad_dense", "ad_sparse")
     assert params["trt_profile_min_shapes"] == "ad_dense:1x2,ad_sparse:1x3"
     assert params["trt_profile_opt_shapes"] == "ad_dense:8x2,ad_sparse:8x3"
     assert params["trt_profile_max_shapes"] == "ad_dense:16x2,ad_sparse:16x3"

@@ -16,7 +16,6 @@ from torch import nn
 from toolkit.data.generator import generate_requests
 from toolkit.data.requests import REQUEST_TENSORS
 from toolkit.errors import UserModelError
-from toolkit.evaluate.flops import FlopsError, count_flops
 from toolkit.export.onnx_adapter import (
     OnnxFileTier,
     check_onnx_file,
@@ -25,6 +24,7 @@ from toolkit.export.onnx_adapter import (
 )
 from toolkit.export.onnx_export import SCORE, export_tier
 from toolkit.export.parity import cpu_session
+from toolkit.flops import FlopsError, count_flops
 from toolkit.models.preprocess import Preprocess
 from toolkit.models.user import UserTier, check_outputs
 from toolkit.spec import Spec, spec_from_dict

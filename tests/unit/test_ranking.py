@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from toolkit.evaluate.metrics import normalized_entropy, roc_auc
 from toolkit.evaluate.ranking import ndcg_at_k, top_k_quality, top_k_rows
+from toolkit.metrics import normalized_entropy, roc_auc
 
 
 def ragged(seed: int, num_requests: int, max_candidates: int = 8, graded: bool = False):

@@ -19,6 +19,7 @@ import pytest
 import torch
 
 from toolkit.data import REQUEST_TENSORS, generate_requests
+from toolkit.data.requests import candidate_inputs
 from toolkit.errors import ExportError
 from toolkit.export import SCORE, cpu_session, export_tier
 from toolkit.export import tensorrt as trt_export
@@ -33,7 +34,6 @@ from toolkit.export.tensorrt import (
     time_engine,
 )
 from toolkit.models import Preprocess, build_tier
-from toolkit.repository.configs import candidate_inputs
 from toolkit.spec import Spec, spec_from_dict
 
 REASON = trt_export.unavailable_reason()

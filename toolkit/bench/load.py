@@ -22,7 +22,7 @@ from toolkit.bench.histogram import LatencyHistogram
 from toolkit.client import AsyncRankingClient, ClientError
 from toolkit.data.requests import RequestSet
 from toolkit.errors import ServerError
-from toolkit.evaluate.metrics import ctr_entropy, log_loss
+from toolkit.metrics import ctr_entropy, log_loss
 
 STATS_FIELDS = ("queue", "compute_input", "compute_infer", "compute_output")
 

@@ -8,7 +8,7 @@ import numpy as np
 
 from toolkit.bench.replay import ReplayResult
 from toolkit.data.requests import RequestSet
-from toolkit.evaluate.metrics import normalized_entropy, roc_auc
+from toolkit.metrics import normalized_entropy, roc_auc
 
 
 @dataclass(frozen=True)

@@ -114,8 +114,8 @@ def command(
     are published before the entry pool, so a router never calls a tier its pool does not have yet.
     """
     from toolkit.repository import deploy
-    from toolkit.repository.backend import resolve_backend
     from toolkit.repository.object_store import is_s3_url, parse_endpoint, parse_s3_url
+    from toolkit.serve.backends import resolve_backend
 
     spec = load(spec_path)
     out = out if out is not None else spec.paths.repository

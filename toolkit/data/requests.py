@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from toolkit.errors import DataError
+
+if TYPE_CHECKING:
+    from toolkit.spec.schema import Features
 
 REQUEST_TENSORS = ("user_dense", "user_sparse", "user_history", "ad_dense", "ad_sparse")
 """Input tensor names of one request, in the order every model takes them."""
@@ -136,3 +140,26 @@ def candidate_rows(offsets: np.ndarray, requests: np.ndarray) -> np.ndarray:
         return np.zeros(0, dtype=np.int64)
     run_starts = np.repeat(starts - np.concatenate([[0], np.cumsum(counts)[:-1]]), counts)
     return (np.arange(total) + run_starts).astype(np.int64)
+
+
+def request_dims(features: Features, raw: bool) -> dict[str, tuple[str, list[int]]]:
+    """Data type and dims of each request tensor (``-1`` = any size).
+
+    Args:
+        features: The request schema.
+        raw: Whether the tensors are what clients send (history of any length) or what the tiers
+            take (history of exactly L).
+    """
+    history = -1 if raw else features.history.length
+    return {
+        "user_dense": ("FP32", [1, features.user_dense]),
+        "user_sparse": ("INT64", [1, len(features.user_sparse)]),
+        "user_history": ("INT64", [1, history]),
+        "ad_dense": ("FP32", [-1, features.ad_dense]),
+        "ad_sparse": ("INT64", [-1, len(features.ad_sparse)]),
+    }
+
+
+def candidate_inputs(features: Features) -> tuple[str, ...]:
+    """Tier inputs whose first dimension is the candidate count N (the others are [1, D])."""
+    return tuple(k for k, (_, shape) in request_dims(features, raw=False).items() if shape[0] == -1)

@@ -1,5 +1,5 @@
 """Offline quality measurement of tiers and routing policies."""
 
-from toolkit.evaluate.metrics import log_loss, normalized_entropy, roc_auc
+from toolkit.metrics import log_loss, normalized_entropy, roc_auc
 
 __all__ = ["log_loss", "normalized_entropy", "roc_auc"]

@@ -29,10 +29,10 @@ import numpy as np
 from toolkit import __version__
 from toolkit.data.demo import demo_gate_set
 from toolkit.data.requests import REQUEST_TENSORS
-from toolkit.evaluate.flops import flops_model
 from toolkit.evaluate.frontier import RequestLosses, apgr, score_curve
 from toolkit.evaluate.offline import HeldOutScores, OfflineEnsemble, deployed_variants, score_requests
 from toolkit.export.manifest import FP32, sha256_file
+from toolkit.flops import flops_model
 from toolkit.repository.gate import CALIBRATION, CALIBRATION_FORMAT, CHEAPEST_SCORE, GATE_OUTPUT, gate_folder
 from toolkit.router.learned import calibrate_lambda, calibrate_lambda_to_cost, choose_tiers
 from toolkit.spec.schema import Spec

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from toolkit.evaluate.metrics import _EPS
+from toolkit.metrics import _EPS
 
 __all__ = [
     "Curve",

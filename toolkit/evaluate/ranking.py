@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from toolkit.evaluate.metrics import normalized_entropy, roc_auc
+from toolkit.metrics import normalized_entropy, roc_auc
 
 __all__ = ["ndcg_at_k", "top_k_quality", "top_k_rows"]
 

@@ -29,7 +29,6 @@ import numpy as np
 from toolkit import __version__
 from toolkit.data.demo import demo_holdout_set
 from toolkit.evaluate.bootstrap import bootstrap_frontier, within_noise_of_random
-from toolkit.evaluate.flops import flops_model
 from toolkit.evaluate.frontier import (
     RequestLosses,
     apgr,
@@ -41,12 +40,13 @@ from toolkit.evaluate.frontier import (
     random_curve,
     score_curve,
 )
-from toolkit.evaluate.metrics import normalized_entropy, roc_auc
 from toolkit.evaluate.offline import HeldOutScores, OfflineEnsemble, deployed_variants, score_requests
 from toolkit.evaluate.ranking import top_k_quality
 from toolkit.evaluate.render import plot, render_markdown
 from toolkit.export.manifest import read_manifest
+from toolkit.flops import flops_model
 from toolkit.machine import machine_facts
+from toolkit.metrics import normalized_entropy, roc_auc
 from toolkit.router.policy import RequestContext, decide, top_candidates
 from toolkit.spec.schema import Spec
 

@@ -22,7 +22,7 @@ import numpy as np
 from toolkit.errors import ExportError, first_line
 from toolkit.export.names import SCORE
 from toolkit.spec.schema import Spec
-from toolkit.spec.variants import GPU, VARIANTS
+from toolkit.spec.variants import GPU, ORT_TRT_PRECISION, VARIANTS
 
 ONNX_FILE = "model.onnx"
 PLAN_FILE = "model.plan"
@@ -196,7 +196,7 @@ def runners(
 
     ONNX variants always run on ONNX Runtime's CPU provider (one thread). On a GPU they run the way a
     GPU server serves them: the variants Triton serves through ONNX Runtime's TensorRT accelerator
-    (:data:`~toolkit.repository.configs.ORT_TRT_PRECISION`) on ONNX Runtime's TensorRT execution
+    (:data:`~toolkit.spec.variants.ORT_TRT_PRECISION`) on ONNX Runtime's TensorRT execution
     provider, with the same precision and the spec's optimization profile over N, when this ONNX
     Runtime has it (``onnxruntime-gpu``) and ``spec`` is given; otherwise on its CUDA provider.
     TensorRT variants run on the GPU through the TensorRT runtime.
@@ -240,8 +240,8 @@ def tensorrt_provider_options(spec: Spec, variant: str, cache_dir: Path) -> dict
     maps them (``precision_mode`` FP16 sets ``trt_fp16_enable`` only, INT8 ``trt_int8_enable`` only);
     engines are cached in ``cache_dir``.
     """
-    from toolkit.export.tensorrt import tensorrt_profile
-    from toolkit.repository.configs import ORT_TRT_PRECISION, candidate_inputs, profile_shapes
+    from toolkit.data.requests import candidate_inputs
+    from toolkit.export.tensorrt import accelerator_profile_shapes, tensorrt_profile
 
     precision = ORT_TRT_PRECISION[variant]
     low, opt, high = tensorrt_profile(spec)
@@ -252,9 +252,9 @@ def tensorrt_provider_options(spec: Spec, variant: str, cache_dir: Path) -> dict
         "trt_max_workspace_size": spec.export.tensorrt.workspace_mb << 20,
         "trt_engine_cache_enable": True,
         "trt_engine_cache_path": str(cache_dir),
-        "trt_profile_min_shapes": profile_shapes(spec.features, names, low),
-        "trt_profile_opt_shapes": profile_shapes(spec.features, names, opt),
-        "trt_profile_max_shapes": profile_shapes(spec.features, names, high),
+        "trt_profile_min_shapes": accelerator_profile_shapes(spec.features, names, low),
+        "trt_profile_opt_shapes": accelerator_profile_shapes(spec.features, names, opt),
+        "trt_profile_max_shapes": accelerator_profile_shapes(spec.features, names, high),
     }
 
 
@@ -262,8 +262,6 @@ def _gpu_session(
     path: str, variant: str, spec: Spec | None, cache_dir: Path | None
 ) -> tuple[Any, str] | None:
     import onnxruntime as ort
-
-    from toolkit.repository.configs import ORT_TRT_PRECISION
 
     available = ort.get_available_providers()
     options = ort.SessionOptions()

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from toolkit.evaluate.metrics import normalized_entropy, roc_auc
+from toolkit.metrics import normalized_entropy, roc_auc
 from toolkit.spec.schema import GateSpec
 
 

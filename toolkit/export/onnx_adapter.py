@@ -29,9 +29,9 @@ from torch import nn
 
 from toolkit.data.requests import REQUEST_TENSORS
 from toolkit.errors import first_line
-from toolkit.evaluate.flops import FlopsError, _constants, _fix_candidates, _infer, _node_flops
 from toolkit.export.names import SCORE
 from toolkit.export.parity import cpu_session
+from toolkit.flops import FlopsError, constant_tensors, fix_candidates, infer_shapes, node_flops
 from toolkit.models.user import (
     RAW_STATISTICS,
     InputAdapter,
@@ -565,9 +565,9 @@ def _taints(graph: onnx.GraphProto) -> tuple[dict[str, int], list[int]]:
 
 def _count(proto: onnx.ModelProto, n: int) -> tuple[int, int, dict[int, tuple[int, int]]]:
     """Total and user-only FLOPs at N, and per user-only node (by index) its output and user-input bytes."""
-    fixed = _fix_candidates(proto, n)
-    shapes = _infer(fixed)
-    constants = _constants(fixed.graph)
+    fixed = fix_candidates(proto, n)
+    shapes = infer_shapes(fixed)
+    constants = constant_tensors(fixed.graph)
     taint, classes = _taints(fixed.graph)
     total = user = 0
     sizes: dict[int, tuple[int, int]] = {}
@@ -578,7 +578,7 @@ def _count(proto: onnx.ModelProto, n: int) -> tuple[int, int, dict[int, tuple[in
             sizes[index] = (_bytes(shapes, node.output[0]), -1 if min(in_bytes) < 0 else sum(in_bytes))
         if node.output and node.output[0] in constants:
             continue
-        flops = _node_flops(node, shapes)
+        flops = node_flops(node, shapes)
         total += flops
         if level == _USER:
             user += flops
@@ -601,7 +601,7 @@ def per_pair_cost(onnx_path: Path, spec: Spec, counts: Sequence[int]) -> dict[st
     is computed from them alone is repeated for every candidate. Each node is classed by what its
     value depends on (see :func:`_taints`: Shape/Size outputs are shape metadata, not data); the
     nodes that depend on user inputs and constants only are the user-only work, counted with the
-    rules of :mod:`toolkit.evaluate.flops`. A request-centric model does that work once:
+    rules of :mod:`toolkit.flops`. A request-centric model does that work once:
     ``redundant(N) = user_only(N) - user_only(1)``. The tiling points are the user-only nodes whose
     output grows with N while their user-data inputs do not; ``tiled_input_bytes`` is what they add
     (output bytes minus user-input bytes).
@@ -619,7 +619,7 @@ def per_pair_cost(onnx_path: Path, spec: Spec, counts: Sequence[int]) -> dict[st
 
     Raises:
         FlopsError: (a ValueError) a count below 1, an unreadable model, an input width that
-            differs from the spec, or what :func:`~toolkit.evaluate.flops.count_flops` raises.
+            differs from the spec, or what :func:`~toolkit.flops.count_flops` raises.
     """
     wanted = list(dict.fromkeys(int(n) for n in counts))
     if not wanted or min(wanted) < 1:

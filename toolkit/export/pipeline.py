@@ -335,7 +335,7 @@ def _export_tier(
 
     ``model`` is a user tier's checked reference model (None: load the demo tier's checkpoint).
     """
-    from toolkit.models.user import load_any_tier
+    from toolkit.train.checkpoints import load_any_tier
 
     spec = exporter.spec
     entries: dict[str, dict[str, Any]] = {}

@@ -32,7 +32,7 @@ import numpy as np
 from toolkit.errors import ExportError, first_line
 
 if TYPE_CHECKING:
-    from toolkit.spec.schema import Spec
+    from toolkit.spec.schema import Features, Spec
 
 log = logging.getLogger(__name__)
 
@@ -548,3 +548,11 @@ def time_engine(
             samples.append((time.perf_counter() - started) * 1000.0)
         out[int(n)] = float(np.median(samples))
     return out
+
+
+def accelerator_profile_shapes(features: Features, names: tuple[str, ...], n: int) -> str:
+    """The TensorRT accelerator's profile shapes at N = ``n``: ``name:NxD,...`` for the inputs ``names``."""
+    from toolkit.data.requests import request_dims
+
+    dims = request_dims(features, raw=False)
+    return ",".join(f"{k}:{'x'.join(str(d) for d in [n, *dims[k][1][1:]])}" for k in names)

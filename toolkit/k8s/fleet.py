@@ -382,8 +382,8 @@ def check_deployed_plans(spec: Spec, pools: list[PoolDeployment]) -> tuple[str, 
     """
     import json
 
+    from toolkit.layout import MARKER
     from toolkit.ngc import check_plan
-    from toolkit.repository.layout import MARKER
 
     root = Path(spec.paths.repository)
     notes = []

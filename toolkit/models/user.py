@@ -25,7 +25,7 @@ from torch import nn
 
 from toolkit.data.requests import REQUEST_TENSORS
 from toolkit.errors import UserModelError, first_line
-from toolkit.spec.schema import USER_TENSORS, Spec, TierSpec, UserModelSpec
+from toolkit.spec.schema import USER_TENSORS, TierSpec, UserModelSpec
 
 TORCH_DTYPES = {"float32": torch.float32, "int64": torch.int64, "int32": torch.int32}
 
@@ -330,21 +330,3 @@ def check_outputs(tier: TierSpec, model: nn.Module, example: dict[str, np.ndarra
                 f"scores lie in [{values.min():.4g}, {values.max():.4g}], not in [0, 1]; "
                 f"set model.output to {'logit' if spec.output == 'probability' else 'probability'}?",
             )
-
-
-def load_any_tier(spec: Spec, checkpoints: Path, name: str) -> nn.Module:
-    """The PyTorch reference of a tier: a demo tier's checkpoint or a user's factory model.
-
-    Raises:
-        UserModelError: For an ONNX tier (it has no PyTorch model) or a user model that does not fit.
-        CheckpointError: A demo tier's checkpoint is missing or does not match the spec.
-    """
-    tier = spec.tier(name)
-    if tier.kind == "onnx":
-        raise tier_error(name, "is an ONNX file; it has no PyTorch model")
-    from toolkit.train.checkpoints import load_preprocess, load_tier
-
-    if tier.kind == "factory":
-        return build_user_model(tier, load_preprocess(checkpoints, spec).statistics())
-
-    return load_tier(checkpoints, spec, name)

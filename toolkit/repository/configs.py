@@ -4,36 +4,18 @@ from __future__ import annotations
 
 from tritonclient.grpc import model_config_pb2 as mc
 
-from toolkit.data.requests import REQUEST_TENSORS
+from toolkit.data.requests import REQUEST_TENSORS, candidate_inputs, request_dims
 from toolkit.errors import RepositoryError
 from toolkit.export.names import PREPROCESSED, SCORE
-from toolkit.export.tensorrt import tensorrt_profile
+from toolkit.export.tensorrt import accelerator_profile_shapes, tensorrt_profile
 from toolkit.ngc import ENGINE_CACHE_ROOT
-from toolkit.spec.schema import Features, Spec
-from toolkit.spec.variants import GPU, VARIANTS
+from toolkit.spec.schema import Spec
+from toolkit.spec.variants import GPU, ORT_TRT_PRECISION, VARIANTS
 
 TIER_OUTPUT = "tier"
 """Second output of the router and the ensemble: index of the tier that scored each candidate."""
 
 _DTYPES = {"FP32": mc.TYPE_FP32, "INT64": mc.TYPE_INT64, "INT32": mc.TYPE_INT32}
-
-
-def request_dims(features: Features, raw: bool) -> dict[str, tuple[str, list[int]]]:
-    """Data type and dims of each request tensor (``-1`` = any size).
-
-    Args:
-        features: The request schema.
-        raw: Whether the tensors are what clients send (history of any length) or what the tiers
-            take (history of exactly L).
-    """
-    history = -1 if raw else features.history.length
-    return {
-        "user_dense": ("FP32", [1, features.user_dense]),
-        "user_sparse": ("INT64", [1, len(features.user_sparse)]),
-        "user_history": ("INT64", [1, history]),
-        "ad_dense": ("FP32", [-1, features.ad_dense]),
-        "ad_sparse": ("INT64", [-1, len(features.ad_sparse)]),
-    }
 
 
 def _inputs(config: mc.ModelConfig, dims: dict[str, tuple[str, list[int]]], names: dict[str, str]) -> None:
@@ -176,27 +158,12 @@ def ensemble_config(spec: Spec) -> mc.ModelConfig:
 # ``tensorrt_profile`` (imported above from toolkit.export.tensorrt) is the one source of the
 # (min, opt, max) candidate range for both the engines export builds and these configs.
 
-ORT_TRT_PRECISION = {"onnx-fp32": "FP32", "onnx-fp16": "FP16", "onnx-int8-static": "INT8"}
-"""``precision_mode`` of the TensorRT accelerator per ONNX variant (int8-static is QDQ: no calibration
-table may be given)."""
-
 GPU_VARIANTS = tuple(
     name
     for name, info in VARIANTS.items()
     if GPU in info.targets and (info.engine == "tensorrt" or name in ORT_TRT_PRECISION)
 )
 """Variants :func:`gpu_tier_config` can deploy, in catalogue order."""
-
-
-def candidate_inputs(features: Features) -> tuple[str, ...]:
-    """Tier inputs whose first dimension is the candidate count N (the others are [1, D])."""
-    return tuple(k for k, (_, shape) in request_dims(features, raw=False).items() if shape[0] == -1)
-
-
-def profile_shapes(features: Features, names: tuple[str, ...], n: int) -> str:
-    """The TensorRT accelerator's profile shapes at N = ``n``: ``name:NxD,...`` for the inputs ``names``."""
-    dims = request_dims(features, raw=False)
-    return ",".join(f"{k}:{'x'.join(str(d) for d in [n, *dims[k][1][1:]])}" for k in names)
 
 
 def _warmup(config: mc.ModelConfig, dims: dict[str, tuple[str, list[int]]], n: int) -> None:
@@ -280,9 +247,9 @@ def gpu_tier_config(
             "max_workspace_size_bytes": str(spec.export.tensorrt.workspace_mb << 20),
             "trt_engine_cache_enable": "1",
             "trt_engine_cache_path": cache,
-            "trt_profile_min_shapes": profile_shapes(spec.features, names, low),
-            "trt_profile_opt_shapes": profile_shapes(spec.features, names, opt),
-            "trt_profile_max_shapes": profile_shapes(spec.features, names, high),
+            "trt_profile_min_shapes": accelerator_profile_shapes(spec.features, names, low),
+            "trt_profile_opt_shapes": accelerator_profile_shapes(spec.features, names, opt),
+            "trt_profile_max_shapes": accelerator_profile_shapes(spec.features, names, high),
         }.items():
             accelerator.parameters[key] = value
     _inputs(config, dims, {})

@@ -21,7 +21,7 @@ poll``) or loading from it (``explicit``) never loads a model version whose file
   guessed config).
 * models are published callees first (tiers, preprocess, gate, then the router, then the ensemble),
   so a caller never goes live before the models it calls.
-* the marker file (:data:`~toolkit.repository.layout.MARKER`) is uploaded after every model; only
+* the marker file (:data:`~toolkit.layout.MARKER`) is uploaded after every model; only
   then are the objects of versions and models no longer in the repository deleted (a removed
   model's version files first, its ``config.pbtxt`` last).
 * an unchanged model (same files and config as the pinned version, by a digest stored with its
@@ -48,7 +48,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from toolkit.errors import RepositoryError, one_line
-from toolkit.repository.layout import MARKER
+from toolkit.layout import MARKER
 
 S3_SCHEME = "s3://"
 CONFIG = "config.pbtxt"

@@ -19,10 +19,10 @@ from toolkit import __version__
 from toolkit.errors import ExportError, RepositoryError
 from toolkit.export.manifest import FP32, read_manifest, verify_files
 from toolkit.export.names import PREPROCESSED
+from toolkit.layout import MARKER
 from toolkit.repository import configs
 from toolkit.repository.fuse import fuse_files
 from toolkit.repository.gate import gate_path, read_calibration
-from toolkit.repository.layout import MARKER
 from toolkit.repository.select import Selection, select_variants
 from toolkit.router.policy import RouterConfig, RuleConfig
 from toolkit.router.remote import RemoteTier

@@ -79,6 +79,11 @@ GPU_PREFERENCE = ("trt-fp16", "trt-int8", "trt-fp8", "onnx-fp16", "onnx-int8-sta
 """Order in which ``--target gpu`` picks among passing variants that have no GPU timing."""
 
 
+ORT_TRT_PRECISION = {"onnx-fp32": "FP32", "onnx-fp16": "FP16", "onnx-int8-static": "INT8"}
+"""``precision_mode`` of the TensorRT accelerator per ONNX variant (int8-static is QDQ: no calibration
+table may be given)."""
+
+
 def check_variant(name: str) -> None:
     """Raise ValueError unless ``name`` is a known variant."""
     if name not in VARIANTS:

@@ -8,11 +8,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from toolkit.errors import CheckpointError
 from toolkit.models.base import RankingModel
 from toolkit.models.preprocess import Preprocess
 from toolkit.models.registry import build_from_params, config_dict, tier_config
+from toolkit.models.user import build_user_model, tier_error
 from toolkit.spec.schema import Features, Spec
 
 FORMAT = 1
@@ -108,3 +110,19 @@ def load_preprocess(directory: Path, spec: Spec) -> Preprocess:
     data = _load(directory / PREPROCESS_FILE, spec)
     stats = {k: data[k].numpy() for k in ("user_mean", "user_std", "ad_mean", "ad_std")}
     return Preprocess(spec.features, **stats).eval()
+
+
+def load_any_tier(spec: Spec, checkpoints: Path, name: str) -> nn.Module:
+    """The PyTorch reference of a tier: a demo tier's checkpoint or a user's factory model.
+
+    Raises:
+        UserModelError: For an ONNX tier (it has no PyTorch model) or a user model that does not fit.
+        CheckpointError: A demo tier's checkpoint is missing or does not match the spec.
+    """
+    tier = spec.tier(name)
+    if tier.kind == "onnx":
+        raise tier_error(name, "is an ONNX file; it has no PyTorch model")
+    if tier.kind == "factory":
+        return build_user_model(tier, load_preprocess(checkpoints, spec).statistics())
+
+    return load_tier(checkpoints, spec, name)

@@ -23,7 +23,7 @@ from toolkit.data.demo import demo_holdout_set, demo_train_set, train_chunks
 from toolkit.data.logs import concat_requests, summarize
 from toolkit.data.requests import RequestSet, candidate_rows
 from toolkit.errors import DataError
-from toolkit.evaluate.metrics import normalized_entropy, roc_auc
+from toolkit.metrics import normalized_entropy, roc_auc
 from toolkit.models.base import RankingModel
 from toolkit.models.preprocess import Preprocess
 from toolkit.models.registry import build_tier

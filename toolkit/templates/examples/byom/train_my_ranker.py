@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from toolkit.data.demo import demo_holdout_set, train_chunks
-from toolkit.evaluate.metrics import normalized_entropy
+from toolkit.metrics import normalized_entropy
 from toolkit.spec import load_spec
 from toolkit.train.checkpoints import load_preprocess
 from toolkit.train.trainer import prepare

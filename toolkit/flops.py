@@ -156,15 +156,15 @@ def count_flops(model: str | Path | onnx.ModelProto, num_candidates: int) -> int
     """
     if num_candidates < 1:
         raise FlopsError(f"The candidate count must be at least 1, got {num_candidates}.")
-    proto = _fix_candidates(_load(model), num_candidates)
-    shapes = _infer(proto)
-    constants = _constants(proto.graph)
+    proto = fix_candidates(_load(model), num_candidates)
+    shapes = infer_shapes(proto)
+    constants = constant_tensors(proto.graph)
     total = 0
     by_op: Counter[str] = Counter()
     for node in proto.graph.node:
         if node.output and node.output[0] in constants:
             continue
-        flops = _node_flops(node, shapes)
+        flops = node_flops(node, shapes)
         by_op[node.op_type] += flops
         total += flops
     log.debug("FLOPs of %s at N=%d: %d %s", _name(model), num_candidates, total, dict(by_op.most_common()))
@@ -219,7 +219,7 @@ def _name(model: str | Path | onnx.ModelProto) -> str:
     return f"graph {model.graph.name!r}" if isinstance(model, onnx.ModelProto) else str(model)
 
 
-def _fix_candidates(model: onnx.ModelProto, n: int) -> onnx.ModelProto:
+def fix_candidates(model: onnx.ModelProto, n: int) -> onnx.ModelProto:
     """A copy of ``model`` with N in place of the candidate dimension, wherever its symbol appears."""
     fixed = onnx.ModelProto()
     fixed.CopyFrom(model)
@@ -241,7 +241,7 @@ def _fix_candidates(model: onnx.ModelProto, n: int) -> onnx.ModelProto:
     return fixed
 
 
-def _infer(model: onnx.ModelProto) -> _Shapes:
+def infer_shapes(model: onnx.ModelProto) -> _Shapes:
     """Shapes of every tensor: ONNX inference, then the contrib ops' outputs, until nothing changes."""
     while True:
         try:
@@ -285,7 +285,8 @@ def _unknown(shapes: _Shapes, names: Iterable[str]) -> bool:
     return any(name and (name not in shapes or shapes[name][1] is None) for name in names)
 
 
-def _constants(graph: onnx.GraphProto) -> set[str]:
+def constant_tensors(graph: onnx.GraphProto) -> set[str]:
+    """Names of the tensors that do not depend on the inputs (initializers and what folds from them)."""
     constants = {tensor.name for tensor in graph.initializer}
     for node in graph.node:
         inputs = [name for name in node.input if name]
@@ -389,7 +390,8 @@ def _rules() -> dict[str, Callable[[onnx.NodeProto, _Shapes], int]]:
 _RULES = _rules()
 
 
-def _node_flops(node: onnx.NodeProto, shapes: _Shapes) -> int:
+def node_flops(node: onnx.NodeProto, shapes: _Shapes) -> int:
+    """FLOPs of one node given every tensor's shape; :class:`FlopsError` for an op without a rule."""
     rule = _RULES.get(node.op_type)
     if rule is None:
         raise FlopsError(
