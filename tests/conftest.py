@@ -49,7 +49,7 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Pipeline:
 
 
 def quantized_pins(manifest: dict) -> dict[str, str]:
-    """Per tier, a variant other than onnx-fp32 that passed the gate on the CPU, a different one per tier.
+    """Per tier, a variant other than onnx-fp32 that passed acceptance on the CPU, a different one per tier.
 
     The session deploys these, so the end-to-end tests serve quantized and fp16 models, not only
     the fp32 export.

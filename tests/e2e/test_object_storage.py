@@ -241,7 +241,7 @@ def _other_variant(pipeline: Any, deployed: dict[str, str]) -> tuple[str, str]:
         others = sorted((v for v in ok if v != deployed[tier]), key=lambda v: v != FP32)
         if others:
             return tier, others[0]
-    pytest.skip("no tier has a second variant that passed the gate")
+    pytest.skip("no tier has a second variant that passed the acceptance check")
 
 
 def test_polling_server_switches_to_the_republished_tier_without_a_failed_request_when_republished(

@@ -63,7 +63,7 @@ def test_export_writes_manifest_with_checked_variants_when_run(pipeline) -> None
 
 def test_export_status_matrix_covers_every_tier_and_variant_when_run(pipeline) -> None:
     manifest = read_manifest(pipeline.artifacts)
-    gate = pipeline.spec.export.gate
+    bounds = pipeline.spec.export.acceptance
     statuses = set()
     for name, tier in manifest["tiers"].items():
         assert list(tier["variants"]) == list(VARIANTS)
@@ -71,8 +71,8 @@ def test_export_status_matrix_covers_every_tier_and_variant_when_run(pipeline) -
             statuses.add(entry["status"])
             assert entry["status"] in ("OK", "FAILED", "SKIPPED"), (name, variant)
             if entry["status"] == "OK":
-                assert abs(entry["quality"]["ne_delta_rel"]) <= gate.max_ne_change
-                assert entry["quality"]["auc_ratio"] >= gate.min_auc_ratio
+                assert abs(entry["quality"]["ne_delta_rel"]) <= bounds.max_ne_change
+                assert entry["quality"]["auc_ratio"] >= bounds.min_auc_ratio
                 assert entry["files"] and entry["bytes"] == sum(f["bytes"] for f in entry["files"])
                 assert all(ms > 0 for ms in entry["latency_ms"]["cpu"].values())
             else:
@@ -80,7 +80,7 @@ def test_export_status_matrix_covers_every_tier_and_variant_when_run(pipeline) -
                 assert not (pipeline.artifacts / name / variant).exists()
             if entry["status"] == "FAILED" and entry.get("quality"):
                 q = entry["quality"]
-                assert abs(q["ne_delta_rel"]) > gate.max_ne_change or q["auc_ratio"] < gate.min_auc_ratio
+                assert abs(q["ne_delta_rel"]) > bounds.max_ne_change or q["auc_ratio"] < bounds.min_auc_ratio
         for variant in ("onnx-emb-int8", "onnx-emb-int4"):
             emb = tier["variants"][variant].get("embeddings")
             assert emb and 0 < emb["quantized_bytes"] < emb["fp32_bytes"]
@@ -119,7 +119,7 @@ def test_export_reuses_unchanged_variants_and_rebuilds_when_inputs_change(pipeli
     assert {k: v for k, v in after.items() if k != "manifest.json"} == {
         k: v for k, v in before.items() if k != "manifest.json"
     }
-    data["export"]["gate"] = {"max_ne_change": 0.5, "min_auc_ratio": 0.5}
+    data["export"]["acceptance"] = {"max_ne_change": 0.5, "min_auc_ratio": 0.5}
     spec = write_spec(tmp_path / "loose.yaml", data)
     run_cli("export", "--spec", str(spec), "--tier", "lite", "--precision", "onnx-int8-dynamic")
     lite = read_manifest(artifacts)["tiers"]["lite"]["variants"]

@@ -182,12 +182,20 @@ INVALID = {
     ),
     "unknown_required": (_set("export.required", ["trt-int2"]), "export.required[0]", "trt-int2"),
     "gate_auc_above_one": (
-        _set("export.gate", {"min_auc_ratio": 1.5}),
-        "export.gate.min_auc_ratio",
+        _set("export.acceptance", {"min_auc_ratio": 1.5}),
+        "export.acceptance.min_auc_ratio",
         "(0, 1]",
     ),
-    "gate_negative_ne": (_set("export.gate", {"max_ne_change": -0.1}), "export.gate.max_ne_change", ">= 0"),
-    "calibration_zero": (_set("export.calibration_requests", 0), "export.calibration_requests", "positive"),
+    "acceptance_negative_ne": (
+        _set("export.acceptance", {"max_ne_change": -0.1}),
+        "export.acceptance.max_ne_change",
+        ">= 0",
+    ),
+    "quantization_zero": (
+        _set("export.quantization_requests", 0),
+        "export.quantization_requests",
+        "positive",
+    ),
     "trt_max_below_opt": (
         _set("export.tensorrt", {"opt_candidates": 64, "max_candidates": 8}),
         "export.tensorrt.max_candidates",
@@ -327,3 +335,27 @@ def test_tier_config_gives_the_params_when_they_are_valid(tiny_spec: Spec) -> No
     assert config.embedding_dim == expected["embedding_dim"]
     assert config.cross_layers == expected["cross_layers"]
     assert config.hidden == tuple(expected["hidden"])
+
+
+def test_renamed_export_keys_are_still_read_with_a_warning_naming_the_new_key(tiny_spec_dict: dict) -> None:
+    import warnings
+
+    data = copy.deepcopy(tiny_spec_dict)
+    data.setdefault("export", {})
+    data["export"]["gate"] = {"max_ne_change": 0.02, "min_auc_ratio": 0.9}
+    data["export"]["calibration_requests"] = 17
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        spec = spec_from_dict(data, source="old.yaml")
+
+    assert spec.export.acceptance.max_ne_change == 0.02 and spec.export.acceptance.min_auc_ratio == 0.9
+    assert spec.export.quantization_requests == 17
+    messages = sorted(str(w.message) for w in caught if issubclass(w.category, FutureWarning))
+    assert len(messages) == 2
+    assert "old.yaml: key 'export.calibration_requests' is now 'export.quantization_requests'" in messages[0]
+    assert "old.yaml: key 'export.gate' is now 'export.acceptance'" in messages[1]
+    both = copy.deepcopy(tiny_spec_dict)
+    both["export"] = {"gate": {}}
+    both["export"]["acceptance"] = {}
+    with pytest.raises(SpecError, match="'export.gate' is the old name of 'export.acceptance'"):
+        spec_from_dict(both, source="both.yaml")

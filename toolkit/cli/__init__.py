@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib
 import logging
 import sys
+import warnings
 
 import click
 
@@ -124,11 +125,16 @@ def cli(ctx: click.Context, verbose: int, debug: bool) -> None:
     ctx.obj = {"debug": debug}
 
 
+def _one_line_warning(message: Warning | str, *_args: object, **_kwargs: object) -> None:
+    click.echo(f"warning: {message}", err=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI; turn toolkit errors into one line on stderr and exit code 1."""
     from toolkit.errors import ToolkitError
 
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])
+    warnings.showwarning = _one_line_warning
     try:
         cli.main(args=argv, prog_name="toolkit", standalone_mode=False)
     except ToolkitError as exc:

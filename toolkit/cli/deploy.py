@@ -97,7 +97,7 @@ def command(
     process, with bls it calls them through BLS. Every config.pbtxt is built as a protobuf message.
 
     Per tier, the variant deployed is the one pinned (--pin, then the spec's triton.pin) or the
-    fastest on the target that passed export's accuracy gate (mean latency over the timed candidate
+    fastest on the target that passed export's acceptance check (mean latency over the timed candidate
     counts); a FAILED or SKIPPED variant is never deployed.
 
     The repository is written beside --out and renamed into place, so a failed deploy leaves the

@@ -1,4 +1,4 @@
-"""``toolkit export``: every tier in every precision, checked against PyTorch, gated and timed."""
+"""``toolkit export``: every tier in every precision, checked against PyTorch, accepted or not, and timed."""
 
 from __future__ import annotations
 
@@ -55,13 +55,13 @@ def command(
     precisions: tuple[str, ...],
     force: bool,
 ) -> None:
-    """Export every tier to ONNX and TensorRT variants; check, gate and time each one.
+    """Export every tier to ONNX and TensorRT variants; check, accept and time each one.
 
     onnx-fp32 is exported from PyTorch and must match it on held-out requests (plus a
     one-candidate request and a short history) within export.tolerance. Every other variant is
     made from it, scored on all held-out requests and compared with fp32 PyTorch: a variant whose
-    NE changes more than export.gate.max_ne_change (either way), or whose AUC falls below
-    export.gate.min_auc_ratio of fp32's, is FAILED with the numbers and never deployed. A variant
+    NE changes more than export.acceptance.max_ne_change (either way), or whose AUC falls below
+    export.acceptance.min_auc_ratio of fp32's, is FAILED with the numbers and never deployed. A variant
     this machine cannot build (no GPU, no tensorrt package, an unsupported operator) is SKIPPED with
     the reason. Passing variants are timed (ONNX Runtime CPU, 1 thread; GPU providers where
     present) at export.timing_candidates until three windows agree within 10%.
@@ -153,11 +153,11 @@ def print_matrix(manifest: dict[str, Any], timing_candidates: tuple[int, ...], t
             reasons.setdefault((entry["status"], entry["reason"]), []).append(f"{model} {variant}")
     for (status, reason), where in reasons.items():
         console.print(f"{status} {', '.join(where)}: {reason}", highlight=False, soft_wrap=True)
-    gate = manifest.get("gate", {})
-    if gate:
+    bounds = manifest.get("acceptance") or manifest.get("gate", {})  # "gate": manifests before the rename
+    if bounds:
         console.print(
-            f"gate: NE within ±{gate['max_ne_change']:.2%}, AUC >= "
-            f"{gate['min_auc_ratio']:.2%} of fp32 PyTorch",
+            f"acceptance: NE within ±{bounds['max_ne_change']:.2%}, AUC >= "
+            f"{bounds['min_auc_ratio']:.2%} of fp32 PyTorch",
             highlight=False,
         )
     for name, tier in manifest["tiers"].items():

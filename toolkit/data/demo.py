@@ -69,8 +69,8 @@ def demo_quantization_set(spec: Spec) -> RequestSet:
     if files is not None:
         from toolkit.data.logs import read_requests
 
-        return read_requests(spec, files.calibration or files.train, spec.export.calibration_requests)
-    return _generate(spec, spec.export.calibration_requests, SPLITS["quantization"])
+        return read_requests(spec, files.calibration or files.train, spec.export.quantization_requests)
+    return _generate(spec, spec.export.quantization_requests, SPLITS["quantization"])
 
 
 def demo_gate_set(spec: Spec, num_requests: int) -> RequestSet:

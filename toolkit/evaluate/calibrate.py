@@ -324,7 +324,7 @@ def calibrate(spec: Spec, artifacts: Path, step: StepFn | None = None) -> dict[s
         What was written to ``calibration.json``.
 
     Raises:
-        RepositoryError: The exported tiers are missing or no variant passed the accuracy gate.
+        RepositoryError: The exported tiers are missing or no variant passed the acceptance check.
         DataError: The gate's requests cannot be read or cross-fitted.
     """
     from toolkit.train.gate import predict

@@ -83,7 +83,7 @@ def _int8_static(ctx: BuildContext, folder: Path) -> dict[str, Any]:
 
     calibration = ctx.calibration()
     int8_static(ctx.fp32, folder / ONNX_FILE, calibration)
-    return {"calibration_requests": len(calibration)}
+    return {"quantization_requests": len(calibration)}
 
 
 def _embeddings(bits: int, dense_int8: bool = False) -> Builder:

@@ -1,8 +1,8 @@
-"""``toolkit export``: every tier in every precision, each checked against PyTorch, gated and timed.
+"""``toolkit export``: every tier in every precision, checked against PyTorch, accepted or not, timed.
 
 The fp32 ONNX model of a tier is exported from PyTorch and must match it within
 ``export.tolerance``; every other variant is made from that file, scored on the held-out requests
-and kept only when it passes ``export.gate``. Results go to a status matrix (tier x variant ->
+and kept only when it passes ``export.acceptance``. Results go to a status matrix (tier x variant ->
 OK / FAILED / SKIPPED) in ``manifest.json``.
 """
 
@@ -24,13 +24,13 @@ import torch
 
 from toolkit import __version__
 from toolkit.errors import ExportError, ParityError
+from toolkit.export.acceptance import acceptance_dict
 from toolkit.export.build import (
     ONNX_FILE,
     BuildContext,
     VariantUnavailableError,
     build_variant,
 )
-from toolkit.export.gate import gate_dict
 from toolkit.export.manifest import FORMAT, FP32, file_entries, read_manifest, sha256_file, write_manifest
 from toolkit.export.manifest import verify_files as _verify_files
 from toolkit.export.steps import FAILED, OK, SKIPPED, Exporter, StepFn
@@ -286,7 +286,7 @@ def run_export(
             "spec": spec.source,
             "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "machine": machine_facts(),
-            "gate": gate_dict(spec.export.gate),
+            "acceptance": acceptance_dict(spec.export.acceptance),
             "preprocess": {"model": spec.preprocess_model, "variants": {FP32: pre_entry}},
             "tiers": {t: tier_entries[t] for t in spec.tier_names if t in tier_entries},
         }

@@ -1,4 +1,4 @@
-"""The steps of one export run: shared request sets, fp32 export with parity, gate, timing."""
+"""The steps of one export run: shared request sets, fp32 export with parity, acceptance, timing."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from torch import nn
 
 from toolkit.data.demo import demo_holdout_set, demo_quantization_set
 from toolkit.data.requests import REQUEST_TENSORS, RequestSet
+from toolkit.export.acceptance import AcceptanceResult, Reference, judge
 from toolkit.export.build import ONNX_FILE, Runner, runners
-from toolkit.export.gate import GateResult, Reference, judge
 from toolkit.export.manifest import FP32
 from toolkit.export.onnx_export import PREPROCESSED, SCORE, export_preprocess, export_tier
 from toolkit.export.parity import check_parity, cpu_session
@@ -204,11 +204,13 @@ class Exporter:
         return {"parity_requests": report.requests}
 
     def evaluate(self, tier: str, variant: str, folder: Path, model: nn.Module) -> dict[str, Any]:
-        """Score the held-out requests with a built variant and apply the gate (timing comes later)."""
+        """Score the held-out requests with a built variant and apply the acceptance check (no timing)."""
         first: Runner = runners(variant, folder)[0]
         self.step(f"{tier} {variant}: held-out quality ({first.target})")
         scores = np.concatenate([first.run(pre) for pre in self.holdout_preprocessed()])
-        result: GateResult = judge(self.reference(tier, model), scores, self.spec.export.gate, SCORE)
+        result: AcceptanceResult = judge(
+            self.reference(tier, model), scores, self.spec.export.acceptance, SCORE
+        )
         return {
             "status": OK if result.passed else FAILED,
             "reason": "; ".join(result.failures),

@@ -1,4 +1,4 @@
-"""Which exported variant of each tier to deploy: pinned, or the fastest that passed the gate."""
+"""Which exported variant of each tier to deploy: pinned, or the fastest that passed the acceptance check."""
 
 from __future__ import annotations
 
@@ -73,7 +73,7 @@ def select_variant(
 ) -> Selection:
     """Choose the variant of one tier to deploy on ``target``.
 
-    A pinned variant is used if it passed; otherwise the fastest variant that passed the gate and
+    A pinned variant is used if it passed; otherwise the fastest variant that passed the acceptance check and
     can run on the target, by mean latency on that target over the timed candidate counts (within
     :data:`NOISE` of the fastest, the most precise variant wins). For the
     GPU target, variants without a GPU timing (an export run on a machine without a GPU) are
@@ -95,8 +95,8 @@ def select_variant(
     if not eligible:
         summary = ", ".join(f"{v} {e.get('status')}" for v, e in variants.items()) or "none exported"
         raise RepositoryError(
-            f"tier {tier!r} has no variant that passed the gate and runs on {target} ({summary}); "
-            "run `toolkit export` and see its status matrix"
+            f"tier {tier!r} has no variant that passed the acceptance check and runs on {target} "
+            f"({summary}); run `toolkit export` and see its status matrix"
         )
     timed = {v: mean_latency(e, target) for v, e in eligible.items()}
     measured = {v: t for v, t in timed.items() if t is not None}

@@ -260,7 +260,7 @@ def deploy(
     """Write the model repository for ``spec`` from the exported artifacts.
 
     Per tier, the variant deployed is the one pinned (``pins``, then the spec's ``triton.pin``) or
-    the fastest on ``target`` that passed the accuracy gate (see
+    the fastest on ``target`` that passed the acceptance check (see
     :func:`~toolkit.repository.select.select_variant`). The repository is written beside ``out``
     and renamed into place, so a failed deploy leaves the previous repository as it was.
 

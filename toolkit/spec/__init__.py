@@ -2,11 +2,11 @@
 
 from toolkit.spec.load import DEFAULT_SPEC, load_spec, spec_from_dict
 from toolkit.spec.schema import (
+    AcceptanceSpec,
     CandidateRange,
     DataSpec,
     ExportSpec,
     Features,
-    GateSpec,
     HistoryFeature,
     KubernetesSpec,
     PathsSpec,
@@ -28,7 +28,7 @@ __all__ = [
     "DataSpec",
     "ExportSpec",
     "Features",
-    "GateSpec",
+    "AcceptanceSpec",
     "HistoryFeature",
     "KubernetesSpec",
     "PathsSpec",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
+import warnings
 from pathlib import Path
 from typing import Any, Literal
 
@@ -61,8 +62,43 @@ def spec_from_dict(data: Any, source: str = "<dict>") -> Spec:
     """
     if not isinstance(data, dict):
         raise SpecError(f"{source}: expected a mapping at the top level, got {_kind(data)}")
-    data = {**data, "source": source}
+    data = {**_renamed_keys(data, source), "source": source}
     return _build(Spec, data, source, "")
+
+
+RENAMED_KEYS: dict[str, tuple[str, str]] = {
+    "gate": ("export", "acceptance"),
+    "calibration_requests": ("export", "quantization_requests"),
+}
+"""Old key -> (section, new key): keys renamed in a section, still read, with a warning."""
+
+
+def _renamed_keys(data: dict[str, Any], source: str) -> dict[str, Any]:
+    """``data`` with renamed keys under their new names; each old key read gives a FutureWarning.
+
+    Raises:
+        SpecError: A section has both the old and the new name of a key.
+    """
+    out = dict(data)
+    for old, (section, new) in RENAMED_KEYS.items():
+        values = out.get(section)
+        if not isinstance(values, dict) or old not in values:
+            continue
+        if new in values:
+            raise SpecError(
+                f"{source}: key '{section}.{old}' is the old name of '{section}.{new}'; "
+                f"give only '{section}.{new}'"
+            )
+        values = dict(values)
+        values[new] = values.pop(old)
+        out[section] = values
+        warnings.warn(
+            f"{source}: key '{section}.{old}' is now '{section}.{new}'; the old name is still read, but "
+            "will stop being read in a later release",
+            FutureWarning,
+            stacklevel=3,
+        )
+    return out
 
 
 def build_dataclass(cls: type, data: Any, source: str, key: str) -> Any:

@@ -407,8 +407,8 @@ class Tolerance:
 
 
 @dataclass(frozen=True)
-class GateSpec:
-    """Accuracy gate every exported variant must pass on the held-out requests to be deployable.
+class AcceptanceSpec:
+    """The acceptance check every exported variant must pass on the held-out requests to be deployable.
 
     Both bounds compare the variant under ONNX Runtime (or TensorRT) with the fp32 PyTorch model on
     the same requests. The NE bound is two-sided, because a variant is meant to be the same model:
@@ -417,7 +417,7 @@ class GateSpec:
 
     Attributes:
         max_ne_change: Largest relative change in normalized entropy, either way (0.001 = 0.1%).
-        min_auc_ratio: Smallest AUC as a share of fp32's (0.999 = the MLPerf DLRM "99.9%" gate).
+        min_auc_ratio: Smallest AUC as a share of fp32's (0.999 = the MLPerf DLRM "99.9%" target).
     """
 
     max_ne_change: float = 0.001
@@ -477,9 +477,11 @@ class ExportSpec:
             from it).
         required: Variants that must pass for ``toolkit export`` to succeed; any other variant may
             be FAILED or SKIPPED and the run still exits 0.
-        calibration_requests: Generated requests (from the training distribution) that calibrate
-            ``onnx-int8-static`` and the TensorRT int8/fp8 engines.
-        gate: Accuracy gate on the held-out requests.
+        quantization_requests: Generated requests (from the training distribution) that calibrate
+            ``onnx-int8-static`` and the TensorRT int8/fp8 engines (read from ``calibration_requests``
+            too, the key's old name).
+        acceptance: The acceptance check on the held-out requests (read from ``gate`` too, the
+            key's old name).
         tensorrt: TensorRT engine settings.
     """
 
@@ -490,8 +492,8 @@ class ExportSpec:
     timing_rounds: int = 3
     precisions: tuple[str, ...] = tuple(VARIANTS)
     required: tuple[str, ...] = (FP32,)
-    calibration_requests: int = 256
-    gate: GateSpec = field(default_factory=GateSpec)
+    quantization_requests: int = 256
+    acceptance: AcceptanceSpec = field(default_factory=AcceptanceSpec)
     tensorrt: TensorRTSpec = field(default_factory=TensorRTSpec)
 
     def __post_init__(self) -> None:
@@ -501,9 +503,9 @@ class ExportSpec:
             raise KeyedValueError("timing_candidates", "must be a non-empty list of positive counts")
         if self.timing_rounds < 1:
             raise KeyedValueError("timing_rounds", f"must be positive, got {self.timing_rounds}")
-        if self.calibration_requests < 1:
+        if self.quantization_requests < 1:
             raise KeyedValueError(
-                "calibration_requests", f"must be positive, got {self.calibration_requests}"
+                "quantization_requests", f"must be positive, got {self.quantization_requests}"
             )
         for key in ("precisions", "required"):
             for i, name in enumerate(getattr(self, key)):
@@ -714,7 +716,7 @@ class TritonSpec:
         target: Hardware the deployed tiers run on: ``cpu`` (ONNX variants on CPU instances) or
             ``gpu`` (TensorRT engines, or ONNX Runtime with the TensorRT accelerator, on GPU
             instances of an NGC tritonserver).
-        pin: Variant to deploy per tier, instead of the fastest one that passed the gate.
+        pin: Variant to deploy per tier, instead of the fastest one that passed the acceptance check.
     """
 
     backend: Literal["auto", "onnxruntime", "python"] = "auto"

@@ -1,4 +1,4 @@
-"""The accuracy gate: judge() on crafted scores, and a damaged variant through the real export."""
+"""The acceptance check: judge() on crafted scores, and a damaged variant through the real export."""
 
 from __future__ import annotations
 
@@ -13,13 +13,13 @@ from onnx import numpy_helper
 
 from toolkit.errors import RepositoryError
 from toolkit.export import build, run_export
-from toolkit.export.gate import Reference, judge
+from toolkit.export.acceptance import Reference, judge
 from toolkit.repository import deploy
 from toolkit.repository.select import select_variant
-from toolkit.spec import GateSpec, spec_from_dict
+from toolkit.spec import AcceptanceSpec, spec_from_dict
 from toolkit.spec.variants import CPU, VARIANTS, VariantInfo
 
-GATE = GateSpec()
+GATE = AcceptanceSpec()
 
 
 def _reference(seed: int = 0, n: int = 4000) -> Reference:
@@ -43,7 +43,7 @@ def test_judge_fails_with_the_numbers_when_noise_raises_ne() -> None:
     result = judge(ref, noisy, GATE, "score")
     assert not result.passed
     assert result.quality["ne_delta_rel"] > GATE.max_ne_change
-    assert "NE" in result.failures[0] and "gate" in result.failures[0]
+    assert "NE" in result.failures[0] and "acceptance" in result.failures[0]
     assert result.max_abs_error["score"] == pytest.approx(float(np.max(np.abs(noisy - ref.scores))))
 
 
@@ -77,7 +77,9 @@ def _one_bit_everywhere(ctx: build.BuildContext, folder: Path) -> dict:
     return {}
 
 
-def test_gate_fails_a_damaged_variant_and_deploy_never_selects_it(pipeline, tmp_path, monkeypatch) -> None:
+def test_acceptance_fails_a_damaged_variant_and_deploy_never_selects_it(
+    pipeline, tmp_path, monkeypatch
+) -> None:
     name = "onnx-1bit-everything"
     monkeypatch.setitem(VARIANTS, name, VariantInfo(name, "onnx", (CPU,), "test: one bit per weight"))
     monkeypatch.setitem(build.BUILDERS, name, _one_bit_everywhere)
@@ -93,7 +95,7 @@ def test_gate_fails_a_damaged_variant_and_deploy_never_selects_it(pipeline, tmp_
 
     entry = manifest["tiers"]["xl"]["variants"][name]
     assert entry["status"] == "FAILED"
-    assert abs(entry["quality"]["ne_delta_rel"]) > spec.export.gate.max_ne_change
+    assert abs(entry["quality"]["ne_delta_rel"]) > spec.export.acceptance.max_ne_change
     assert "NE" in entry["reason"] and "against fp32 PyTorch" in entry["reason"]
     assert "files" not in entry and not (artifacts / "xl" / name).exists()
     variants = manifest["tiers"]["xl"]["variants"]

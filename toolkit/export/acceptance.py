@@ -1,4 +1,4 @@
-"""The accuracy gate: a variant's held-out quality against the fp32 PyTorch model's."""
+"""The acceptance check: a variant's held-out quality against the fp32 PyTorch model's."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from toolkit.metrics import normalized_entropy, roc_auc
-from toolkit.spec.schema import GateSpec
+from toolkit.spec.schema import AcceptanceSpec
 
 
 @dataclass(frozen=True)
@@ -35,14 +35,14 @@ class Reference:
 
 
 @dataclass(frozen=True)
-class GateResult:
+class AcceptanceResult:
     """How one variant did on the held-out requests.
 
     Attributes:
         quality: NE/AUC of the variant and of fp32 PyTorch, and the relative deltas.
         max_abs_error: Largest |variant - PyTorch fp32| per output.
         max_rel_error: Largest relative difference per output.
-        failures: Why the gate failed (empty when it passed).
+        failures: Why the variant failed (empty when it passed).
     """
 
     quality: dict[str, float]
@@ -52,17 +52,19 @@ class GateResult:
 
     @property
     def passed(self) -> bool:
-        """The variant is within the gate."""
+        """The variant passed."""
         return not self.failures
 
 
-def judge(reference: Reference, scores: np.ndarray, gate: GateSpec, output: str) -> GateResult:
-    """Compare a variant's held-out scores with the reference and apply the gate.
+def judge(
+    reference: Reference, scores: np.ndarray, acceptance: AcceptanceSpec, output: str
+) -> AcceptanceResult:
+    """Compare a variant's held-out scores with the reference and apply the acceptance check.
 
     Args:
         reference: fp32 PyTorch on the same requests.
         scores: The variant's scores, aligned with ``reference.scores``.
-        gate: Bounds on the NE rise and the AUC ratio.
+        acceptance: Bounds on the NE rise and the AUC ratio.
         output: Output name, for the error dictionaries.
     """
     scores = np.asarray(scores, dtype=np.float64)
@@ -71,12 +73,12 @@ def judge(reference: Reference, scores: np.ndarray, gate: GateSpec, output: str)
     if scores.shape != want.shape:
         failures.append(f"held-out scores have shape {scores.shape}, PyTorch gives {want.shape}")
         nan = float("nan")
-        return GateResult({}, {output: nan}, {output: nan}, tuple(failures))
+        return AcceptanceResult({}, {output: nan}, {output: nan}, tuple(failures))
     if not np.all(np.isfinite(scores)):
         bad = int((~np.isfinite(scores)).sum())
         failures.append(f"{bad} held-out scores are NaN or Inf")
         nan = float("nan")
-        return GateResult({}, {output: nan}, {output: nan}, tuple(failures))
+        return AcceptanceResult({}, {output: nan}, {output: nan}, tuple(failures))
     diff = np.abs(scores - want)
     rel = diff / np.maximum(np.abs(want), 1e-12)
     ctr = float(reference.labels.mean())
@@ -92,19 +94,19 @@ def judge(reference: Reference, scores: np.ndarray, gate: GateSpec, output: str)
         "ne_delta_rel": (ne - reference.ne) / reference.ne,
         "auc_ratio": auc / reference.auc,
     }
-    if abs(quality["ne_delta_rel"]) > gate.max_ne_change:
+    if abs(quality["ne_delta_rel"]) > acceptance.max_ne_change:
         failures.append(
             f"NE {ne:.5f} is {quality['ne_delta_rel']:+.3%} against fp32 PyTorch {reference.ne:.5f} "
-            f"(gate: within ±{gate.max_ne_change:.3%})"
+            f"(acceptance: within ±{acceptance.max_ne_change:.3%})"
         )
-    if quality["auc_ratio"] < gate.min_auc_ratio:
+    if quality["auc_ratio"] < acceptance.min_auc_ratio:
         failures.append(
             f"AUC {auc:.5f} is {quality['auc_ratio']:.4%} of fp32 PyTorch {reference.auc:.5f} "
-            f"(gate: at least {gate.min_auc_ratio:.2%})"
+            f"(acceptance: at least {acceptance.min_auc_ratio:.2%})"
         )
-    return GateResult(quality, {output: float(diff.max())}, {output: float(rel.max())}, tuple(failures))
+    return AcceptanceResult(quality, {output: float(diff.max())}, {output: float(rel.max())}, tuple(failures))
 
 
-def gate_dict(gate: GateSpec) -> dict[str, Any]:
-    """The gate as recorded in the manifest."""
-    return {"max_ne_change": gate.max_ne_change, "min_auc_ratio": gate.min_auc_ratio}
+def acceptance_dict(acceptance: AcceptanceSpec) -> dict[str, Any]:
+    """The acceptance bounds as recorded in the manifest."""
+    return {"max_ne_change": acceptance.max_ne_change, "min_auc_ratio": acceptance.min_auc_ratio}
