@@ -80,7 +80,15 @@ class HistoryFeature:
 
 @dataclass(frozen=True)
 class Features:
-    """The request schema: sizes of each request tensor and its tables."""
+    """The request schema: sizes of each request tensor and its tables.
+
+    Attributes:
+        user_dense: Width D of ``user_dense`` [1, D], numeric user and context features.
+        ad_dense: Width of ``ad_dense`` [N, D], numeric candidate features.
+        user_sparse: Categorical user and context features, one column each of ``user_sparse`` [1, S].
+        ad_sparse: Categorical candidate features, one column each of ``ad_sparse`` [N, S].
+        history: The user's recently engaged ads, ``user_history`` [1, L].
+    """
 
     user_dense: int
     ad_dense: int
@@ -117,7 +125,12 @@ class Features:
 
 @dataclass(frozen=True)
 class CandidateRange:
-    """How many candidates a generated request carries (uniform between the bounds)."""
+    """How many candidates a generated request carries (uniform between the bounds).
+
+    Attributes:
+        min: Fewest candidates of a request (at least 1).
+        max: Most candidates of a request.
+    """
 
     min: int
     max: int
@@ -376,7 +389,14 @@ class TierSpec:
 
 @dataclass(frozen=True)
 class TrainingSpec:
-    """How the demo tiers are trained."""
+    """How the demo tiers are trained.
+
+    Attributes:
+        epochs: Passes over the training requests.
+        batch_requests: Requests per optimizer step (each with all its candidates).
+        learning_rate: Adam's peak learning rate (a one-cycle schedule; constant under four steps).
+        weight_decay: Adam's weight decay.
+    """
 
     epochs: int = 1
     batch_requests: int = 64
@@ -394,7 +414,12 @@ class TrainingSpec:
 
 @dataclass(frozen=True)
 class Tolerance:
-    """Largest allowed difference between an exported model and PyTorch."""
+    """Largest allowed difference between an exported model and PyTorch.
+
+    Attributes:
+        atol: Absolute part: ``|onnx - torch| <= atol + rtol * |torch|``.
+        rtol: Relative part of the same bound.
+    """
 
     atol: float = 1e-5
     rtol: float = 1e-4
@@ -966,7 +991,13 @@ class KubernetesSpec:
 
 @dataclass(frozen=True)
 class PathsSpec:
-    """Where each stage writes, relative to the working directory unless absolute."""
+    """Where each stage writes, relative to the working directory unless absolute.
+
+    Attributes:
+        checkpoints: ``toolkit train``'s checkpoints and training report.
+        artifacts: ``toolkit export``'s variants and manifest, and the later stages' reports.
+        repository: The Triton model repository ``toolkit deploy`` writes.
+    """
 
     checkpoints: str = "checkpoints"
     artifacts: str = "artifacts"
