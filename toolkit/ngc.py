@@ -12,6 +12,7 @@ TensorRT version in the spec (``kubernetes.image_tensorrt``).
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from toolkit.errors import RepositoryError
@@ -141,6 +142,34 @@ def check_plan(where: str, built: str, image: str, stated: str = "") -> str | No
         "or pin the tier's ONNX variant (onnx-fp16) so the server builds its own engines with the image's "
         "TensorRT (kubernetes.engine_cache keeps them across pods)."
     )
+
+
+def check_plans(built: Mapping[str, str | None], image: str, stated: str = "") -> tuple[str, ...]:
+    """:func:`check_plan` for several plans; a plan whose builder's version is not recorded gets a note.
+
+    Args:
+        built: Per plan, what it is (for the messages) and the TensorRT version that built it, or None.
+        image: The serving image.
+        stated: The image's TensorRT version from the spec, or "".
+
+    Returns:
+        Notes for plans that could not be checked.
+
+    Raises:
+        RepositoryError: A plan was built by another TensorRT than the image's.
+    """
+    notes = []
+    for where, version in built.items():
+        if not version:
+            notes.append(
+                f"{where}: no record says which TensorRT built the plan, so it is not checked "
+                f"against {image}."
+            )
+            continue
+        note = check_plan(where, version, image, stated)
+        if note:
+            notes.append(note)
+    return tuple(notes)
 
 
 def _pip_version(version: str) -> str:

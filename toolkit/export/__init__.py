@@ -6,8 +6,7 @@ in PyTorch (the ``export`` extra) for commands that only read what export wrote.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from toolkit.lazy import lazy_attributes
 
 _EXPORTS = {
     "FP32": "toolkit.export.manifest",
@@ -25,8 +24,4 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'toolkit.export' has no attribute {name!r}")
-    return getattr(importlib.import_module(_EXPORTS[name]), name)
+__getattr__ = lazy_attributes(__name__, _EXPORTS)

@@ -383,10 +383,10 @@ def check_deployed_plans(spec: Spec, pools: list[PoolDeployment]) -> tuple[str, 
     import json
 
     from toolkit.layout import MARKER
-    from toolkit.ngc import check_plan
+    from toolkit.ngc import check_plans
 
     root = Path(spec.paths.repository)
-    notes = []
+    built: dict[str, str | None] = {}
     for pool in pools:
         marker = root / pool.name / MARKER if spec.pools else root / MARKER
         try:
@@ -394,15 +394,8 @@ def check_deployed_plans(spec: Spec, pools: list[PoolDeployment]) -> tuple[str, 
         except (OSError, ValueError):
             continue
         for tier, engine in engines.items():
-            note = check_plan(
-                f"pool {pool.name}, tier {tier} ({marker})",
-                str(engine.get("tensorrt_version")),
-                cluster_image(spec),
-                spec.kubernetes.image_tensorrt,
-            )
-            if note:
-                notes.append(note)
-    return tuple(notes)
+            built[f"pool {pool.name}, tier {tier} ({marker})"] = engine.get("tensorrt_version")
+    return check_plans(built, cluster_image(spec), spec.kubernetes.image_tensorrt)
 
 
 def write_fleet(

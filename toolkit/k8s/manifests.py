@@ -585,6 +585,11 @@ def _s3_env(pool: PoolDeployment) -> list[dict[str, Any]]:
     return env
 
 
+def _container_env(pool: PoolDeployment) -> list[dict[str, Any]]:
+    """The Triton container's environment: the S3 settings, then the pool's own variables."""
+    return _s3_env(pool) + [{"name": key, "value": value} for key, value in pool.env.items()]
+
+
 def _http_probe(
     path: str, pool: PoolDeployment, period: int, failures: int, delay: int = 0
 ) -> dict[str, Any]:
@@ -681,7 +686,7 @@ def _build_engines_job(cluster: ClusterSettings, pool: PoolDeployment, name: str
         "imagePullPolicy": "IfNotPresent",
         "command": ["/bin/sh", "-c", build_engines_script(pool)],
     }
-    env = _s3_env(pool) + [{"name": key, "value": value} for key, value in pool.env.items()]
+    env = _container_env(pool)
     if env:
         container["env"] = env
     container.update({"resources": _resources(pool), "volumeMounts": mounts})
@@ -722,7 +727,7 @@ def _scheduling(cluster: ClusterSettings, pool: PoolDeployment) -> dict[str, Any
 
 def _deployment(cluster: ClusterSettings, pool: PoolDeployment, name: str) -> dict[str, Any]:
     volumes, mounts = _volumes(pool, name)
-    env = _s3_env(pool) + [{"name": key, "value": value} for key, value in pool.env.items()]
+    env = _container_env(pool)
     container: dict[str, Any] = {
         "name": "tritonserver",
         "image": pool.image or cluster.image,

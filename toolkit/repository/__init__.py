@@ -6,8 +6,7 @@ does not pull in what writing one needs.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from toolkit.lazy import lazy_attributes
 
 _EXPORTS = {
     "TIER_OUTPUT": "toolkit.repository.configs",
@@ -24,8 +23,4 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'toolkit.repository' has no attribute {name!r}")
-    return getattr(importlib.import_module(_EXPORTS[name]), name)
+__getattr__ = lazy_attributes(__name__, _EXPORTS)

@@ -470,29 +470,19 @@ def check_plans(spec: Spec, engines: dict[str, dict[str, Any]], variants: dict[s
         variants: Variant per tier in ``engines``.
 
     Returns:
-        Notes for plans that could not be checked (an image the table does not list).
+        Notes for plans that could not be checked (an image the table does not list, a plan whose
+        TensorRT the manifest does not record).
 
     Raises:
         RepositoryError: A plan was built by another TensorRT than the image's.
     """
     from toolkit.k8s.fleet import cluster_image
-    from toolkit.ngc import check_plan
+    from toolkit.ngc import check_plans as check
 
-    image = cluster_image(spec)
-    notes = []
-    for tier, engine in engines.items():
-        where = f"tier {tier} ({variants[tier]})"
-        built = engine.get("tensorrt_version")
-        if not built:
-            notes.append(
-                f"{where}: the export manifest does not say which TensorRT built the plan, so it is not "
-                f"checked against {image}."
-            )
-            continue
-        note = check_plan(where, str(built), image, spec.kubernetes.image_tensorrt)
-        if note:
-            notes.append(note)
-    return tuple(notes)
+    built = {
+        f"tier {tier} ({variants[tier]})": engine.get("tensorrt_version") for tier, engine in engines.items()
+    }
+    return check(built, cluster_image(spec), spec.kubernetes.image_tensorrt)
 
 
 def _write_marker(
