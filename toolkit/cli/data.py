@@ -14,7 +14,7 @@ def command() -> None:
     """Request logs: the files `data.files` in a spec points at.
 
     Tiers train and are evaluated on generated requests unless the spec's data.files names request
-    logs (Criteo TSV, Parquet or CSV; see the README, "Request logs"). `write` turns generated
+    logs (Criteo TSV, Parquet or CSV; see docs/request-logs.md). `write` turns generated
     requests into such a file (to see the layout, or to test a pipeline on files); `check` reads
     the files a spec names from end to end and reports what it found.
     """
