@@ -18,8 +18,7 @@ the file and column.
 
 from __future__ import annotations
 
-import re
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,34 +28,44 @@ import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
+from toolkit.data.log_columns import (
+    CRITEO_COLUMNS,
+    CRITEO_DENSE,
+    CRITEO_LABEL,
+    CRITEO_SPARSE,
+    default_columns,
+)
+from toolkit.data.log_values import (
+    Fail,
+    is_text,
+    parse_floats,
+    parse_hex_ids,
+    parse_ids,
+)
+from toolkit.data.log_writer import write_requests
 from toolkit.data.requests import RequestSet
 from toolkit.errors import DataError, first_line
-from toolkit.spec.schema import LOG_FORMATS, LogColumns, LogFiles, Spec
+from toolkit.spec.schema import LogColumns, LogFiles, Spec
 
-CRITEO_LABEL = "label"
-CRITEO_DENSE = tuple(f"I{i}" for i in range(1, 14))
-CRITEO_SPARSE = tuple(f"C{i}" for i in range(1, 27))
-CRITEO_COLUMNS = (CRITEO_LABEL, *CRITEO_DENSE, *CRITEO_SPARSE)
-"""Columns of a Criteo display-advertising TSV row, in file order."""
+__all__ = [
+    "CRITEO_COLUMNS",
+    "CRITEO_DENSE",
+    "CRITEO_LABEL",
+    "CRITEO_SPARSE",
+    "LogSummary",
+    "concat_requests",
+    "default_columns",
+    "dense_statistics",
+    "iter_requests",
+    "read_requests",
+    "summarize",
+    "write_requests",
+]
 
 _MIN_BLOCK = 1 << 20
 _MAX_BLOCK = 1 << 26
 _BLOCK_BYTES_PER_ROW = 512
 _LISTED_COLUMNS = 40
-_INT64_LIMIT = 1 << 63
-_HEX_DIGITS = 16
-_NIBBLE = np.full(256, -1, dtype=np.int16)
-for _i, _c in enumerate("0123456789abcdef"):
-    _NIBBLE[ord(_c)] = _i
-    _NIBBLE[ord(_c.upper())] = _i
-_INTEGER = re.compile(r"[+-]?[0-9]+")
-_NUMBER = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?|[+-]?(?i:inf|infinity|nan)")
-_SHIFTS = np.arange(4 * (_HEX_DIGITS - 1), -1, -4, dtype=np.uint64)
-
-_NUMERIC_TYPES = (pa.types.is_integer, pa.types.is_floating, pa.types.is_boolean, pa.types.is_decimal)
-
-Fail = Callable[[int, str], DataError]
-"""Builds the error for the value at an index of the array being parsed."""
 
 
 @dataclass(frozen=True)
@@ -85,55 +94,6 @@ class LogSummary:
     def ctr(self) -> float:
         """Clicks per candidate."""
         return self.clicks / self.candidates
-
-
-def default_columns(spec: Spec, format: str, values: bool = False) -> LogColumns:
-    """The columns :func:`write_requests` uses when the spec names none.
-
-    Parquet and CSV: ``request_id``, ``label``, ``user_dense_0..``, the user sparse feature names,
-    ``history``, ``ad_dense_0..``, the ad sparse feature names and, if ``values``, ``value``.
-    Criteo: ``label``; the user dense then ad dense features on ``I1..``, the user sparse then ad
-    sparse features on ``C1..``; no request id (every row is a request), no history and no value.
-
-    Args:
-        spec: The spec whose features the columns hold.
-        format: ``criteo``, ``parquet`` or ``csv``.
-        values: Whether the log holds request values (a ``value`` column); ignored for Criteo.
-
-    Returns:
-        The column mapping, ready for a spec's ``data.files.columns``.
-
-    Raises:
-        DataError: The format is unknown, or the features do not fit Criteo's 13 integer and 26
-            categorical columns.
-    """
-    _check_format(format)
-    f = spec.features
-    if format == "criteo":
-        dense, sparse = f.user_dense + f.ad_dense, len(f.user_sparse) + len(f.ad_sparse)
-        if dense > len(CRITEO_DENSE) or sparse > len(CRITEO_SPARSE):
-            raise DataError(
-                f"criteo logs hold {len(CRITEO_DENSE)} dense and {len(CRITEO_SPARSE)} categorical "
-                f"columns; the features need {dense} dense and {sparse} categorical"
-            )
-        nu = len(f.user_sparse)
-        return LogColumns(
-            user_dense=CRITEO_DENSE[: f.user_dense],
-            ad_dense=CRITEO_DENSE[f.user_dense : dense],
-            user_sparse=CRITEO_SPARSE[:nu],
-            ad_sparse=CRITEO_SPARSE[nu:sparse],
-            label=CRITEO_LABEL,
-        )
-    return LogColumns(
-        request_id="request_id",
-        label="label",
-        user_dense=tuple(f"user_dense_{i}" for i in range(f.user_dense)),
-        user_sparse=tuple(s.name for s in f.user_sparse),
-        history="history",
-        ad_dense=tuple(f"ad_dense_{i}" for i in range(f.ad_dense)),
-        ad_sparse=tuple(s.name for s in f.ad_sparse),
-        value="value" if values else "",
-    )
 
 
 def iter_requests(spec: Spec, path: str | Path, chunk_rows: int | None = None) -> Iterator[RequestSet]:
@@ -278,53 +238,6 @@ def concat_requests(sets: Iterable[RequestSet]) -> RequestSet:
         informative=np.concatenate([s.informative for s in sets]),
         values=values,
     )
-
-
-def write_requests(requests: RequestSet, spec: Spec, path: str | Path, format: str) -> None:
-    """Write a request set as a log file that :func:`iter_requests` reads back.
-
-    Columns: ``data.files.columns`` when the spec has ``data.files`` (for ``criteo`` only if those
-    files are Criteo too), else :func:`default_columns` (with a ``value`` column when the requests
-    carry ``values``). Parquet and CSV get one row per candidate with its request's user columns
-    repeated; request ids are the request's index; the history holds the non-padding ids, oldest
-    first (a list in Parquet, ids separated by spaces in CSV); the value column (when the columns
-    name one) holds each request's value on each of its rows, 1 when the requests carry none.
-    Criteo gets ``label, I1..I13, C1..C26`` without a header: dense values as they are, ids in
-    lowercase hex, id 0 and unused columns empty. It has no request id (each row reads back as a
-    request with one candidate), no history and no value (request values are not written).
-
-    Args:
-        requests: The requests (raw ids).
-        spec: The spec the requests follow.
-        path: File to write (its folder is created).
-        format: ``criteo``, ``parquet`` or ``csv``.
-
-    Raises:
-        DataError: The columns do not fit the format (or name one column twice), or a Criteo id is
-            negative.
-    """
-    _check_format(format)
-    files = spec.data.files
-    use_spec = files is not None and (format != "criteo" or files.format == "criteo")
-    if use_spec and files is not None:
-        columns = files.columns
-    else:
-        columns = default_columns(spec, format, values=requests.values is not None)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if format == "criteo":
-        _write_criteo(requests, columns, path)
-        return
-    table = _table(requests, columns, history_as_text=format == "csv")
-    if format == "parquet":
-        pq.write_table(table, path)
-    else:
-        pa_csv.write_csv(table, path)
-
-
-def _check_format(format: str) -> None:
-    if format not in LOG_FORMATS:
-        raise DataError(f"unknown log format {format!r}; expected one of {', '.join(LOG_FORMATS)}")
 
 
 def _files_spec(spec: Spec) -> LogFiles:
@@ -498,7 +411,7 @@ def _to_requests(chunk: _Chunk, spec: Spec) -> RequestSet:
     )
     offsets = np.append(starts, n).astype(np.int64)
     first = np.repeat(starts, np.diff(offsets))
-    labels = _floats(chunk.column(columns.label), chunk.fail(columns.label), required=True)
+    labels = parse_floats(chunk.column(columns.label), chunk.fail(columns.label), required=True)
     outside = np.flatnonzero((labels < 0) | (labels > 1))
     if outside.size:
         raise chunk.fail(columns.label)(int(outside[0]), f"label {labels[outside[0]]:g} is not in [0, 1]")
@@ -507,15 +420,15 @@ def _to_requests(chunk: _Chunk, spec: Spec) -> RequestSet:
         _agree(chunk, columns.request_id, name, first, values != values[first])
         return values[starts]
 
-    ids = _hex_ids if chunk.format == "criteo" else _ids
-    user_dense = [user(c, _floats(chunk.column(c), chunk.fail(c))) for c in columns.user_dense]
+    ids = parse_hex_ids if chunk.format == "criteo" else parse_ids
+    user_dense = [user(c, parse_floats(chunk.column(c), chunk.fail(c))) for c in columns.user_dense]
     user_sparse = [user(c, ids(chunk.column(c), chunk.fail(c))) for c in columns.user_sparse]
     length = spec.features.history.length
     if columns.history:
         history = _history(chunk, columns.history, columns.request_id, first, starts, length)
     else:
         history = np.zeros((len(starts), length), dtype=np.int64)
-    ad_dense = [_floats(chunk.column(c), chunk.fail(c)) for c in columns.ad_dense]
+    ad_dense = [parse_floats(chunk.column(c), chunk.fail(c)) for c in columns.ad_dense]
     ad_sparse = [ids(chunk.column(c), chunk.fail(c)) for c in columns.ad_sparse]
     values = user(columns.value, _values(chunk, columns.value)) if columns.value else None
     return RequestSet(
@@ -534,7 +447,7 @@ def _to_requests(chunk: _Chunk, spec: Spec) -> RequestSet:
 def _values(chunk: _Chunk, name: str) -> np.ndarray:
     """Request values of every row of column ``name``: given, finite (as FP32) and positive."""
     fail = chunk.fail(name)
-    values = _floats(chunk.column(name), fail, required=True)
+    values = parse_floats(chunk.column(name), fail, required=True)
     bad = np.flatnonzero(~(values > 0))
     if bad.size:
         raise fail(int(bad[0]), f"value {values[bad[0]]:g} is not positive")
@@ -553,112 +466,12 @@ def _agree(chunk: _Chunk, request_id: str, name: str, first: np.ndarray, differs
     )
 
 
-def _is_text(arr: pa.Array) -> bool:
-    return pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type)
-
-
-def _text(arr: pa.Array) -> pa.Array:
-    arr = pc.utf8_trim_whitespace(arr.cast(pa.string()))
-    return pc.if_else(pc.equal(arr, ""), "0", arr).fill_null("0")
-
-
-def _first_bad(values: list[str], pattern: re.Pattern[str]) -> tuple[int, str]:
-    for i, value in enumerate(values):
-        if not pattern.fullmatch(value):
-            return i, value
-    return -1, ""
-
-
-def _floats(arr: pa.Array, fail: Fail, required: bool = False) -> np.ndarray:
-    if required:
-        empty = arr.is_null()
-        if _is_text(arr):
-            empty = pc.or_(empty, pc.equal(pc.utf8_trim_whitespace(arr), ""))
-        where = np.flatnonzero(empty.to_numpy(zero_copy_only=False))
-        if where.size:
-            raise fail(int(where[0]), "value is empty")
-    if _is_text(arr):
-        text = _text(arr)
-        try:
-            values = pc.cast(text, pa.float32())
-        except pa.ArrowInvalid as exc:
-            i, value = _first_bad(text.to_pylist(), _NUMBER)
-            raise fail(
-                max(i, 0), f"{value!r} is not a number" if i >= 0 else first_line(exc, with_type=False)
-            ) from None
-        out = values.to_numpy(zero_copy_only=False)
-    elif any(check(arr.type) for check in _NUMERIC_TYPES):
-        out = pc.cast(arr, pa.float64(), safe=False).fill_null(0.0).to_numpy().astype(np.float32)
-    else:
-        raise fail(0, f"holds {arr.type}, expected numbers")
-    bad = np.flatnonzero(~np.isfinite(out))
-    if bad.size:
-        raise fail(int(bad[0]), f"{out[bad[0]]} is not a finite number (as FP32)")
-    return out
-
-
-def _ids(arr: pa.Array, fail: Fail) -> np.ndarray:
-    if _is_text(arr):
-        text = _text(arr)
-        try:
-            return pc.cast(text, pa.int64()).to_numpy(zero_copy_only=False)
-        except pa.ArrowInvalid as exc:
-            values = text.to_pylist()
-            i, value = _first_bad(values, _INTEGER)
-            if i >= 0:
-                raise fail(i, f"{value!r} is not an integer id") from None
-            big = [j for j, v in enumerate(values) if not -_INT64_LIMIT <= int(v) < _INT64_LIMIT]
-            if big:
-                raise fail(big[0], f"id {values[big[0]]} does not fit INT64") from None
-            raise fail(0, first_line(exc, with_type=False)) from None
-    if pa.types.is_unsigned_integer(arr.type):
-        values = pc.cast(arr, pa.uint64()).fill_null(0).to_numpy()
-        big = np.flatnonzero(values >= np.uint64(_INT64_LIMIT))
-        if big.size:
-            raise fail(int(big[0]), f"id {values[big[0]]} does not fit INT64")
-        return values.astype(np.int64)
-    if pa.types.is_integer(arr.type):
-        return pc.cast(arr, pa.int64()).fill_null(0).to_numpy()
-    if pa.types.is_floating(arr.type):
-        values = pc.cast(arr, pa.float64()).fill_null(0.0).to_numpy()
-        bad = np.flatnonzero((values != np.round(values)) | ~(np.abs(values) < _INT64_LIMIT))
-        if bad.size:
-            raise fail(int(bad[0]), f"{values[bad[0]]} is not an INT64 id")
-        return values.astype(np.int64)
-    raise fail(0, f"holds {arr.type}, expected integer ids")
-
-
-def _hex_ids(arr: pa.Array, fail: Fail) -> np.ndarray:
-    """Criteo categorical values: hex strings of up to 16 digits; empty is 0 (missing)."""
-    n = len(arr)
-    if not n:
-        return np.zeros(0, dtype=np.int64)
-    if not _is_text(arr):
-        raise fail(0, f"holds {arr.type}, expected hex ids")
-    text = pc.utf8_trim_whitespace(arr.cast(pa.string())).fill_null("")
-    padded = pc.utf8_lpad(text, _HEX_DIGITS, "0").cast(pa.string())
-    bounds = np.frombuffer(padded.buffers()[1], dtype=np.int32)[padded.offset : padded.offset + n + 1]
-    wrong = np.flatnonzero(np.diff(bounds) != _HEX_DIGITS)
-    if wrong.size:
-        raise fail(int(wrong[0]), f"{text[int(wrong[0])].as_py()!r} is not a hex id of at most 16 digits")
-    chars = np.frombuffer(padded.buffers()[2], dtype=np.uint8)[bounds[0] : bounds[0] + n * _HEX_DIGITS]
-    nibbles = _NIBBLE[chars.reshape(n, _HEX_DIGITS)]
-    bad = np.flatnonzero((nibbles < 0).any(axis=1))
-    if bad.size:
-        raise fail(int(bad[0]), f"{text[int(bad[0])].as_py()!r} is not a hex id")
-    values = (nibbles.astype(np.uint64) << _SHIFTS).sum(axis=1, dtype=np.uint64)
-    big = np.flatnonzero(values >= np.uint64(_INT64_LIMIT))
-    if big.size:
-        raise fail(int(big[0]), f"id {text[int(big[0])].as_py()} does not fit INT64")
-    return values.astype(np.int64)
-
-
 def _history(
     chunk: _Chunk, name: str, request_id: str, first: np.ndarray, starts: np.ndarray, length: int
 ) -> np.ndarray:
     arr = chunk.column(name)
     n = len(arr)
-    if _is_text(arr):
+    if is_text(arr):
         lists = pc.utf8_split_whitespace(pc.utf8_trim_whitespace(arr.cast(pa.string())).fill_null(""))
     elif (
         pa.types.is_list(arr.type)
@@ -670,10 +483,10 @@ def _history(
         raise chunk.fail(name)(0, f"holds {arr.type}, expected a list of ids or ids separated by spaces")
     flat = pc.list_flatten(lists)
     rows = pc.list_parent_indices(lists).to_numpy(zero_copy_only=False)
-    if _is_text(flat):
+    if is_text(flat):
         keep = pc.not_equal(flat, "").to_numpy(zero_copy_only=False)
         flat, rows = flat.filter(pa.array(keep)), rows[keep]
-    values = _ids(flat, chunk.fail(name, rows)) if len(flat) else np.zeros(0, dtype=np.int64)
+    values = parse_ids(flat, chunk.fail(name, rows)) if len(flat) else np.zeros(0, dtype=np.int64)
     counts = np.bincount(rows, minlength=n).astype(np.int64)
     bounds = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
     if request_id and len(starts) < n:
@@ -716,80 +529,3 @@ class _Moments:
     @property
     def std(self) -> np.ndarray:
         return np.sqrt(self.m2 / max(self.count, 1))
-
-
-def _history_lists(history: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Offsets and values of each row's ids from its first non-zero one (the padding dropped)."""
-    nonzero = history != 0
-    first = np.where(nonzero.any(axis=1), nonzero.argmax(axis=1), history.shape[1])
-    keep = np.arange(history.shape[1])[None, :] >= first[:, None]
-    counts = keep.sum(axis=1)
-    return np.concatenate([[0], np.cumsum(counts)]).astype(np.int32), history[keep]
-
-
-def _table(requests: RequestSet, columns: LogColumns, history_as_text: bool) -> pa.Table:
-    names = columns.names()
-    repeated = sorted({c for c in names if names.count(c) > 1})
-    if repeated:
-        raise DataError(f"cannot write a log that names column {repeated[0]!r} twice")
-    of = requests.request_index()
-    data: dict[str, pa.Array] = {}
-    if columns.request_id:
-        data[columns.request_id] = pa.array(of.astype(np.int64))
-    data[columns.label] = pa.array(requests.labels.astype(np.float32))
-    for j, name in enumerate(columns.user_dense):
-        data[name] = pa.array(requests.user_dense[of, j])
-    for j, name in enumerate(columns.user_sparse):
-        data[name] = pa.array(requests.user_sparse[of, j])
-    if columns.history:
-        offsets, values = _history_lists(requests.user_history)
-        lists = pa.ListArray.from_arrays(pa.array(offsets), pa.array(values, pa.int64())).take(pa.array(of))
-        if history_as_text:
-            lists = pc.binary_join(pc.cast(lists, pa.list_(pa.string())), " ")
-        data[columns.history] = lists
-    if columns.value:
-        data[columns.value] = pa.array(requests.value_weights()[of])
-    for j, name in enumerate(columns.ad_dense):
-        data[name] = pa.array(requests.ad_dense[:, j])
-    for j, name in enumerate(columns.ad_sparse):
-        data[name] = pa.array(requests.ad_sparse[:, j])
-    return pa.table(data)
-
-
-def _hex_text(ids: np.ndarray, column: str) -> pa.Array:
-    negative = np.flatnonzero(ids < 0)
-    if negative.size:
-        raise DataError(f"criteo column {column!r}: id {ids[negative[0]]} is negative; Criteo ids are hex")
-    return pa.array([format(v, "x") if v else None for v in ids.tolist()], pa.string())
-
-
-def _write_criteo(requests: RequestSet, columns: LogColumns, path: Path) -> None:
-    if columns.request_id or columns.history or columns.value:
-        raise DataError(
-            f"{path}: criteo logs have no request id, history or value column; the spec names one"
-        )
-    checks = [(columns.label, (CRITEO_LABEL,))]
-    checks += [(c, CRITEO_DENSE) for c in columns.user_dense + columns.ad_dense]
-    checks += [(c, CRITEO_SPARSE) for c in columns.user_sparse + columns.ad_sparse]
-    for name, allowed in checks:
-        if name not in allowed:
-            raise DataError(f"{path}: {name!r} is not a Criteo column for this value ({allowed[0]}..)")
-    names = columns.names()
-    repeated = sorted({c for c in names if names.count(c) > 1})
-    if repeated:
-        raise DataError(f"{path}: cannot write a log that names column {repeated[0]!r} twice")
-    of = requests.request_index()
-    labels = requests.labels
-    integral = bool(np.all(labels == np.round(labels)))
-    data = {name: pa.nulls(requests.num_candidates, pa.string()) for name in CRITEO_COLUMNS}
-    data[columns.label] = pc.cast(pa.array(labels.astype(np.int64) if integral else labels), pa.string())
-    for j, name in enumerate(columns.user_dense):
-        data[name] = pc.cast(pa.array(requests.user_dense[of, j]), pa.string())
-    for j, name in enumerate(columns.ad_dense):
-        data[name] = pc.cast(pa.array(requests.ad_dense[:, j]), pa.string())
-    for j, name in enumerate(columns.user_sparse):
-        data[name] = _hex_text(requests.user_sparse[of, j], name)
-    for j, name in enumerate(columns.ad_sparse):
-        data[name] = _hex_text(requests.ad_sparse[:, j], name)
-    options = pa_csv.WriteOptions(include_header=False, delimiter="\t", quoting_style="none")
-    pa_csv.write_csv(pa.table(data), path, options)
