@@ -19,11 +19,11 @@ from toolkit.errors import UserModelError
 from toolkit.export.onnx_adapter import (
     OnnxFileTier,
     check_onnx_file,
-    per_pair_cost,
     wrap_onnx_file,
 )
 from toolkit.export.onnx_export import SCORE, export_tier
 from toolkit.export.parity import cpu_session
+from toolkit.export.per_pair import per_pair_cost
 from toolkit.flops import FlopsError, count_flops
 from toolkit.models.preprocess import Preprocess
 from toolkit.models.user import UserTier, check_outputs

@@ -185,7 +185,7 @@ class Exporter:
             self.step(f"{tier}: export to ONNX")
             export_tier(model, _as_torch(self.timing_inputs(3)), folder / ONNX_FILE, self.spec.export.opset)
         if entry.model is not None and entry.model.layout == "pair":
-            from toolkit.export.onnx_adapter import per_pair_cost
+            from toolkit.export.per_pair import per_pair_cost
 
             self.step(f"{tier}: per-pair model, counting the user-side work it repeats per candidate")
             self._cache[f"per-pair-{tier}"] = per_pair_cost(
