@@ -171,7 +171,8 @@ def test_deploy_publishes_every_model_config_last_and_the_marker_when_out_is_s3(
     for model in (spec.name, spec.preprocess_model, spec.router_model, *spec.tier_names):
         assert f"  {model}" in published and f"{model}/config.pbtxt" in stored
     assert "config.pbtxt last" in published
-    assert f"--model-repository=s3://{endpoint}/{BUCKET}/ranking/prod" in published
+    host_port = endpoint.removeprefix("http://")
+    assert f"--model-repository=s3://{host_port}/{BUCKET}/ranking/prod" in published  # Triton's HTTP form
     local_marker = json.loads((pipeline.repository / MARKER).read_text())
     assert remote_marker(endpoint, "ranking/prod")["variants"] == local_marker["variants"]
 

@@ -518,8 +518,8 @@ def test_kserve_structural_validation(change: Any, message: str) -> None:
         ({"min_replicas": 5, "max_replicas": 2}, "max_replicas must be an integer of at least 5"),
         ({"replicas": 20}, "replicas must be at most 10"),
         ({"http_port": 8001}, "ports must differ"),
-        ({"repository_url": "/models/cpu"}, "repository_url must be s3://bucket/prefix"),
-        ({"s3_endpoint": "minio.storage"}, "Triton needs the port"),
+        ({"repository_url": "/models/cpu"}, "repository '/models/cpu' is not an S3 URL"),
+        ({"s3_endpoint": "minio.storage:x"}, "is not an endpoint"),
         (
             {"repository_url": "s3://minio:9000/models/x", "s3_endpoint": "minio:9000"},
             "already names an endpoint",

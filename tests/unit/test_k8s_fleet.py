@@ -214,8 +214,10 @@ def test_pool_deployments_map_the_spec(tmp_path: Path) -> None:
 
 def test_errors_name_the_spec_file_and_key(tmp_path: Path) -> None:
     data = pools_dict(tmp_path)
-    data["kubernetes"]["s3_endpoint"] = "minio.storage"  # no port
-    with pytest.raises(ManifestError, match=r"^spec\.yaml: key 'kubernetes\.s3_endpoint': .*needs the port"):
+    data["kubernetes"]["s3_endpoint"] = "minio.storage:x"  # not a port
+    with pytest.raises(
+        ManifestError, match=r"^spec\.yaml: key 'kubernetes\.s3_endpoint': .*is not an endpoint"
+    ):
         pool_deployments(spec_from_dict(data, "spec.yaml"))
     data = pools_dict(tmp_path, s3_endpoint="")
     data["pools"][0]["cpu"] = "two"

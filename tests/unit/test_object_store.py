@@ -176,6 +176,7 @@ def test_location_url_and_keys_round_trip_when_prefix_empty_or_not() -> None:
         ("http://minio.local:9000/", "http://minio.local:9000"),
         ("https://storage.example", "https://storage.example:443"),
         ("http://storage.example", "http://storage.example:80"),
+        ("127.0.0.1:9000", "http://127.0.0.1:9000"),
     ],
 )
 def test_parse_endpoint_fills_the_port_when_absent(endpoint: str, url: str) -> None:
@@ -185,8 +186,8 @@ def test_parse_endpoint_fills_the_port_when_absent(endpoint: str, url: str) -> N
 @pytest.mark.parametrize(
     "endpoint",
     [
-        "127.0.0.1:9000",
         "ftp://host:21",
+        "http://host:0",
         "http://host:9000/path",
         "http://[::1]:9000",
         "http://u:p@host:1",
@@ -200,10 +201,7 @@ def test_parse_endpoint_raises_naming_the_flag_when_malformed(endpoint: str) -> 
 
 def test_triton_repository_url_puts_the_endpoint_inside_when_one_is_given() -> None:
     assert triton_repository_url(URL) == URL
-    assert (
-        triton_repository_url(URL, "http://127.0.0.1:9000")
-        == "s3://http://127.0.0.1:9000/models/ranking/prod"
-    )
+    assert triton_repository_url(URL, "http://127.0.0.1:9000") == "s3://127.0.0.1:9000/models/ranking/prod"
     assert triton_repository_url("s3://models", "https://s3.example") == "s3://https://s3.example:443/models"
 
 
@@ -431,7 +429,7 @@ def test_server_options_pass_the_triton_url_and_strict_configs_when_repository_i
         repository=URL, s3_endpoint="http://127.0.0.1:9000", grpc_port=9001, http_port=9000, metrics_port=9002
     )
     argv = build_argv(options, TritonInstall(binary=Path("/bin/tritonserver"), kind="explicit"), None)
-    assert "--model-repository=s3://http://127.0.0.1:9000/models/ranking/prod" in argv
+    assert "--model-repository=s3://127.0.0.1:9000/models/ranking/prod" in argv
     assert "--disable-auto-complete-config" in argv
     assert options.repository == URL and options.is_s3
 
@@ -448,7 +446,7 @@ def test_server_options_keep_local_folders_as_before_when_not_s3(tmp_path: Path)
     ("kwargs", "match"),
     [
         ({"repository": "s3://Bad/x"}, "--repository 's3://Bad/x'"),
-        ({"repository": URL, "s3_endpoint": "localhost:9000"}, "--s3-endpoint"),
+        ({"repository": URL, "s3_endpoint": "ftp://localhost:9000"}, "--s3-endpoint"),
     ],
 )
 def test_server_options_raise_server_error_when_s3_settings_malformed(kwargs: dict, match: str) -> None:

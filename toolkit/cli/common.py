@@ -38,6 +38,14 @@ def folder(given: Path | None, default: str) -> Path:
     return given if given is not None else Path(default)
 
 
+def shown(path: Path) -> str:
+    """A path as messages show it: relative to the working directory when it lies below it."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
 def fmt(value: float | None, digits: int = 4) -> str:
     """A number for a table cell; blank for None or NaN."""
     if value is None or value != value:

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from toolkit.cli.common import folder, load, spec_option
+from toolkit.cli.common import folder, load, shown, spec_option
 
 if TYPE_CHECKING:
     from toolkit.repository import DeployResult
@@ -114,7 +114,7 @@ def command(
     are published before the entry pool, so a router never calls a tier its pool does not have yet.
     """
     from toolkit.repository import deploy
-    from toolkit.repository.object_store import is_s3_url, parse_endpoint, parse_s3_url
+    from toolkit.repository.object_store import is_s3_url, parse_s3_url
     from toolkit.serve.backends import resolve_backend
 
     spec = load(spec_path)
@@ -123,9 +123,7 @@ def command(
     if s3_endpoint is not None and not publishing:
         raise click.UsageError("--s3-endpoint needs --out s3://BUCKET/PREFIX")
     if publishing:
-        parse_s3_url(out, "--out")
-        if s3_endpoint is not None:
-            parse_endpoint(s3_endpoint)
+        parse_s3_url(out, "--out", s3_endpoint)
     if not spec.pools:
         target = target or spec.triton.target
     chosen = "onnxruntime" if target == "gpu" and backend is None else None
@@ -151,12 +149,12 @@ def command(
             return
     if result.pools:
         click.echo(
-            f"{'replaced' if result.replaced else 'wrote'} {result.repository}/ with one repository per "
-            f"pool (tier backend on cpu pools: {chosen})"
+            f"{'replaced' if result.replaced else 'wrote'} {shown(result.repository)}/ with one repository "
+            f"per pool (tier backend on cpu pools: {chosen})"
         )
     else:
         click.echo(
-            f"{'replaced' if result.replaced else 'wrote'} {result.repository}/ "
+            f"{'replaced' if result.replaced else 'wrote'} {shown(result.repository)}/ "
             f"(target {result.target}, tier backend: {chosen})"
         )
     _describe(spec, result)

@@ -45,12 +45,12 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
+from toolkit import s3url
 from toolkit.errors import RepositoryError, one_line
 from toolkit.layout import MARKER
+from toolkit.s3url import S3_SCHEME, Endpoint, S3Location, is_s3_url
 
-S3_SCHEME = "s3://"
 CONFIG = "config.pbtxt"
 PUBLISHING = ".toolkit-publishing.json"
 """Object at the top of the prefix while a publish runs; left behind when one was interrupted."""
@@ -58,133 +58,56 @@ PUBLISHING = ".toolkit-publishing.json"
 DIGEST_METADATA = "toolkit-digest"
 VERSIONS_METADATA = "toolkit-versions"
 
-_SEGMENT = re.compile(r"[0-9A-Za-z._-]+")
-"""Characters Triton accepts in each part of an S3 path (beyond them it misreads the URL)."""
-_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
-_HOST = re.compile(r"[0-9A-Za-z.-]+")
 _DELETE_BATCH = 1000
 _SKIPPED = ("__pycache__",)
 
-
-def is_s3_url(value: object) -> bool:
-    """Whether ``value`` is a string spelled ``s3://...`` (a ``Path`` never is: it folds ``//``)."""
-    return isinstance(value, str) and value.startswith(S3_SCHEME)
-
-
-@dataclass(frozen=True)
-class S3Location:
-    """A repository's place in an object store.
-
-    Attributes:
-        bucket: The bucket.
-        prefix: Key prefix of the repository, without leading or trailing ``/``; empty for the
-            bucket's top.
-    """
-
-    bucket: str
-    prefix: str = ""
-
-    @property
-    def url(self) -> str:
-        """``s3://bucket/prefix``."""
-        return f"{S3_SCHEME}{self.bucket}/{self.prefix}" if self.prefix else f"{S3_SCHEME}{self.bucket}"
-
-    def key(self, relative: str) -> str:
-        """The object key of ``relative`` (a path inside the repository)."""
-        return f"{self.prefix}/{relative}" if self.prefix else relative
-
-    @property
-    def list_prefix(self) -> str:
-        """The prefix every object of the repository starts with."""
-        return f"{self.prefix}/" if self.prefix else ""
+__all__ = [
+    "S3_SCHEME",
+    "Endpoint",
+    "S3Location",
+    "check_repository",
+    "is_s3_url",
+    "make_client",
+    "parse_endpoint",
+    "parse_s3_url",
+    "publish",
+    "triton_repository_url",
+]
 
 
-@dataclass(frozen=True)
-class Endpoint:
-    """An S3-compatible endpoint: ``scheme://host:port``."""
-
-    scheme: str
-    host: str
-    port: int
-
-    @property
-    def url(self) -> str:
-        """``http://host:port`` or ``https://host:port``."""
-        return f"{self.scheme}://{self.host}:{self.port}"
-
-
-def parse_s3_url(url: str, flag: str = "--out") -> S3Location:
-    """Parse ``s3://BUCKET[/PREFIX]`` (a trailing ``/`` is dropped).
-
-    Args:
-        url: The URL given.
-        flag: The option it came from, named in errors.
+def parse_s3_url(url: str, flag: str = "--out", endpoint: str | None = None) -> S3Location:
+    """Parse a repository URL (:mod:`toolkit.s3url`'s grammar), with ``endpoint`` if given.
 
     Raises:
-        RepositoryError: The URL is not ``s3://``, the bucket name is not a valid S3 bucket name, or
-            a part of the prefix is empty, ``.``/``..`` or uses characters beyond letters, digits,
-            ``.``, ``_`` and ``-`` (all Triton reads in an S3 path).
+        RepositoryError: The URL or the endpoint is malformed (one line naming ``flag``).
     """
-    if not is_s3_url(url):
-        raise RepositoryError(f"{flag} {url!r} is not an S3 URL: expected s3://BUCKET/PREFIX")
-    rest = url[len(S3_SCHEME) :].rstrip("/")
-    bucket, _, prefix = rest.partition("/")
-    if not _BUCKET.fullmatch(bucket) or ".." in bucket:
-        raise RepositoryError(
-            f"{flag} {url!r}: {bucket!r} is not a valid bucket name (3 to 63 lowercase letters, digits, "
-            "dots and hyphens, starting and ending with a letter or digit); expected s3://BUCKET/PREFIX"
-        )
-    parts = prefix.split("/") if prefix else []
-    for part in parts:
-        if not _SEGMENT.fullmatch(part) or part in (".", ".."):
-            raise RepositoryError(
-                f"{flag} {url!r}: prefix part {part!r} is not allowed; use letters, digits, '.', '_' and "
-                "'-' between single slashes (Triton reads nothing else in an S3 path)"
-            )
-    return S3Location(bucket, "/".join(parts))
+    try:
+        return s3url.parse_s3_url(url, endpoint)
+    except s3url.EndpointError as exc:
+        raise RepositoryError(f"--s3-endpoint {exc}") from None
+    except ValueError as exc:
+        raise RepositoryError(f"{flag} {exc}") from None
 
 
 def parse_endpoint(endpoint: str, flag: str = "--s3-endpoint") -> Endpoint:
-    """Parse an S3-compatible endpoint ``http[s]://HOST[:PORT]`` (port 80 or 443 when absent).
+    """Parse an S3-compatible endpoint, ``[http://|https://]HOST[:PORT]``.
 
     Raises:
-        RepositoryError: Not http or https, a path, query or credentials in it, or a host Triton
-            cannot spell in a repository URL (IPv6 literals among them).
+        RepositoryError: The endpoint is malformed (one line naming ``flag``).
     """
     try:
-        parts = urlsplit(endpoint)
-        port = parts.port
+        return s3url.parse_endpoint(endpoint)
     except ValueError as exc:
-        raise RepositoryError(f"{flag} {endpoint!r} is not a URL: {exc}") from None
-    if parts.scheme not in ("http", "https"):
-        raise RepositoryError(
-            f"{flag} {endpoint!r} must start with http:// or https:// (e.g. http://HOST:9000)"
-        )
-    host = parts.hostname or ""
-    if not host or not _HOST.fullmatch(host) or parts.username or parts.password:
-        raise RepositoryError(
-            f"{flag} {endpoint!r}: expected http[s]://HOST[:PORT] with a host name or IPv4 address "
-            "(Triton's S3 support reads no IPv6 literals or credentials in the URL)"
-        )
-    if parts.path not in ("", "/") or parts.query or parts.fragment:
-        raise RepositoryError(
-            f"{flag} {endpoint!r}: an S3 endpoint has no path or query; expected http[s]://HOST[:PORT]"
-        )
-    return Endpoint(parts.scheme, host, port or (443 if parts.scheme == "https" else 80))
+        raise RepositoryError(f"{flag} {exc}") from None
 
 
 def triton_repository_url(url: str, endpoint: str | None = None, flag: str = "--repository") -> str:
-    """The ``--model-repository`` value for Triton.
+    """The ``--model-repository`` value for Triton: the endpoint inside the URL when there is one.
 
-    Without an endpoint it is the URL itself (AWS S3, region from ``AWS_DEFAULT_REGION``). With one,
-    Triton wants the endpoint inside the URL: ``s3://http://HOST:PORT/BUCKET/PREFIX``.
+    Raises:
+        RepositoryError: The URL or the endpoint is malformed.
     """
-    location = parse_s3_url(url, flag)
-    if endpoint is None:
-        return location.url
-    ep = parse_endpoint(endpoint)
-    tail = f"{location.bucket}/{location.prefix}" if location.prefix else location.bucket
-    return f"{S3_SCHEME}{ep.url}/{tail}"
+    return parse_s3_url(url, flag, endpoint).triton_url
 
 
 @dataclass(frozen=True)
@@ -268,12 +191,12 @@ def publish(
             credentials, no such bucket, endpoint unreachable, access denied). One line, naming the
             URL and the endpoint.
     """
-    location = parse_s3_url(url, flag)
-    ep = parse_endpoint(endpoint) if endpoint is not None else None
-    triton_url = triton_repository_url(url, endpoint, flag)
+    location = parse_s3_url(url, flag, endpoint)
+    ep = location.endpoint
+    triton_url = location.triton_url
     models, top_files = _scan_local(Path(local_repository))
     say = progress or (lambda line: None)
-    s3 = client if client is not None else make_client(endpoint)
+    s3 = client if client is not None else make_client(ep)
     with translate_errors(location, ep, "publishing"):
         remote = _list_remote(s3, location)
         replaced = MARKER in remote
@@ -316,9 +239,9 @@ def check_repository(
         RepositoryError: Malformed URL or endpoint, nothing under the prefix, or the object store
             fails (credentials, bucket, endpoint), in one line.
     """
-    location = parse_s3_url(url, flag)
-    ep = parse_endpoint(endpoint) if endpoint is not None else None
-    s3 = client if client is not None else make_client(endpoint)
+    location = parse_s3_url(url, flag, endpoint)
+    ep = location.endpoint
+    s3 = client if client is not None else make_client(ep)
     with translate_errors(location, ep, "reading"):
         reply = s3.list_objects_v2(Bucket=location.bucket, Prefix=location.list_prefix, MaxKeys=1000)
         keys = {obj["Key"][len(location.list_prefix) :] for obj in reply.get("Contents", [])}
@@ -332,7 +255,7 @@ def check_repository(
     return ""
 
 
-def make_client(endpoint: str | None = None) -> Any:
+def make_client(endpoint: Endpoint | str | None = None) -> Any:
     """A boto3 S3 client for AWS (``None``) or an S3-compatible endpoint (path-style addressing).
 
     Credentials and region come from boto3's usual places: ``AWS_ACCESS_KEY_ID``,
@@ -342,7 +265,7 @@ def make_client(endpoint: str | None = None) -> Any:
     import boto3
     from botocore.config import Config
 
-    ep = parse_endpoint(endpoint) if endpoint is not None else None
+    ep = parse_endpoint(endpoint) if isinstance(endpoint, str) else endpoint
     session = boto3.session.Session()
     config = Config(
         connect_timeout=10,
@@ -451,7 +374,7 @@ def _scan_model(folder: Path, root: Path) -> _LocalModel:
 
 def _check_name(path: Path, root: Path) -> None:
     for part in path.relative_to(root).parts:
-        if not _SEGMENT.fullmatch(part):
+        if not s3url.SEGMENT.fullmatch(part):
             raise RepositoryError(
                 f"{path}: {part!r} cannot be published: Triton reads only letters, digits, '.', '_' and "
                 "'-' in S3 paths; rename it"

@@ -115,7 +115,9 @@ class ServerOptions:
     @property
     def is_s3(self) -> bool:
         """Whether the repository is an ``s3://`` URL."""
-        return isinstance(self.repository, str) and self.repository.startswith("s3://")
+        from toolkit.s3url import is_s3_url
+
+        return is_s3_url(self.repository)
 
     @property
     def model_repository(self) -> str:
@@ -127,12 +129,10 @@ class ServerOptions:
         return str(Path(self.repository).resolve())
 
     def _check_s3(self) -> None:
-        from toolkit.repository.object_store import parse_endpoint, parse_s3_url
+        from toolkit.repository.object_store import parse_s3_url
 
         try:
-            parse_s3_url(str(self.repository), "--repository")
-            if self.s3_endpoint is not None:
-                parse_endpoint(self.s3_endpoint)
+            parse_s3_url(str(self.repository), "--repository", self.s3_endpoint)
         except RepositoryError as exc:
             raise ServerError(str(exc)) from None
 
