@@ -5,14 +5,15 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 SPEC ?= ensembles/ads_ranking.yaml
 
-.PHONY: install demo test lint format clean help bench bench-precision bench-tiers bench-router bench-per-pair \
+.PHONY: install demo test lint docs docs-serve format clean help bench bench-precision bench-tiers bench-router bench-per-pair \
 	bench-adaptive bench-pytriton bench-pools bench-realdata bench-soak
 
 help:
 	@echo "make demo   - install, train, export, deploy, serve, send gRPC traffic, print a summary, stop"
 	@echo "make test   - install, then ruff and the whole test suite (starts the real embedded tritonserver)"
 	@echo "make bench  - run the benchmarks in benchmarks/ (results in benchmarks/results/)"
-	@echo "make lint   - ruff check and format check"
+	@echo "make lint   - ruff check and format check, import contracts, docs site build (--strict)"
+	@echo "make docs   - build the documentation site into site/ (make docs-serve: serve it locally)"
 	@echo "make clean  - remove generated checkpoints, artifacts and model repository"
 
 # Every extra but gpu (TensorRT needs an NVIDIA GPU), at the exact versions of constraints.txt.
@@ -66,16 +67,24 @@ bench-soak: install
 	$(BIN)/python benchmarks/soak.py --spec $(SPEC)
 
 lint: install
-	$(BIN)/ruff check toolkit tests benchmarks
-	$(BIN)/ruff format --check toolkit tests benchmarks
+	$(BIN)/ruff check toolkit tests benchmarks scripts
+	$(BIN)/ruff format --check toolkit tests benchmarks scripts
 	$(BIN)/lint-imports
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
+
+# The documentation site (mkdocs.yml): `make docs` builds it into site/, `make docs-serve` serves it.
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
+docs-serve: install
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve
 
 test: lint
 	$(BIN)/pytest -p no:cacheprovider
 
 format: install
-	$(BIN)/ruff format toolkit tests benchmarks
-	$(BIN)/ruff check --fix toolkit tests benchmarks
+	$(BIN)/ruff format toolkit tests benchmarks scripts
+	$(BIN)/ruff check --fix toolkit tests benchmarks scripts
 
 clean:
-	rm -rf checkpoints artifacts model_repository
+	rm -rf checkpoints artifacts model_repository site
