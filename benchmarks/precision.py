@@ -3,9 +3,10 @@
 Reports, for the demo tiers:
   1. latency of every passing ONNX variant against fp32 (ONNX Runtime CPU, one thread) at
      N = 16, 64, 256 candidates, the variants timed in interleaved rounds so that drift of a shared
-     machine hits them alike; the speed-up of the best int8 variant (target >= 1.3x within the gate);
+     machine hits them alike; the speed-up of the best int8 variant (target >= 1.3x within the
+     acceptance bounds);
   2. embedding bytes of the row-wise int8 and int4 variants against fp32 (target: int4 <= 15%);
-  3. the quality deltas of every variant against fp32 PyTorch (from export's accuracy gate).
+  3. the quality deltas of every variant against fp32 PyTorch (from export's acceptance check).
 
 Writes ``benchmarks/results/precision.md`` and ``precision.json``. Trains the demo tiers first if
 their checkpoints are missing, and runs ``toolkit export``, which reuses unchanged variants.
@@ -68,9 +69,9 @@ def run(spec_path: Path, rounds: int, out: Path) -> dict[str, Any]:
     artifacts = ROOT / spec.paths.artifacts
     manifest = read_manifest(artifacts)
     sessions = {}
-    for tier, entry in manifest["tiers"].items():
-        for variant, v in entry["variants"].items():
-            if v["status"] == "OK" and VARIANTS[variant].engine == "onnx":
+    for tier, entry in manifest.tiers.items():
+        for variant, v in entry.variants.items():
+            if v.passed and VARIANTS[variant].engine == "onnx":
                 sessions[(tier, variant)] = cpu_session(str(artifacts / tier / variant / "model.onnx"))
     inputs = {n: _inputs(spec, artifacts, n) for n in COUNTS}
     samples = _time_interleaved(sessions, inputs, rounds)
@@ -89,18 +90,22 @@ def run(spec_path: Path, rounds: int, out: Path) -> dict[str, Any]:
         "spec": str(spec_path),
         "rounds": rounds,
         "counts": list(COUNTS),
-        "gate": manifest["gate"],
+        "acceptance": manifest.acceptance,
         "latency_ms": latency,
         "speedup_vs_fp32": speedups,
         "manifest": {
             tier: {
                 variant: {
-                    k: v.get(k)
-                    for k in ("status", "reason", "quality", "embeddings", "bytes", "max_abs_error")
+                    "status": v.status.value,
+                    "reason": v.reason,
+                    "quality": v.quality,
+                    "embeddings": v.details.get("embeddings"),
+                    "bytes": v.bytes,
+                    "max_abs_error": v.max_abs_error,
                 }
-                for variant, v in entry["variants"].items()
+                for variant, v in entry.variants.items()
             }
-            for tier, entry in manifest["tiers"].items()
+            for tier, entry in manifest.tiers.items()
         },
     }
     write_report(out, "precision", result, render(result))
@@ -125,7 +130,7 @@ def render(result: dict[str, Any]) -> str:
         "",
         f"Median of {result['rounds']} interleaved rounds; in each round every variant is timed until "
         "three windows agree within 10%. Speed-up = fp32 time / variant time, paired per round. "
-        f"Target: the best int8 variant >= {SPEEDUP_TARGET}x faster than fp32, within the gate.",
+        f"Target: the best int8 variant >= {SPEEDUP_TARGET}x faster than fp32, within the acceptance bounds.",
         "",
     ]
     counts = result["counts"]
@@ -161,9 +166,9 @@ def render(result: dict[str, Any]) -> str:
     lines += ["", *verdicts, "", "## 2. Embedding bytes against fp32", ""]
     lines += [
         f"Row-wise quantized tables with per-row scale and offset (fp32 for int8, fp16 for int4). "
-        f"Target: int4 <= {INT4_TARGET:.0%} of fp32, within the gate.",
+        f"Target: int4 <= {INT4_TARGET:.0%} of fp32, within the acceptance bounds.",
         "",
-        "| tier | fp32 bytes | int8 bytes | int8 share | int4 bytes | int4 share | int4 gate | target |",
+        "| tier | fp32 bytes | int8 bytes | int8 share | int4 bytes | int4 share | int4 status | target |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for tier, variants in result["manifest"].items():
@@ -177,12 +182,13 @@ def render(result: dict[str, Any]) -> str:
             f"| {tier} | {e4['fp32_bytes']:,} | {e8.get('quantized_bytes', 0):,} | {e8.get('ratio', 0):.1%} "
             f"| {e4['quantized_bytes']:,} | {e4['ratio']:.1%} | {status} | {met} |"
         )
-    gate = result["gate"]
+    bounds = result.get("acceptance") or result["gate"]  # "gate": reports written before the rename
     lines += [
         "",
         "## 3. Quality against fp32 PyTorch (held-out requests)",
         "",
-        f"Gate: NE within ±{gate['max_ne_change']:.2%}, AUC >= {gate['min_auc_ratio']:.2%} of fp32.",
+        f"Acceptance: NE within ±{bounds['max_ne_change']:.2%}, "
+        f"AUC >= {bounds['min_auc_ratio']:.2%} of fp32.",
         "",
         "| tier | variant | status | NE | ΔNE | AUC ratio | max abs error |",
         "|---|---|---|---|---|---|---|",

@@ -9,6 +9,7 @@ import pytest
 from helpers import run_cli, tiny_spec_dict, write_spec
 
 from toolkit.export import FP32, read_manifest
+from toolkit.export.manifest import Manifest
 from toolkit.spec import Spec, load_spec
 from toolkit.spec.variants import VARIANTS
 
@@ -48,7 +49,7 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Pipeline:
     )
 
 
-def quantized_pins(manifest: dict) -> dict[str, str]:
+def quantized_pins(manifest: Manifest) -> dict[str, str]:
     """Per tier, a variant other than onnx-fp32 that passed acceptance on the CPU, a different one per tier.
 
     The session deploys these, so the end-to-end tests serve quantized and fp16 models, not only
@@ -56,9 +57,9 @@ def quantized_pins(manifest: dict) -> dict[str, str]:
     """
     order = [v for v, info in VARIANTS.items() if v != FP32 and "cpu" in info.targets]
     pins = {}
-    for i, (tier, entry) in enumerate(manifest["tiers"].items()):
+    for i, (tier, entry) in enumerate(manifest.tiers.items()):
         rotated = order[2 * i :] + order[: 2 * i]
-        passed = [v for v in rotated if entry["variants"].get(v, {}).get("status") == "OK"]
+        passed = [v for v in rotated if v in entry.variants and entry.variants[v].passed]
         if passed:
             pins[tier] = passed[0]
     return pins

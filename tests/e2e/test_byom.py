@@ -222,28 +222,28 @@ def byom_server(byom, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Trit
 
 def test_user_tiers_export_next_to_the_demo_tiers_and_pass_parity(byom, pipeline) -> None:
     manifest = read_manifest(Path(byom.spec.paths.artifacts))
-    assert list(manifest["tiers"]) == [*pipeline.spec.tier_names, *USER_TIERS]
+    assert list(manifest.tiers) == [*pipeline.spec.tier_names, *USER_TIERS]
     tolerance = byom.spec.export.tolerance
     for name in USER_TIERS:
-        tier = manifest["tiers"][name]
-        fp32 = tier["variants"]["onnx-fp32"]
-        assert fp32["status"] == "OK" and fp32["reused"] is False
-        assert fp32["max_abs_error"]["score"] <= tolerance.atol + tolerance.rtol
-        assert tier["architecture"] == ("onnx" if name == "onnxfile" else "factory")
-    demo = read_manifest(pipeline.artifacts)["tiers"]
-    assert {name: manifest["tiers"][name] for name in demo} == demo
-    assert manifest["tiers"]["mine"]["checkpoint"]["factory"] == f"{MODULE}:towers"
-    assert len(manifest["tiers"]["mine"]["checkpoint"]["factory_sha256"]) == 64
+        tier = manifest.tier(name)
+        fp32 = tier.variant("onnx-fp32")
+        assert fp32.passed and fp32.reused is False
+        assert fp32.max_abs_error["score"] <= tolerance.atol + tolerance.rtol
+        assert tier.architecture == ("onnx" if name == "onnxfile" else "factory")
+    demo = read_manifest(pipeline.artifacts).tiers
+    assert {name: manifest.tiers[name] for name in demo} == demo
+    assert manifest.tier("mine").checkpoint["factory"] == f"{MODULE}:towers"
+    assert len(manifest.tier("mine").checkpoint["factory_sha256"]) == 64
 
 
 def test_per_pair_tier_says_what_recomputing_the_user_side_costs(byom) -> None:
     manifest = read_manifest(Path(byom.spec.paths.artifacts))
-    cost = manifest["tiers"]["pairwise"]["per_pair"]
-    assert manifest["tiers"]["pairwise"]["layout"] == "pair"
+    cost = manifest.tier("pairwise").per_pair
+    assert manifest.tier("pairwise").layout == "pair"
     shares = [cost["redundant_share"][str(n)] for n in byom.spec.export.timing_candidates]
     assert all(0.0 < s < 1.0 for s in shares)
     assert "pairwise: per-pair model" in " ".join(byom.export_out.split())
-    assert "per_pair" not in manifest["tiers"]["mine"]
+    assert manifest.tier("mine").per_pair is None
 
 
 def test_user_tiers_serve_their_models_scores_over_grpc(byom, byom_server) -> None:

@@ -54,8 +54,8 @@ def test_unloading_the_largest_tier_under_load_fails_no_request_and_reloading_br
     run_cli(
         "deploy", "--spec", str(spec_path), "--out", str(repository), *keep, "--pin", f"{largest}={before}"
     )
-    entries = read_manifest(pipeline.artifacts)["tiers"][largest]["variants"]
-    replacement = next(v for v, e in entries.items() if e["status"] == "OK" and v != before)
+    entries = read_manifest(pipeline.artifacts).tier(largest).variants
+    replacement = next(v for v, e in entries.items() if e.passed and v != before)
     options = dataclasses.replace(
         free_port_options(repository, tmp_path / "tritonserver.log"),
         model_control_mode="explicit",

@@ -237,8 +237,8 @@ def _other_variant(pipeline: Any, deployed: dict[str, str]) -> tuple[str, str]:
     """A tier and a variant of it, other than the deployed one, that passed export's gate on the CPU."""
     manifest = read_manifest(pipeline.artifacts)
     for tier in pipeline.spec.tier_names:
-        variants = manifest["tiers"][tier]["variants"]
-        ok = [v for v, e in variants.items() if e.get("status") == "OK" and "cpu" in VARIANTS[v].targets]
+        variants = manifest.tier(tier).variants
+        ok = [v for v, e in variants.items() if e.passed and "cpu" in VARIANTS[v].targets]
         others = sorted((v for v in ok if v != deployed[tier]), key=lambda v: v != FP32)
         if others:
             return tier, others[0]

@@ -17,10 +17,10 @@ from helpers import run_cli, tiny_spec_dict, write_spec
 from tritonclient.grpc import model_config_pb2 as mc
 
 from toolkit.export import FP32, read_manifest
-from toolkit.export.manifest import sha256_file, write_manifest
+from toolkit.export.manifest import FORMAT, Status, sha256_file, write_manifest
 from toolkit.repository import MARKER
 from toolkit.repository.fuse import fuse_preprocess
-from toolkit.repository.select import NOISE, mean_latency
+from toolkit.repository.select import NOISE
 from toolkit.spec.variants import VARIANTS
 
 pytestmark = pytest.mark.e2e
@@ -47,46 +47,45 @@ def test_train_prints_quality_per_tier_when_run(pipeline) -> None:
 def test_export_writes_manifest_with_checked_variants_when_run(pipeline) -> None:
     manifest = read_manifest(pipeline.artifacts)
     tolerance = pipeline.spec.export.tolerance
-    assert manifest["ensemble"] == pipeline.spec.name
-    assert list(manifest["tiers"]) == list(pipeline.spec.tier_names)
-    for name, tier in manifest["tiers"].items():
-        variant = tier["variants"]["onnx-fp32"]
-        assert variant["status"] == "OK"
-        assert variant["max_abs_error"]["score"] <= tolerance.atol + tolerance.rtol
-        assert abs(variant["quality"]["ne_delta_rel"]) < 1e-4
-        assert set(variant["latency_ms"]["cpu"]) == {"8"}
-        for entry in variant["files"]:
-            path = pipeline.artifacts / entry["path"]
-            assert path.stat().st_size == entry["bytes"] and sha256_file(path) == entry["sha256"]
-        assert tier["checkpoint"]["sha256"] == sha256_file(pipeline.checkpoints / f"{name}.pt")
+    assert manifest.ensemble == pipeline.spec.name and manifest.format == FORMAT
+    assert list(manifest.tiers) == list(pipeline.spec.tier_names)
+    for name, tier in manifest.tiers.items():
+        variant = tier.variant("onnx-fp32")
+        assert variant.status is Status.OK
+        assert variant.max_abs_error["score"] <= tolerance.atol + tolerance.rtol
+        assert abs(variant.quality["ne_delta_rel"]) < 1e-4
+        assert set(variant.latency("cpu")) == {8}
+        for entry in variant.files:
+            path = pipeline.artifacts / entry.path
+            assert path.stat().st_size == entry.bytes and sha256_file(path) == entry.sha256
+        assert tier.checkpoint["sha256"] == sha256_file(pipeline.checkpoints / f"{name}.pt")
 
 
 def test_export_status_matrix_covers_every_tier_and_variant_when_run(pipeline) -> None:
     manifest = read_manifest(pipeline.artifacts)
     bounds = pipeline.spec.export.acceptance
     statuses = set()
-    for name, tier in manifest["tiers"].items():
-        assert list(tier["variants"]) == list(VARIANTS)
-        for variant, entry in tier["variants"].items():
-            statuses.add(entry["status"])
-            assert entry["status"] in ("OK", "FAILED", "SKIPPED"), (name, variant)
-            if entry["status"] == "OK":
-                assert abs(entry["quality"]["ne_delta_rel"]) <= bounds.max_ne_change
-                assert entry["quality"]["auc_ratio"] >= bounds.min_auc_ratio
-                assert entry["files"] and entry["bytes"] == sum(f["bytes"] for f in entry["files"])
-                assert all(ms > 0 for ms in entry["latency_ms"]["cpu"].values())
+    for name, tier in manifest.tiers.items():
+        assert list(tier.variants) == list(VARIANTS)
+        for variant, entry in tier.variants.items():
+            statuses.add(entry.status)
+            if entry.passed:
+                assert abs(entry.quality["ne_delta_rel"]) <= bounds.max_ne_change
+                assert entry.quality["auc_ratio"] >= bounds.min_auc_ratio
+                assert entry.files and entry.bytes == sum(f.bytes for f in entry.files)
+                assert all(ms > 0 for ms in entry.latency("cpu").values())
             else:
-                assert entry["reason"] and "files" not in entry
+                assert entry.reason and not entry.files
                 assert not (pipeline.artifacts / name / variant).exists()
-            if entry["status"] == "FAILED" and entry.get("quality"):
-                q = entry["quality"]
+            if entry.status is Status.FAILED and entry.quality:
+                q = entry.quality
                 assert abs(q["ne_delta_rel"]) > bounds.max_ne_change or q["auc_ratio"] < bounds.min_auc_ratio
         for variant in ("onnx-emb-int8", "onnx-emb-int4"):
-            emb = tier["variants"][variant].get("embeddings")
+            emb = tier.variant(variant).details.get("embeddings")
             assert emb and 0 < emb["quantized_bytes"] < emb["fp32_bytes"]
         assert (
-            tier["variants"]["onnx-emb-int4"]["embeddings"]["quantized_bytes"]
-            < tier["variants"]["onnx-emb-int8"]["embeddings"]["quantized_bytes"]
+            tier.variant("onnx-emb-int4").details["embeddings"]["quantized_bytes"]
+            < tier.variant("onnx-emb-int8").details["embeddings"]["quantized_bytes"]
         )
     assert "OK" in statuses
     out = pipeline.outputs["export"]
@@ -96,10 +95,10 @@ def test_export_status_matrix_covers_every_tier_and_variant_when_run(pipeline) -
 @pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None, reason="tensorrt is installed here")
 def test_export_skips_tensorrt_variants_with_the_reason_when_tensorrt_is_missing(pipeline) -> None:
     manifest = read_manifest(pipeline.artifacts)
-    for tier in manifest["tiers"].values():
+    for tier in manifest.tiers.values():
         for variant in ("trt-fp16", "trt-int8", "trt-fp8"):
-            entry = tier["variants"][variant]
-            assert entry["status"] == "SKIPPED" and "tensorrt" in entry["reason"]
+            entry = tier.variant(variant)
+            assert entry.status is Status.SKIPPED and "tensorrt" in entry.reason
     assert "tensorrt" in pipeline.outputs["export"]
 
 
@@ -113,8 +112,8 @@ def test_export_reuses_unchanged_variants_and_rebuilds_when_inputs_change(pipeli
     spec = write_spec(tmp_path / "same.yaml", data)
     run_cli("export", "--spec", str(spec), "--tier", "lite")
     manifest = read_manifest(artifacts)
-    lite = manifest["tiers"]["lite"]["variants"]
-    assert all(e["reused"] for e in lite.values() if e["status"] != "SKIPPED")
+    lite = manifest.tier("lite").variants
+    assert all(e.reused for e in lite.values() if e.status is not Status.SKIPPED)
     after = _tree_digest(artifacts)
     assert {k: v for k, v in after.items() if k != "manifest.json"} == {
         k: v for k, v in before.items() if k != "manifest.json"
@@ -122,9 +121,9 @@ def test_export_reuses_unchanged_variants_and_rebuilds_when_inputs_change(pipeli
     data["export"]["acceptance"] = {"max_ne_change": 0.5, "min_auc_ratio": 0.5}
     spec = write_spec(tmp_path / "loose.yaml", data)
     run_cli("export", "--spec", str(spec), "--tier", "lite", "--precision", "onnx-int8-dynamic")
-    lite = read_manifest(artifacts)["tiers"]["lite"]["variants"]
-    assert lite["onnx-int8-dynamic"]["reused"] is False and lite["onnx-int8-dynamic"]["status"] == "OK"
-    assert lite["onnx-fp32"]["reused"] is False
+    lite = read_manifest(artifacts).tier("lite").variants
+    assert lite["onnx-int8-dynamic"].reused is False and lite["onnx-int8-dynamic"].passed
+    assert lite["onnx-fp32"].reused is False
 
 
 def test_deploy_serves_the_fastest_passing_variant_or_the_pinned_one(pipeline, tmp_path) -> None:
@@ -138,13 +137,13 @@ def test_deploy_serves_the_fastest_passing_variant_or_the_pinned_one(pipeline, t
     preprocess = onnx.load(str(pipeline.artifacts / pipeline.spec.preprocess_model / FP32 / "model.onnx"))
     chosen = json.loads((repo / MARKER).read_text())["variants"]
     for tier, variant in chosen.items():
-        entries = manifest["tiers"][tier]["variants"]
-        assert entries[variant]["status"] == "OK"
-        passing = [mean_latency(e, "cpu") for e in entries.values() if e["status"] == "OK"]
-        assert mean_latency(entries[variant], "cpu") <= min(passing) * (1 + NOISE)
+        entries = manifest.tier(tier).variants
+        assert entries[variant].passed
+        passing = [e.mean_latency("cpu") for e in entries.values() if e.passed]
+        assert entries[variant].mean_latency("cpu") <= min(passing) * (1 + NOISE)
         deployed = onnx.load(str(repo / tier / "1" / "model.onnx"))
-        source = pipeline.artifacts / entries[variant]["files"][0]["path"]
-        assert sha256_file(source) == entries[variant]["files"][0]["sha256"]
+        source = pipeline.artifacts / entries[variant].files[0].path
+        assert sha256_file(source) == entries[variant].files[0].sha256
         exported = onnx.load(str(source))
         fused = fuse_preprocess(preprocess, exported)
         assert deployed.SerializeToString() == fused.SerializeToString()
@@ -154,8 +153,8 @@ def test_deploy_refuses_a_pinned_variant_that_did_not_pass(pipeline, tmp_path) -
     artifacts = tmp_path / "artifacts"
     shutil.copytree(pipeline.artifacts, artifacts)
     manifest = read_manifest(artifacts)
-    entry = manifest["tiers"]["xl"]["variants"]["onnx-emb-int8"]
-    entry.update(status="FAILED", reason="NE +0.5% against fp32 PyTorch")
+    entry = manifest.variant("xl", "onnx-emb-int8")
+    entry.status, entry.reason = Status.FAILED, "NE +0.5% against fp32 PyTorch"
     write_manifest(artifacts, manifest)
     repo = tmp_path / "repo"
     args = ("--artifacts", str(artifacts), "--out", str(repo), "--pin", "xl=onnx-emb-int8")
@@ -178,7 +177,7 @@ def test_deploy_for_the_gpu_target_writes_gpu_tiers_with_the_tensorrt_accelerato
     manifest = read_manifest(pipeline.artifacts)
     for tier in pipeline.spec.tier_names:
         variant = marker["variants"][tier]
-        assert manifest["tiers"][tier]["variants"][variant]["status"] == "OK"
+        assert manifest.variant(tier, variant).passed
         assert "gpu" in VARIANTS[variant].targets
         config = text_format.Parse((repo / tier / "config.pbtxt").read_text(), mc.ModelConfig())
         assert config.backend == "onnxruntime"

@@ -73,9 +73,9 @@ def test_fused_variants_score_as_the_two_step_path_within_1e_6_for_every_exporte
     manifest = read_manifest(pipeline.artifacts)
     checked = 0
     for tier in spec.tier_names:
-        for variant, entry in manifest["tiers"][tier]["variants"].items():
+        for variant, entry in manifest.tier(tier).variants.items():
             path = pipeline.artifacts / tier / variant / "model.onnx"
-            if entry.get("status") != "OK" or not path.is_file():
+            if not entry.passed or not path.is_file():
                 continue
             fused = cpu_session(fuse_preprocess(preprocess, onnx.load(str(path))).SerializeToString())
             for r in range(requests.num_requests):
@@ -178,10 +178,8 @@ def test_polling_server_serves_a_new_version_of_an_in_process_tier_without_a_fai
     tier, variant = next(
         (t, v)
         for t in reversed(spec.tier_names)
-        for v, e in manifest["tiers"][t]["variants"].items()
-        if e.get("status") == "OK"
-        and v != deployed[t]
-        and (pipeline.artifacts / t / v / "model.onnx").is_file()
+        for v, e in manifest.tier(t).variants.items()
+        if e.passed and v != deployed[t] and (pipeline.artifacts / t / v / "model.onnx").is_file()
     )
     requests = _requests(pipeline, 8, seed=33)
     raw = requests.request(0)

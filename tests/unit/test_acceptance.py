@@ -93,12 +93,12 @@ def test_acceptance_fails_a_damaged_variant_and_deploy_never_selects_it(
 
     manifest = run_export(spec, pipeline.checkpoints, artifacts, tiers=("xl",))
 
-    entry = manifest["tiers"]["xl"]["variants"][name]
-    assert entry["status"] == "FAILED"
-    assert abs(entry["quality"]["ne_delta_rel"]) > spec.export.acceptance.max_ne_change
-    assert "NE" in entry["reason"] and "against fp32 PyTorch" in entry["reason"]
-    assert "files" not in entry and not (artifacts / "xl" / name).exists()
-    variants = manifest["tiers"]["xl"]["variants"]
+    entry = manifest.variant("xl", name)
+    assert entry.status == "FAILED"
+    assert abs(entry.quality["ne_delta_rel"]) > spec.export.acceptance.max_ne_change
+    assert "NE" in entry.reason and "against fp32 PyTorch" in entry.reason
+    assert not entry.files and not (artifacts / "xl" / name).exists()
+    variants = manifest.tier("xl").variants
     assert select_variant("xl", variants, CPU).variant != name
     with pytest.raises(RepositoryError, match=f"xl={name}.*FAILED"):
         deploy(spec, artifacts, tmp_path / "repo", "python", pins={"xl": name})
@@ -123,7 +123,7 @@ def test_export_records_a_crashing_variant_as_failed_and_carries_on(pipeline, tm
 
     manifest = run_export(spec, pipeline.checkpoints, artifacts, tiers=("lite",))
 
-    variants = manifest["tiers"]["lite"]["variants"]
-    assert variants[name]["status"] == "FAILED"
-    assert variants[name]["reason"] == "RuntimeError: kernel exploded"
-    assert variants["onnx-emb-int8"]["status"] == "OK"
+    variants = manifest.tier("lite").variants
+    assert variants[name].status == "FAILED"
+    assert variants[name].reason == "RuntimeError: kernel exploded"
+    assert variants["onnx-emb-int8"].status == "OK"

@@ -18,7 +18,15 @@ from helpers import onnx_graph_name, stand_in_onnx
 from tritonclient.grpc import model_config_pb2 as mc
 
 from toolkit.errors import RepositoryError
-from toolkit.export.manifest import FORMAT, file_entries, write_manifest
+from toolkit.export.manifest import (
+    Manifest,
+    ModelEntry,
+    Status,
+    Variant,
+    file_entries,
+    read_manifest,
+    write_manifest,
+)
 from toolkit.k8s.fleet import default_address
 from toolkit.repository import MARKER, configs, deploy
 from toolkit.repository import writer as writer_module
@@ -40,13 +48,17 @@ def model_file(variant: str) -> str:
     return "model.plan" if variant.startswith("trt-") else "model.onnx"
 
 
-def variant_entry(artifacts: Path, folder: Path, content: bytes, latency: dict[str, Any]) -> dict[str, Any]:
+def variant_entry(artifacts: Path, folder: Path, content: bytes, latency: dict[str, Any]) -> Variant:
     folder.mkdir(parents=True, exist_ok=True)
     if model_file(folder.name) == "model.onnx":
         kind = "preprocess" if content == b"preprocess" else "tier"
         content = stand_in_onnx(kind, content.decode())
     (folder / model_file(folder.name)).write_bytes(content)
-    return {"status": "OK", "reason": "", "files": file_entries(artifacts, folder), "latency_ms": latency}
+    return Variant(
+        Status.OK,
+        files=file_entries(artifacts, folder),
+        latency_ms={target: {int(n): ms for n, ms in by_n.items()} for target, by_n in latency.items()},
+    )
 
 
 def fake_artifacts(spec: Spec, artifacts: Path, learned: bool = False) -> Path:
@@ -55,24 +67,20 @@ def fake_artifacts(spec: Spec, artifacts: Path, learned: bool = False) -> Path:
         artifacts, artifacts / spec.preprocess_model / "onnx-fp32", b"preprocess", {"cpu": {"16": 0.01}}
     )
     tiers = {
-        tier: {
-            "variants": {
+        tier: ModelEntry(
+            {
                 variant: variant_entry(
                     artifacts, artifacts / tier / variant, f"{tier} {variant}".encode(), latency
                 )
                 for variant, latency in variants.items()
-            }
-        }
+            },
+            architecture=tier,
+        )
         for tier, variants in VARIANTS.items()
     }
     write_manifest(
         artifacts,
-        {
-            "format": FORMAT,
-            "ensemble": spec.name,
-            "preprocess": {"model": spec.preprocess_model, "variants": {"onnx-fp32": preprocess}},
-            "tiers": tiers,
-        },
+        Manifest(spec.name, ModelEntry({"onnx-fp32": preprocess}, name=spec.preprocess_model), tiers),
     )
     if learned:
         gate = gate_path(spec, artifacts)
@@ -83,7 +91,7 @@ def fake_artifacts(spec: Spec, artifacts: Path, learned: bool = False) -> Path:
                 {
                     "format": CALIBRATION_FORMAT,
                     "tiers": list(spec.tier_names),
-                    "gate_sha256": file_entries(artifacts, gate.parent)[0]["sha256"],
+                    "gate_sha256": file_entries(artifacts, gate.parent)[0].sha256,
                     "cheapest_first": False,
                     "lambda": 0.5,
                     "tier_costs_mflop": {t: [1.0 + i, 0.1] for i, t in enumerate(spec.tier_names)},
@@ -144,7 +152,7 @@ def snapshot(folder: Path) -> dict[str, bytes]:
 
 
 def sha256_of(artifacts: Path, tier: str, variant: str) -> str:
-    return file_entries(artifacts, artifacts / tier / variant)[0]["sha256"]
+    return file_entries(artifacts, artifacts / tier / variant)[0].sha256
 
 
 # --- layout and markers ---
@@ -487,15 +495,14 @@ def test_deploy_refuses_to_replace_a_folder_it_did_not_write(
 
 def record_engine(artifacts: Path, tier: str, variant: str, tensorrt_version: str) -> None:
     """Write into the manifest what export records for a plan it built."""
-    path = artifacts / "manifest.json"
-    manifest = json.loads(path.read_text(encoding="utf-8"))
-    manifest["tiers"][tier]["variants"][variant]["engine"] = {
+    manifest = read_manifest(artifacts)
+    manifest.variant(tier, variant).details["engine"] = {
         "precision": "fp16",
         "tensorrt_version": tensorrt_version,
         "device": "NVIDIA H100 80GB HBM3",
         "compute_capability": "9.0",
     }
-    path.write_text(json.dumps(manifest), encoding="utf-8")
+    write_manifest(artifacts, manifest)
 
 
 def test_deploy_refuses_a_plan_built_by_another_tensorrt_than_the_image_and_writes_nothing(

@@ -24,7 +24,7 @@ def test_evaluate_writes_report_whose_tier_quality_matches_export_and_policy_poi
     points = {p["policy"]: p for p in result["points"]}
     for tier in spec.tier_names:
         alone = points[f"{tier} alone"]
-        exported = manifest["tiers"][tier]["variants"][result["variants"][tier]]["quality"]
+        exported = manifest.variant(tier, result["variants"][tier]).quality
         assert abs(alone["ne"] - exported["ne"]) < 1e-6 and abs(alone["auc"] - exported["auc"]) < 1e-6
         assert alone["shares"][tier] == 1.0 and alone["flops_per_request"] > 0
     policy = points["rules policy"]

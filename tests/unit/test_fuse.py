@@ -105,10 +105,9 @@ def test_deploy_writes_a_tier_that_cannot_be_fused_unfused_and_tells_the_router(
     )
     (artifacts / "xl" / "onnx-fp32" / "model.onnx").write_bytes(stand_in_onnx("tier", "xl", opset=13))
     manifest = read_manifest(artifacts)
-    xl = manifest["tiers"]["xl"]["variants"]["onnx-fp32"]
-    xl["files"] = file_entries(artifacts, artifacts / "xl" / "onnx-fp32")
-    pre = manifest["preprocess"]["variants"]["onnx-fp32"]
-    pre["files"] = file_entries(artifacts, artifacts / tiny_spec.preprocess_model / "onnx-fp32")
+    manifest.variant("xl", "onnx-fp32").files = file_entries(artifacts, artifacts / "xl" / "onnx-fp32")
+    pre = manifest.preprocess.variant("onnx-fp32")
+    pre.files = file_entries(artifacts, artifacts / tiny_spec.preprocess_model / "onnx-fp32")
     write_manifest(artifacts, manifest)
     out = tmp_path / "repo"
 

@@ -5,17 +5,18 @@ from __future__ import annotations
 import pytest
 
 from toolkit.errors import RepositoryError
-from toolkit.repository.select import NOISE, mean_latency, select_variant, select_variants
+from toolkit.export.manifest import Manifest, ModelEntry, Status, Variant
+from toolkit.repository.select import NOISE, select_variant, select_variants
 from toolkit.spec import spec_from_dict
 
 
-def _entry(status: str = "OK", cpu: list[float] | None = None, gpu: list[float] | None = None) -> dict:
+def _entry(status: str = "OK", cpu: list[float] | None = None, gpu: list[float] | None = None) -> Variant:
     latency = {}
     if cpu is not None:
-        latency["cpu"] = {str(16 * 4**i): v for i, v in enumerate(cpu)}
+        latency["cpu"] = {16 * 4**i: v for i, v in enumerate(cpu)}
     if gpu is not None:
-        latency["gpu"] = {str(16 * 4**i): v for i, v in enumerate(gpu)}
-    return {"status": status, "reason": "" if status == "OK" else "NE +0.4%", "latency_ms": latency}
+        latency["gpu"] = {16 * 4**i: v for i, v in enumerate(gpu)}
+    return Variant(Status(status), "" if status == "OK" else "NE +0.4%", latency_ms=latency)
 
 
 def test_select_picks_the_fastest_passing_cpu_variant_when_nothing_is_pinned() -> None:
@@ -34,7 +35,7 @@ def test_select_never_picks_a_failed_or_skipped_variant_even_when_fastest() -> N
     variants = {
         "onnx-fp32": _entry(cpu=[1.0]),
         "onnx-int8-static": _entry("FAILED", cpu=[0.1]),
-        "onnx-fp16": {"status": "SKIPPED", "reason": "no kernel"},
+        "onnx-fp16": Variant(Status.SKIPPED, "no kernel"),
     }
     assert select_variant("xl", variants, "cpu").variant == "onnx-fp32"
 
@@ -103,7 +104,9 @@ def test_select_variants_lets_cli_pins_beat_spec_pins_and_rejects_unknown_tiers(
         "onnx-fp16": _entry(cpu=[2.0]),
         "onnx-emb-int8": _entry(cpu=[3.0]),
     }
-    manifest = {"tiers": {t: {"variants": dict(entries)} for t in spec.tier_names}}
+    manifest = Manifest(
+        spec.name, ModelEntry({}), {t: ModelEntry(dict(entries), architecture=t) for t in spec.tier_names}
+    )
     chosen = select_variants(spec, manifest, "cpu")
     assert chosen["lite"].variant == "onnx-fp16" and "triton.pin.lite" in chosen["lite"].reason
     assert chosen["xl"].variant == "onnx-fp32"
@@ -115,5 +118,5 @@ def test_select_variants_lets_cli_pins_beat_spec_pins_and_rejects_unknown_tiers(
 
 
 def test_mean_latency_is_none_without_timings_on_the_target() -> None:
-    assert mean_latency(_entry(cpu=[1.0, 3.0]), "cpu") == pytest.approx(2.0)
-    assert mean_latency(_entry(cpu=[1.0]), "gpu") is None
+    assert _entry(cpu=[1.0, 3.0]).mean_latency("cpu") == pytest.approx(2.0)
+    assert _entry(cpu=[1.0]).mean_latency("gpu") is None

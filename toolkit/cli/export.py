@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import click
 
 from toolkit.cli.common import fmt, folder, load, output_console, results_table, spec_option
+from toolkit.export.manifest import Manifest, Variant
 from toolkit.spec.variants import VARIANTS
 
 _VARIANT_HELP = "; ".join(f"{name}: {info.description}" for name, info in VARIANTS.items())
@@ -108,34 +108,32 @@ def command(
     print_matrix(manifest, spec.export.timing_candidates, f"status matrix, written to {out}/manifest.json")
 
 
-def _row(model: str, variant: str, entry: dict[str, Any], counts: list[str], targets: list[str]) -> list[str]:
-    quality = entry.get("quality", {})
-    errors = entry.get("max_abs_error", {})
-    embeddings = entry.get("embeddings")
-    delta = quality.get("ne_delta_rel")
-    status = entry.get("status", "?")
+def _row(model: str, name: str, variant: Variant, counts: list[int], targets: list[str]) -> list[str]:
+    delta = variant.quality.get("ne_delta_rel")
+    embeddings = variant.details.get("embeddings")
+    errors = variant.max_abs_error
+    status = variant.status.value
     cells = [
         model,
-        variant,
-        f"{status}*" if entry.get("reused") else status,
+        name,
+        f"{status}*" if variant.reused else status,
         f"{delta:+.3%}" if delta is not None else "-",
-        fmt(quality.get("auc_ratio"), 4),
+        fmt(variant.quality.get("auc_ratio"), 4),
         f"{max(errors.values()):.1e}" if errors else "-",
     ]
     for target in targets:
-        latency = entry.get("latency_ms", {}).get(target, {})
+        latency = variant.latency(target)
         cells += [fmt(latency.get(n), 3) for n in counts]
-    size = entry.get("bytes")
+    size = variant.bytes
     cells += [f"{size / 1e6:.2f}" if size else "-", f"{embeddings['ratio']:.1%}" if embeddings else "-"]
     return cells
 
 
-def print_matrix(manifest: dict[str, Any], timing_candidates: tuple[int, ...], title: str) -> None:
+def print_matrix(manifest: Manifest, timing_candidates: tuple[int, ...], title: str) -> None:
     """Print the manifest's status matrix as a table on stdout, with the reasons below it."""
-    counts = [str(n) for n in timing_candidates]
-    rows = [(manifest["preprocess"]["model"], v, e) for v, e in manifest["preprocess"]["variants"].items()]
-    rows += [(t, v, e) for t, tier in manifest["tiers"].items() for v, e in tier["variants"].items()]
-    targets = [t for t in ("cpu", "gpu") if any(t in e.get("latency_ms", {}) for _, _, e in rows)] or ["cpu"]
+    counts = list(timing_candidates)
+    rows = manifest.rows()
+    targets = [t for t in ("cpu", "gpu") if any(v.latency(t) for _, _, v in rows)] or ["cpu"]
     latency_columns = [f"{t} N={n}" for t in targets for n in counts]
     table = results_table(
         f"{title}\nΔNE and AUC/fp32 against fp32 PyTorch on the held-out requests; latency in ms per "
@@ -143,23 +141,23 @@ def print_matrix(manifest: dict[str, Any], timing_candidates: tuple[int, ...], t
         ["model", "variant", "status", "ΔNE", "AUC/fp32", "max err", *latency_columns, "MB", "emb"],
         left=3,
     )
-    for model, variant, entry in rows:
-        table.add_row(*_row(model, variant, entry, counts, targets))
+    for model, name, variant in rows:
+        table.add_row(*_row(model, name, variant, counts, targets))
     console = output_console(width=170)
     console.print(table)
     reasons: dict[tuple[str, str], list[str]] = {}
-    for model, variant, entry in rows:
-        if entry.get("reason"):
-            reasons.setdefault((entry["status"], entry["reason"]), []).append(f"{model} {variant}")
+    for model, name, variant in rows:
+        if variant.reason:
+            reasons.setdefault((variant.status.value, variant.reason), []).append(f"{model} {name}")
     for (status, reason), where in reasons.items():
         console.print(f"{status} {', '.join(where)}: {reason}", highlight=False, soft_wrap=True)
-    bounds = manifest.get("acceptance") or manifest.get("gate", {})  # "gate": manifests before the rename
+    bounds = manifest.acceptance
     if bounds:
         console.print(
             f"acceptance: NE within ±{bounds['max_ne_change']:.2%}, AUC >= "
             f"{bounds['min_auc_ratio']:.2%} of fp32 PyTorch",
             highlight=False,
         )
-    for name, tier in manifest["tiers"].items():
-        if tier.get("per_pair"):
-            console.print(f"{name}: {tier['per_pair']['note']}", highlight=False, soft_wrap=True)
+    for name, tier in manifest.tiers.items():
+        if tier.per_pair:
+            console.print(f"{name}: {tier.per_pair['note']}", highlight=False, soft_wrap=True)

@@ -77,10 +77,9 @@ class OfflineEnsemble:
                 self.cheapest_first = self.settings.cheapest_first
         try:
             manifest = read_manifest(artifacts)
-            pre = manifest["preprocess"]["variants"][FP32]
-            verify_files(artifacts, pre, spec.preprocess_model)
+            verify_files(artifacts, manifest.preprocess.variant(FP32), spec.preprocess_model)
             for tier, variant in variants.items():
-                verify_files(artifacts, manifest["tiers"][tier]["variants"][variant], f"tier {tier!r}")
+                verify_files(artifacts, manifest.variant(tier, variant), f"tier {tier!r}")
         except (ExportError, KeyError) as exc:
             raise RepositoryError(f"{artifacts}: cannot load the exported models: {exc}") from None
         self._pre = cpu_session(str(artifacts / spec.preprocess_model / FP32 / "model.onnx"))

@@ -62,10 +62,11 @@ Costs = dict[str, np.ndarray]
 _EPS = 1e-7
 
 
-def _interpolator(timed: dict[str, float]) -> CostFn:
-    """Ms as a function of N from timings at some N (NaN without any)."""
-    counts = sorted(int(k) for k in timed)
-    values = [timed[str(c)] for c in counts]
+def _interpolator(timed: dict[str, float] | dict[int, float]) -> CostFn:
+    """Ms as a function of N from timings at some N, keyed by N or its text (NaN without any)."""
+    points = sorted((int(k), float(v)) for k, v in timed.items())
+    counts = [n for n, _ in points]
+    values = [ms for _, ms in points]
     if not counts:
         return lambda n: np.full(np.shape(n), np.nan)
     return lambda n: np.interp(n, counts, values)
@@ -78,7 +79,7 @@ def _cost_functions(spec: Spec, artifacts: Path, variants: dict[str, str]) -> di
     for tier in spec.tier_names:
         model = flops_model(artifacts / tier / variants[tier] / "model.onnx")
         out["flops"].append(lambda n, model=model: np.asarray(model.at(n), dtype=np.float64))
-        timed = manifest["tiers"][tier]["variants"][variants[tier]].get("latency_ms", {}).get("cpu", {})
+        timed = manifest.variant(tier, variants[tier]).latency("cpu")
         out["ms"].append(_interpolator(timed))
     return out
 

@@ -31,7 +31,16 @@ from toolkit.export.build import (
     VariantUnavailableError,
     build_variant,
 )
-from toolkit.export.manifest import FORMAT, FP32, file_entries, read_manifest, sha256_file, write_manifest
+from toolkit.export.manifest import (
+    FORMAT,
+    FP32,
+    Manifest,
+    Variant,
+    file_entries,
+    read_manifest,
+    sha256_file,
+    write_manifest,
+)
 from toolkit.export.manifest import verify_files as _verify_files
 from toolkit.export.steps import FAILED, OK, SKIPPED, Exporter, StepFn
 from toolkit.machine import machine_facts
@@ -49,7 +58,7 @@ class RequiredVariantError(ExportError):
         manifest: The status matrix the run would have written, for display.
     """
 
-    def __init__(self, message: str, manifest: dict[str, Any]) -> None:
+    def __init__(self, message: str, manifest: Manifest) -> None:
         super().__init__(message)
         self.manifest = manifest
 
@@ -149,7 +158,7 @@ def check_user_tiers(exporter: Exporter, names: tuple[str, ...]) -> dict[str, An
 
 def _files_intact(artifacts: Path, entry: dict[str, Any]) -> bool:
     try:
-        _verify_files(artifacts, entry, "variant")
+        _verify_files(artifacts, Variant.from_dict(entry), "variant")
     except ExportError:
         return False
     return True
@@ -172,11 +181,12 @@ def _promote(staging: Path, artifacts: Path, model: str, variant: str) -> None:
 
 
 def _previous(artifacts: Path, spec: Spec) -> dict[str, Any]:
+    """The last run's manifest in its JSON form, which this run's entries are assembled in."""
     try:
         previous = read_manifest(artifacts)
     except ExportError:
         return {}
-    return previous if previous.get("ensemble") == spec.name else {}
+    return previous.to_dict() if previous.ensemble == spec.name else {}
 
 
 def _selected_variants(spec: Spec, precisions: tuple[str, ...] | None) -> list[str]:
@@ -196,7 +206,7 @@ def run_export(
     precisions: tuple[str, ...] | None = None,
     force: bool = False,
     step: StepFn | None = None,
-) -> dict[str, Any]:
+) -> Manifest:
     """Export the preprocess step and every variant of the tiers; write the status matrix.
 
     A variant whose inputs (checkpoints, spec sections, toolkit and library versions) did not
@@ -300,7 +310,7 @@ def run_export(
         if missing:
             raise RequiredVariantError(
                 f"required variants did not pass: {'; '.join(missing)}. Nothing in {artifacts} was changed.",
-                manifest,
+                Manifest.from_dict(manifest),
             )
         for model, variant in promote:
             _promote(staging, artifacts, model, variant)
@@ -314,10 +324,10 @@ def run_export(
             if model == spec.preprocess_model
             else manifest["tiers"][model]["variants"][variant]
         )
-        entry["files"] = file_entries(artifacts, artifacts / model / variant)
-        entry["bytes"] = sum(f["bytes"] for f in entry["files"])
-    write_manifest(artifacts, manifest)
-    return manifest
+        entry["files"] = [dataclasses.asdict(f) for f in file_entries(artifacts, artifacts / model / variant)]
+    written = Manifest.from_dict(manifest)
+    write_manifest(artifacts, written)
+    return written
 
 
 def _export_tier(

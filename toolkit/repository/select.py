@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from toolkit.errors import RepositoryError
+from toolkit.export.manifest import Manifest, Variant
 from toolkit.spec.schema import Spec
 from toolkit.spec.variants import GPU, GPU_PREFERENCE, VARIANTS
 
@@ -32,21 +32,15 @@ class Selection:
     latency_ms: float | None
 
 
-def mean_latency(entry: dict[str, Any], target: str) -> float | None:
-    """Mean of a variant's median latencies over the timed candidate counts on ``target``."""
-    values = list(entry.get("latency_ms", {}).get(target, {}).values())
-    return sum(values) / len(values) if values else None
-
-
-def _eligible(variants: dict[str, dict[str, Any]], target: str) -> dict[str, dict[str, Any]]:
+def _eligible(variants: dict[str, Variant], target: str) -> dict[str, Variant]:
     return {
         name: entry
         for name, entry in variants.items()
-        if entry.get("status") == "OK" and name in VARIANTS and target in VARIANTS[name].targets
+        if entry.passed and name in VARIANTS and target in VARIANTS[name].targets
     }
 
 
-def _pinned(tier: str, variant: str, variants: dict[str, dict[str, Any]], target: str, how: str) -> Selection:
+def _pinned(tier: str, variant: str, variants: dict[str, Variant], target: str, how: str) -> Selection:
     entry = variants.get(variant)
     if variant not in VARIANTS:
         raise RepositoryError(f"{how} {tier}={variant}: unknown variant; known: {', '.join(VARIANTS)}")
@@ -60,16 +54,16 @@ def _pinned(tier: str, variant: str, variants: dict[str, dict[str, Any]], target
             f"{how} {tier}={variant}: the manifest has no {variant} for tier {tier!r}; "
             f"run `toolkit export --tier {tier} --precision {variant}`"
         )
-    if entry.get("status") != "OK":
+    if not entry.passed:
         raise RepositoryError(
-            f"{how} {tier}={variant}: that variant is {entry.get('status')} in the manifest "
-            f"({entry.get('reason') or 'no reason recorded'}); it is not deployed"
+            f"{how} {tier}={variant}: that variant is {entry.status} in the manifest "
+            f"({entry.reason or 'no reason recorded'}); it is not deployed"
         )
-    return Selection(tier, variant, f"pinned ({how})", mean_latency(entry, target))
+    return Selection(tier, variant, f"pinned ({how})", entry.mean_latency(target))
 
 
 def select_variant(
-    tier: str, variants: dict[str, dict[str, Any]], target: str, pin: str | None = None, how: str = ""
+    tier: str, variants: dict[str, Variant], target: str, pin: str | None = None, how: str = ""
 ) -> Selection:
     """Choose the variant of one tier to deploy on ``target``.
 
@@ -93,12 +87,12 @@ def select_variant(
         return _pinned(tier, pin, variants, target, how)
     eligible = _eligible(variants, target)
     if not eligible:
-        summary = ", ".join(f"{v} {e.get('status')}" for v, e in variants.items()) or "none exported"
+        summary = ", ".join(f"{v} {e.status}" for v, e in variants.items()) or "none exported"
         raise RepositoryError(
             f"tier {tier!r} has no variant that passed the acceptance check and runs on {target} "
             f"({summary}); run `toolkit export` and see its status matrix"
         )
-    timed = {v: mean_latency(e, target) for v, e in eligible.items()}
+    timed = {v: e.mean_latency(target) for v, e in eligible.items()}
     measured = {v: t for v, t in timed.items() if t is not None}
     if measured:
         fastest = min(measured.values())
@@ -125,7 +119,7 @@ def select_variant(
 
 def select_variants(
     spec: Spec,
-    manifest: dict[str, Any],
+    manifest: Manifest,
     target: str,
     pins: dict[str, str] | None = None,
     tiers: tuple[str, ...] | None = None,
@@ -143,12 +137,12 @@ def select_variants(
         )
     out = {}
     for tier in spec.tier_names if tiers is None else tiers:
-        entry = manifest.get("tiers", {}).get(tier)
+        entry = manifest.tiers.get(tier)
         if entry is None:
             raise RepositoryError(f"tier {tier!r} is not in the manifest; run `toolkit export`")
         if tier in pins:
             pin, how = pins[tier], "--pin"
         else:
             pin, how = spec.triton.pin.get(tier), f"spec key triton.pin.{tier}"
-        out[tier] = select_variant(tier, entry.get("variants", {}), target, pin, how)
+        out[tier] = select_variant(tier, entry.variants, target, pin, how)
     return out

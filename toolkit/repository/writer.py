@@ -17,7 +17,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from toolkit import __version__
 from toolkit.errors import ExportError, RepositoryError
-from toolkit.export.manifest import FP32, read_manifest, verify_files
+from toolkit.export.manifest import FP32, Variant, read_manifest, verify_files
 from toolkit.export.names import PREPROCESSED
 from toolkit.layout import MARKER
 from toolkit.repository import configs
@@ -142,14 +142,14 @@ def write_config(folder: Path, config: mc.ModelConfig) -> None:
     (folder / "config.pbtxt").write_text(text_format.MessageToString(config), encoding="utf-8")
 
 
-def _copy_files(artifacts: Path, variant: dict[str, Any], dest: Path) -> None:
+def _copy_files(artifacts: Path, variant: Variant, dest: Path) -> None:
     dest.mkdir(parents=True, exist_ok=True)
-    for entry in variant["files"]:
-        shutil.copy2(artifacts / entry["path"], dest / Path(entry["path"]).name)
+    for entry in variant.files:
+        shutil.copy2(artifacts / entry.path, dest / Path(entry.path).name)
 
 
 def _write_onnx_model(
-    staging: Path, artifacts: Path, variant: dict[str, Any], config: mc.ModelConfig, backend: str
+    staging: Path, artifacts: Path, variant: Variant, config: mc.ModelConfig, backend: str
 ) -> None:
     folder = staging / config.name
     write_config(folder, config)
@@ -169,8 +169,8 @@ def _write_fused_model(
         shutil.copy2(_PYTHON_MODELS / "onnx_runner.py", folder / "1" / "model.py")
 
 
-def _model_file(artifacts: Path, variant: dict[str, Any]) -> Path:
-    return artifacts / next(e["path"] for e in variant["files"] if e["path"].endswith(".onnx"))
+def _model_file(artifacts: Path, variant: Variant) -> Path:
+    return artifacts / variant.file(".onnx")
 
 
 def _write_router(
@@ -311,31 +311,31 @@ def deploy(
         )
     try:
         manifest = read_manifest(artifacts)
-        if manifest.get("ensemble") != spec.name:
+        if manifest.ensemble != spec.name:
             raise RepositoryError(
-                f"{artifacts}: manifest is for ensemble {manifest.get('ensemble')!r}, not {spec.name!r}"
+                f"{artifacts}: manifest is for ensemble {manifest.ensemble!r}, not {spec.name!r}"
             )
-        pre_variant = manifest["preprocess"]["variants"][FP32]
+        pre_variant = manifest.preprocess.variant(FP32)
         verify_files(artifacts, pre_variant, spec.preprocess_model)
         selections: dict[str, Selection] = {}
         for one in sorted(set(targets.values())):
             tiers = tuple(t for t in spec.tier_names if targets[t] == one)
             selections.update(select_variants(spec, manifest, one, pins, tiers))
         selections = {name: selections[name] for name in spec.tier_names}
-        entries = {name: manifest["tiers"][name]["variants"][s.variant] for name, s in selections.items()}
+        entries = {name: manifest.variant(name, s.variant) for name, s in selections.items()}
         for name, entry in entries.items():
             verify_files(artifacts, entry, f"tier {name!r} ({selections[name].variant})")
     except ExportError as exc:
         raise RepositoryError(str(exc)) from None
     engines = {
-        name: entry.get("engine", {})
+        name: entry.engine
         for name, entry in entries.items()
         if targets[name] == GPU and VARIANTS[selections[name].variant].engine == "tensorrt"
     }
     notes = check_plans(spec, engines, {name: selections[name].variant for name in engines})
     learned = read_calibration(spec, artifacts) if spec.routing.policy == "learned" else None
     priors = {
-        name: {str(n): float(ms) for n, ms in entry.get("latency_ms", {}).get(targets[name], {}).items()}
+        name: {str(n): ms for n, ms in entry.latency(targets[name]).items()}
         for name, entry in entries.items()
     }
     remote = {tier: _remote_tier(spec, tier, pool_addresses) for tier in spec.remote_tiers}
@@ -347,7 +347,7 @@ def deploy(
         for name in tiers:
             entry = entries[name]
             if targets[name] == GPU:
-                digest = entry["files"][0]["sha256"] if entry.get("files") else ""
+                digest = entry.files[0].sha256 if entry.files else ""
                 config = configs.gpu_tier_config(spec, name, selections[name].variant, model_sha256=digest)
                 write_config(folder / name, config)
                 _copy_files(artifacts, entry, folder / name / "1")
