@@ -30,7 +30,23 @@ def one_line(text: object, limit: int | None = None) -> str:
 
 
 class ToolkitError(Exception):
-    """Base class of every error the toolkit raises on purpose."""
+    """Base class of every error the toolkit raises on purpose.
+
+    Args:
+        message: What went wrong, one line.
+        option: When an option of a library call is at fault, its name (a field of the stage's
+            options, such as ``pins``); the message then reads ``<option> <message>`` and the command
+            line shows the option's flag instead (``--pin``).
+
+    Attributes:
+        option: The option at fault, or "".
+        detail: The message without the option's name.
+    """
+
+    def __init__(self, message: str = "", *, option: str = "") -> None:
+        super().__init__(f"{option} {message}" if option else message)
+        self.option = option
+        self.detail = message
 
 
 class SpecError(ToolkitError):

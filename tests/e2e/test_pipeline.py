@@ -192,7 +192,7 @@ def test_deploy_for_the_gpu_target_writes_gpu_tiers_with_the_tensorrt_accelerato
     )
     assert [g.kind for g in pre.instance_group] == [mc.ModelInstanceGroup.KIND_CPU]
     proc = run_cli("deploy", "--spec", str(pipeline.spec_path), *args, "--backend", "python", check=False)
-    assert proc.returncode == 1 and "--target gpu needs --backend onnxruntime" in proc.stderr
+    assert proc.returncode == 1 and "--target gpu needs the onnxruntime backend" in proc.stderr
 
 
 @pytest.mark.parametrize(

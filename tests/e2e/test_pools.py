@@ -315,5 +315,5 @@ def test_deploy_refuses_bad_pool_flags(pools: Pools, pipeline, tmp_path: Path) -
     no_pools = run_cli(
         "deploy", "--spec", single, "--out", out, "--pool-address", "big=127.0.0.1:1", check=False
     )
-    assert no_pools.returncode != 0 and "--pool-address needs a spec with pools" in no_pools.stderr
+    assert no_pools.returncode != 0 and "--pool-address given, but the spec has no pools" in no_pools.stderr
     assert not (tmp_path / "repo").exists()

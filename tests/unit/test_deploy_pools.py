@@ -31,7 +31,8 @@ from toolkit.k8s.fleet import default_address
 from toolkit.repository import MARKER, configs, deploy
 from toolkit.repository import writer as writer_module
 from toolkit.repository.gate import CALIBRATION, CALIBRATION_FORMAT, gate_folder, gate_path
-from toolkit.repository.writer import remote_timeout_ms
+from toolkit.repository.plan import DeployOptions, plan_deploy, remote_timeout_ms
+from toolkit.repository.writer import write_repository
 from toolkit.router import RouterConfig
 from toolkit.spec import Spec, spec_from_dict
 
@@ -389,8 +390,9 @@ def test_target_cpu_deploys_the_gpu_pool_for_the_cpu(tmp_path: Path, spec: Spec,
 def test_target_gpu_needs_the_onnxruntime_backend_with_pools_too(
     tmp_path: Path, spec: Spec, artifacts: Path
 ) -> None:
-    with pytest.raises(RepositoryError, match="--target gpu needs --backend onnxruntime"):
+    with pytest.raises(RepositoryError, match="^target gpu needs the onnxruntime backend") as info:
         deploy(spec, artifacts, tmp_path / "repos", "python", target="gpu")
+    assert info.value.option == "target"
 
     assert not (tmp_path / "repos").exists()
 
@@ -417,14 +419,15 @@ def test_deploy_refuses_pool_addresses_for_a_pool_the_router_does_not_call(
         deploy(spec, artifacts, tmp_path / "repos", "onnxruntime", pool_addresses={pool: ("127.0.0.1:9001",)})
 
     message = str(info.value)
-    assert f"--pool-address {pool}=..." in message and "(big)" in message
+    assert message.startswith(f"pool_addresses {pool}=...") and "(big)" in message
+    assert info.value.option == "pool_addresses"
     assert not (tmp_path / "repos").exists()
 
 
 def test_deploy_refuses_pool_addresses_for_a_spec_without_pools(tmp_path: Path, tiny_spec: Spec) -> None:
     artifacts = fake_artifacts(tiny_spec, tmp_path / "artifacts")
 
-    with pytest.raises(RepositoryError, match="--pool-address needs a spec with pools"):
+    with pytest.raises(RepositoryError, match="^pool_addresses given, but the spec has no pools"):
         deploy(tiny_spec, artifacts, tmp_path / "repo", "onnxruntime", pool_addresses={"big": ("h:1",)})
 
     assert not (tmp_path / "repo").exists()
@@ -558,3 +561,28 @@ def test_deploy_notes_a_plan_whose_tensorrt_the_manifest_does_not_record(
 
     assert len(result.notes) == 1
     assert "tier xl (trt-fp16)" in result.notes[0] and "not checked" in result.notes[0]
+
+
+# --- deploy is a plan, then a writer ---
+
+
+def test_the_plan_decides_every_placement_and_writes_nothing(
+    tmp_path: Path, spec: Spec, artifacts: Path
+) -> None:
+    before = sorted(tmp_path.rglob("*"))
+
+    plan = plan_deploy(spec, artifacts, DeployOptions("onnxruntime"))
+
+    assert sorted(tmp_path.rglob("*")) == before
+    xl = plan.tiers["xl"]
+    assert (xl.pool, xl.target, xl.selection.variant) == ("big", "gpu", "trt-fp16") and xl.is_plan
+    assert xl.remote is not None and xl.remote.addresses == (SPEC_ADDRESS,)
+    assert plan.tiers["lite"].remote is None and plan.preprocessed_tiers == ("xl",)
+    assert [(p.name, p.entry, p.target) for p in plan.pools] == [("cpu", True, "cpu"), ("big", False, "gpu")]
+    assert plan.router().remote_tiers.keys() == {"xl"}
+
+    result = write_repository(plan, tmp_path / "repos")
+
+    assert result.variants == {tier: s.variant for tier, s in plan.selections.items()}
+    assert models_in(tmp_path / "repos" / "big") == {"xl"}
+    assert set(router_json(spec, tmp_path / "repos")["remote_tiers"]) == {"xl"}

@@ -21,7 +21,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from toolkit.repository.writer import _write_router, router_settings
+from toolkit.repository.plan import router_settings
+from toolkit.repository.writer import write_router
 from toolkit.router import RouterConfig
 from toolkit.spec import Spec
 
@@ -176,7 +177,7 @@ def deployed_router(
     directory: Path, spec: Spec, preprocessed_tiers: tuple[str, ...] = ()
 ) -> Iterator[Router]:
     """Write the router as deploy does, import its model.py with the fake backend, then clean up."""
-    _write_router(directory, spec, preprocessed_tiers=preprocessed_tiers)
+    write_router(directory, spec, router_settings(spec, preprocessed_tiers=preprocessed_tiers))
     folder = directory / spec.router_model
     backend = FakeBackend()
     module_name = "deployed_router_model_under_test"

@@ -35,7 +35,8 @@ from test_router_model import (
 )
 from tritonclient.utils import InferenceServerException, triton_to_np_dtype
 
-from toolkit.repository.writer import _write_router, router_settings
+from toolkit.repository.plan import router_settings
+from toolkit.repository.writer import write_router
 from toolkit.router import DEADLINE_EXCEEDED, RETRYABLE, AddressBook, RemoteTier, RouterConfig, grpc_status
 from toolkit.spec import Spec
 
@@ -227,7 +228,11 @@ def remote_router(
 ) -> Iterator[RemoteRouter]:
     """The router with xl in the pool ``big`` (two addresses), its gRPC client and clock faked."""
     remote_tiers = REMOTE if remote_tiers is None else remote_tiers
-    _write_router(directory, spec, remote_tiers=remote_tiers, preprocessed_tiers=preprocessed_tiers)
+    write_router(
+        directory,
+        spec,
+        router_settings(spec, remote_tiers=remote_tiers, preprocessed_tiers=preprocessed_tiers),
+    )
     folder = directory / spec.router_model
     backend = FakeBackend()
     if metrics is not None:
@@ -574,7 +579,7 @@ def test_router_counts_without_prometheus_when_the_backend_has_no_metric_family(
 def test_initialize_raises_runtime_error_naming_tritonclient_when_remote_tiers_cannot_be_called(
     tmp_path: Path, tiny_spec: Spec
 ) -> None:
-    _write_router(tmp_path, tiny_spec, remote_tiers=REMOTE)
+    write_router(tmp_path, tiny_spec, router_settings(tiny_spec, remote_tiers=REMOTE))
     folder = tmp_path / tiny_spec.router_model
     with loaded_router_module(folder, FakeBackend()) as (module, patch):
         patch.setitem(sys.modules, "tritonclient.grpc.aio", None)  # import fails
@@ -589,7 +594,7 @@ def test_initialize_raises_runtime_error_naming_tritonclient_when_remote_tiers_c
 def test_initialize_does_not_import_tritonclient_when_every_tier_is_local(
     tmp_path: Path, tiny_spec: Spec
 ) -> None:
-    _write_router(tmp_path, tiny_spec)
+    write_router(tmp_path, tiny_spec, router_settings(tiny_spec))
     folder = tmp_path / tiny_spec.router_model
     with loaded_router_module(folder, FakeBackend()) as (module, patch):
         patch.setitem(sys.modules, "tritonclient.grpc.aio", None)

@@ -67,8 +67,10 @@ def test_select_falls_back_to_the_gpu_preference_order_when_no_gpu_timings_exist
 
 def test_select_uses_a_passing_pin_even_when_slower() -> None:
     variants = {"onnx-fp32": _entry(cpu=[1.0]), "onnx-emb-int4": _entry(cpu=[3.0])}
-    chosen = select_variant("xl", variants, "cpu", pin="onnx-emb-int4", how="--pin")
-    assert chosen.variant == "onnx-emb-int4" and chosen.reason == "pinned (--pin)"
+    chosen = select_variant("xl", variants, "cpu", pin="onnx-emb-int4")
+    assert chosen.variant == "onnx-emb-int4" and chosen.reason == "pinned"
+    from_spec = select_variant("xl", variants, "cpu", pin="onnx-emb-int4", how="spec key triton.pin.xl")
+    assert from_spec.reason == "pinned (spec key triton.pin.xl)"
 
 
 @pytest.mark.parametrize(
@@ -83,8 +85,11 @@ def test_select_uses_a_passing_pin_even_when_slower() -> None:
 def test_select_refuses_a_pin_naming_tier_and_variant_when_it_cannot_be_served(pin, fragment) -> None:
     variants = {"onnx-fp32": _entry(cpu=[1.0]), "onnx-int8-static": _entry("FAILED", cpu=[0.5])}
     with pytest.raises(RepositoryError, match=fragment) as info:
-        select_variant("xl", variants, "cpu", pin=pin, how="--pin")
-    assert f"xl={pin}" in str(info.value)
+        select_variant("xl", variants, "cpu", pin=pin)
+    assert str(info.value).startswith(f"pins xl={pin}: ") and info.value.option == "pins"
+    with pytest.raises(RepositoryError, match=f"^spec key triton.pin.xl: xl={pin}: ") as info:
+        select_variant("xl", variants, "cpu", pin=pin, how="spec key triton.pin.xl")
+    assert info.value.option == ""
 
 
 def test_select_fails_listing_statuses_when_no_variant_passed() -> None:
@@ -113,7 +118,7 @@ def test_select_variants_lets_cli_pins_beat_spec_pins_and_rejects_unknown_tiers(
     assert (
         select_variants(spec, manifest, "cpu", {"lite": "onnx-emb-int8"})["lite"].variant == "onnx-emb-int8"
     )
-    with pytest.raises(RepositoryError, match="--pin gold"):
+    with pytest.raises(RepositoryError, match="^pins gold=...: not a tier"):
         select_variants(spec, manifest, "cpu", {"gold": "onnx-fp32"})
 
 

@@ -125,6 +125,25 @@ def cli(ctx: click.Context, verbose: int, debug: bool) -> None:
     ctx.obj = {"debug": debug}
 
 
+FLAGS = {
+    "backend": "--backend",
+    "target": "--target",
+    "pins": "--pin",
+    "pool_addresses": "--pool-address",
+    "tiers": "--tier",
+    "precisions": "--precision",
+}
+"""The flag of each library option that errors may name (``ToolkitError.option``)."""
+
+
+def error_line(exc: Exception) -> str:
+    """A toolkit error as the command line shows it: an option at fault is named by its flag."""
+    option = getattr(exc, "option", "")
+    if option:
+        return f"{FLAGS.get(option, option)} {exc.detail}"  # type: ignore[attr-defined]
+    return str(exc)
+
+
 def _one_line_warning(message: Warning | str, *_args: object, **_kwargs: object) -> None:
     click.echo(f"warning: {message}", err=True)
 
@@ -140,7 +159,7 @@ def main(argv: list[str] | None = None) -> None:
     except ToolkitError as exc:
         if debug:
             raise
-        click.echo(f"error: {exc}", err=True)
+        click.echo(f"error: {error_line(exc)}", err=True)
         sys.exit(1)
     except click.exceptions.Abort:
         click.echo("aborted", err=True)

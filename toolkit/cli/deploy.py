@@ -223,7 +223,7 @@ def _local_tiers(spec: Spec) -> str:
 
 
 def _describe_pools(spec: Spec, result: DeployResult) -> None:
-    from toolkit.repository.writer import remote_timeout_ms
+    from toolkit.repository.plan import remote_timeout_ms
 
     for pool in result.pools:
         role = (

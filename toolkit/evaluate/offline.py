@@ -18,9 +18,10 @@ from toolkit.errors import ExportError, RepositoryError
 from toolkit.export.manifest import FP32, read_manifest, verify_files
 from toolkit.export.names import SCORE
 from toolkit.export.parity import cpu_session
+from toolkit.layout import MARKER
 from toolkit.repository.gate import CHEAPEST_SCORE, GATE_OUTPUT, gate_path, read_calibration
+from toolkit.repository.plan import router_settings
 from toolkit.repository.select import select_variants
-from toolkit.repository.writer import MARKER, router_settings
 from toolkit.router.engine import RoutingEngine, complete
 from toolkit.router.policy import Decision, RequestContext, RouterConfig, request_features
 from toolkit.spec.schema import Spec

@@ -194,7 +194,9 @@ def _selected_variants(spec: Spec, precisions: tuple[str, ...] | None) -> list[s
         return list(spec.export.built_variants)
     unknown = [p for p in precisions if p not in VARIANTS]
     if unknown:
-        raise ExportError(f"--precision {unknown[0]!r} is not a known variant; known: {', '.join(VARIANTS)}")
+        raise ExportError(
+            f"{unknown[0]!r} is not a known variant; known: {', '.join(VARIANTS)}", option="precisions"
+        )
     return [v for v in VARIANTS if v == FP32 or v in precisions]
 
 
@@ -236,7 +238,9 @@ def run_export(
     names = tiers or spec.tier_names
     unknown = [t for t in names if t not in spec.tier_names]
     if unknown:
-        raise ExportError(f"--tier {unknown[0]!r} is not a tier of the spec ({', '.join(spec.tier_names)})")
+        raise ExportError(
+            f"{unknown[0]!r} is not a tier of the spec ({', '.join(spec.tier_names)})", option="tiers"
+        )
     variants = _selected_variants(spec, precisions)
     artifacts.mkdir(parents=True, exist_ok=True)
     previous = _previous(artifacts, spec)

@@ -18,7 +18,11 @@ _EXPORTS = {
     "MARKER": "toolkit.repository.writer",
     "DeployResult": "toolkit.repository.writer",
     "deploy": "toolkit.repository.writer",
-    "router_settings": "toolkit.repository.writer",
+    "router_settings": "toolkit.repository.plan",
+    "DeployOptions": "toolkit.repository.plan",
+    "DeployPlan": "toolkit.repository.plan",
+    "plan_deploy": "toolkit.repository.plan",
+    "write_repository": "toolkit.repository.writer",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -40,30 +40,38 @@ def _eligible(variants: dict[str, Variant], target: str) -> dict[str, Variant]:
     }
 
 
+def _pin_error(how: str, message: str) -> RepositoryError:
+    """An error about a pin: ``how`` is ``pins`` (the option) or the spec key the pin came from."""
+    return RepositoryError(message, option="pins") if how == "pins" else RepositoryError(f"{how}: {message}")
+
+
 def _pinned(tier: str, variant: str, variants: dict[str, Variant], target: str, how: str) -> Selection:
     entry = variants.get(variant)
     if variant not in VARIANTS:
-        raise RepositoryError(f"{how} {tier}={variant}: unknown variant; known: {', '.join(VARIANTS)}")
+        raise _pin_error(how, f"{tier}={variant}: unknown variant; known: {', '.join(VARIANTS)}")
     if target not in VARIANTS[variant].targets:
         able = ", ".join(v for v, info in VARIANTS.items() if target in info.targets)
-        raise RepositoryError(
-            f"{how} {tier}={variant}: {variant} cannot run on {target}; variants that can: {able}"
+        raise _pin_error(
+            how, f"{tier}={variant}: {variant} cannot run on {target}; variants that can: {able}"
         )
     if entry is None:
-        raise RepositoryError(
-            f"{how} {tier}={variant}: the manifest has no {variant} for tier {tier!r}; "
-            f"run `toolkit export --tier {tier} --precision {variant}`"
+        raise _pin_error(
+            how,
+            f"{tier}={variant}: the manifest has no {variant} for tier {tier!r}; "
+            f"run `toolkit export --tier {tier} --precision {variant}`",
         )
     if not entry.passed:
-        raise RepositoryError(
-            f"{how} {tier}={variant}: that variant is {entry.status} in the manifest "
-            f"({entry.reason or 'no reason recorded'}); it is not deployed"
+        raise _pin_error(
+            how,
+            f"{tier}={variant}: that variant is {entry.status} in the manifest "
+            f"({entry.reason or 'no reason recorded'}); it is not deployed",
         )
-    return Selection(tier, variant, f"pinned ({how})", entry.mean_latency(target))
+    reason = "pinned" if how == "pins" else f"pinned ({how})"
+    return Selection(tier, variant, reason, entry.mean_latency(target))
 
 
 def select_variant(
-    tier: str, variants: dict[str, Variant], target: str, pin: str | None = None, how: str = ""
+    tier: str, variants: dict[str, Variant], target: str, pin: str | None = None, how: str = "pins"
 ) -> Selection:
     """Choose the variant of one tier to deploy on ``target``.
 
@@ -78,7 +86,7 @@ def select_variant(
         variants: The tier's manifest entries by variant name.
         target: ``cpu`` or ``gpu``.
         pin: Variant to deploy instead of choosing.
-        how: Where the pin came from, for messages (``--pin`` or the spec key).
+        how: Where the pin came from, for messages: ``pins`` (the deploy option) or the spec key.
 
     Raises:
         RepositoryError: The pin is unknown, failed or cannot run on the target, or no variant passed.
@@ -124,7 +132,7 @@ def select_variants(
     pins: dict[str, str] | None = None,
     tiers: tuple[str, ...] | None = None,
 ) -> dict[str, Selection]:
-    """Choose a variant for every tier of ``spec`` (or of ``tiers``); ``pins`` (``--pin``) beat the spec's.
+    """Choose a variant for every tier of ``spec`` (or of ``tiers``); ``pins`` beat the spec's.
 
     Raises:
         RepositoryError: A tier is missing from the manifest, or :func:`select_variant` refused.
@@ -133,7 +141,7 @@ def select_variants(
     unknown = sorted(set(pins) - set(spec.tier_names))
     if unknown:
         raise RepositoryError(
-            f"--pin {unknown[0]}=...: not a tier of the spec ({', '.join(spec.tier_names)})"
+            f"{unknown[0]}=...: not a tier of the spec ({', '.join(spec.tier_names)})", option="pins"
         )
     out = {}
     for tier in spec.tier_names if tiers is None else tiers:
@@ -141,7 +149,7 @@ def select_variants(
         if entry is None:
             raise RepositoryError(f"tier {tier!r} is not in the manifest; run `toolkit export`")
         if tier in pins:
-            pin, how = pins[tier], "--pin"
+            pin, how = pins[tier], "pins"
         else:
             pin, how = spec.triton.pin.get(tier), f"spec key triton.pin.{tier}"
         out[tier] = select_variant(tier, entry.variants, target, pin, how)

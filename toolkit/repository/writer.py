@@ -16,22 +16,45 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from toolkit import __version__
-from toolkit.errors import ExportError, RepositoryError
-from toolkit.export.manifest import FP32, Variant, read_manifest, verify_files
-from toolkit.export.names import PREPROCESSED
+from toolkit.errors import RepositoryError
+from toolkit.export.manifest import Variant
 from toolkit.layout import MARKER
 from toolkit.repository import configs
 from toolkit.repository.fuse import fuse_files
-from toolkit.repository.gate import gate_path, read_calibration
-from toolkit.repository.select import Selection, select_variants
-from toolkit.router.policy import RouterConfig, RuleConfig
-from toolkit.router.remote import RemoteTier
-from toolkit.router.validate import InputSchema
+from toolkit.repository.gate import gate_path
+from toolkit.repository.plan import (
+    BACKENDS,
+    DeployOptions,
+    DeployPlan,
+    check_plans,
+    input_schema,
+    plan_deploy,
+    remote_timeout_ms,
+    router_settings,
+)
+from toolkit.repository.select import Selection
+from toolkit.router.policy import RouterConfig
 from toolkit.spec.schema import Spec
-from toolkit.spec.variants import GPU, VARIANTS
+from toolkit.spec.variants import GPU
+
+__all__ = [
+    "BACKENDS",
+    "MARKER",
+    "MARKER_FORMAT",
+    "DeployOptions",
+    "DeployResult",
+    "PoolRepository",
+    "check_plans",
+    "deploy",
+    "input_schema",
+    "remote_timeout_ms",
+    "router_settings",
+    "write_config",
+    "write_repository",
+    "write_router",
+]
 
 MARKER_FORMAT = 1
-BACKENDS = ("onnxruntime", "python")
 _PYTHON_MODELS = Path(__file__).resolve().parent / "python_models"
 _ROUTER_PACKAGE = Path(__file__).resolve().parent.parent / "router"
 
@@ -74,68 +97,6 @@ class DeployResult:
         return {tier: s.variant for tier, s in self.selections.items()}
 
 
-def router_settings(
-    spec: Spec,
-    latency_prior_ms: dict[str, dict[str, float]] | None = None,
-    learned: dict[str, Any] | None = None,
-    remote_tiers: dict[str, dict[str, Any]] | None = None,
-    preprocessed_tiers: tuple[str, ...] = (),
-) -> RouterConfig:
-    """The router's configuration (``router.json``) derived from the spec.
-
-    Args:
-        spec: The ensemble spec.
-        latency_prior_ms: Per tier, the deployed variant's measured latency by candidate count.
-        learned: With the learned policy, ``toolkit calibrate``'s ``calibration.json``.
-        remote_tiers: Tiers of other pools and where to call them (see
-            :class:`~toolkit.router.remote.RemoteTier`).
-        preprocessed_tiers: Tiers deployed without the preprocess step fused in (GPU tiers).
-    """
-    learned = learned or {}
-    return RouterConfig(
-        tiers=spec.tier_names,
-        policy=spec.routing.policy,
-        default_tier=spec.default_tier,
-        rules=tuple(RuleConfig(r.feature, r.op, r.value, r.tier) for r in spec.routing.rules),
-        max_candidates=spec.triton.max_candidates,
-        cascade_tier=spec.routing.cascade.tier if spec.routing.policy == "cascade" else "",
-        cascade_top_k=spec.routing.cascade.top_k if spec.routing.policy == "cascade" else 0,
-        default_budget_ms=spec.routing.budget.default_ms,
-        budget_percentile=spec.routing.budget.percentile,
-        budget_window=spec.routing.budget.window,
-        budget_max_age_s=spec.routing.budget.max_age_s,
-        latency_prior_ms=dict(latency_prior_ms or {}),
-        gate_model=spec.gate_model if learned else "",
-        cheapest_first=bool(learned.get("cheapest_first", False)),
-        learned_lambda=float(learned.get("lambda", 0.0)),
-        tier_costs={t: list(c) for t, c in learned.get("tier_costs_mflop", {}).items()},
-        inputs=input_schema(spec).to_dict(),
-        preprocess_model=spec.preprocess_model,
-        preprocess_outputs=dict(PREPROCESSED),
-        preprocessed_tiers=tuple(t for t in spec.tier_names if t in preprocessed_tiers),
-        local_tiers=spec.triton.local_tiers,
-        tier_timeout_ms=spec.triton.tier_timeout_ms,
-        remote_tiers=dict(remote_tiers or {}),
-    )
-
-
-def input_schema(spec: Spec) -> InputSchema:
-    """What a valid raw request to ``spec``'s ensemble looks like, for the router's validation."""
-    features = spec.features
-    return InputSchema(
-        user_dense=features.user_dense,
-        ad_dense=features.ad_dense,
-        user_vocab=tuple((f.name, f.vocab) for f in features.user_sparse),
-        ad_vocab=tuple((f.name, f.vocab) for f in features.ad_sparse),
-        history_length=features.history.length,
-        history_vocab=features.history_vocab,
-        history_table=features.history.table,
-        max_candidates=spec.triton.max_candidates,
-        out_of_range_ids=spec.validation.out_of_range_ids,
-        long_history=spec.validation.long_history,
-    )
-
-
 def write_config(folder: Path, config: mc.ModelConfig) -> None:
     """Write ``config.pbtxt`` with protobuf text format."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -173,21 +134,14 @@ def _model_file(artifacts: Path, variant: Variant) -> Path:
     return artifacts / variant.file(".onnx")
 
 
-def _write_router(
-    staging: Path,
-    spec: Spec,
-    latency_prior_ms: dict[str, dict[str, float]] | None = None,
-    learned: dict[str, Any] | None = None,
-    remote_tiers: dict[str, dict[str, Any]] | None = None,
-    preprocessed_tiers: tuple[str, ...] = (),
-) -> None:
+def write_router(staging: Path, spec: Spec, settings: RouterConfig) -> None:
+    """Write the router model: its config, ``model.py``, the routing package and ``router.json``."""
     folder = staging / spec.router_model
     write_config(folder, configs.router_config(spec))
     version = folder / "1"
     version.mkdir(parents=True, exist_ok=True)
     shutil.copy2(_PYTHON_MODELS / "router.py", version / "model.py")
     shutil.copytree(_ROUTER_PACKAGE, version / "toolkit_router", ignore=shutil.ignore_patterns("__pycache__"))
-    settings = router_settings(spec, latency_prior_ms, learned, remote_tiers, preprocessed_tiers)
     (version / "router.json").write_text(settings.to_json(), encoding="utf-8")
 
 
@@ -243,11 +197,6 @@ class PoolRepository:
     addresses: tuple[str, ...] = ()
 
 
-def remote_timeout_ms(spec: Spec, pool: str) -> float:
-    """Deadline of the router's calls to ``pool``: its own, else ``triton.tier_timeout_ms``, else 1 s."""
-    return spec.pool(pool).timeout_ms or spec.triton.tier_timeout_ms or 1000.0
-
-
 def deploy(
     spec: Spec,
     artifacts: Path,
@@ -257,128 +206,61 @@ def deploy(
     pins: dict[str, str] | None = None,
     pool_addresses: dict[str, tuple[str, ...]] | None = None,
 ) -> DeployResult:
-    """Write the model repository for ``spec`` from the exported artifacts.
+    """Plan the deploy of ``spec`` from the exported artifacts (:func:`~.plan.plan_deploy`) and write it.
 
-    Per tier, the variant deployed is the one pinned (``pins``, then the spec's ``triton.pin``) or
-    the fastest on ``target`` that passed the acceptance check (see
-    :func:`~toolkit.repository.select.select_variant`). The repository is written beside ``out``
-    and renamed into place, so a failed deploy leaves the previous repository as it was.
-
-    With ``pools`` in the spec, ``out`` holds one repository per pool, ``<out>/<pool>``: the entry
-    pool's has the ensemble, the router, the preprocess step (and the gate) and its own tiers; every
-    other pool's has only its tiers, each deployed for the pool's hardware (a ``gpu`` pool with the
-    ``onnxruntime`` backend). The router calls those tiers over gRPC at the pool's addresses
-    (``pool_addresses``, else the spec's, else the pool's Kubernetes Service).
-
-    Args:
-        spec: The ensemble spec.
-        artifacts: Export output (with ``manifest.json``).
-        out: Repository folder to (re)place.
-        backend: ``onnxruntime`` or ``python`` for the tiers and the preprocess step (the GPU
-            target needs ``onnxruntime``).
-        target: ``cpu`` or ``gpu`` (default: the spec's ``triton.target``); with pools, every
-            pool's (default: each pool's ``hardware``), for example to try GPU pools on a CPU machine.
-        pins: Variant per tier that overrides the choice.
-        pool_addresses: With pools: gRPC addresses per pool that beat the spec's.
+    Arguments after ``out`` are the fields of :class:`~toolkit.repository.plan.DeployOptions`.
 
     Raises:
-        RepositoryError: The manifest lacks a tier or a passing variant, a pin is invalid, a file
-            changed since export, ``out`` holds something the toolkit did not write, or (with
-            pools) an address is for a pool the router does not call.
+        RepositoryError: As :func:`~.plan.plan_deploy` and :func:`write_repository`.
     """
-    from toolkit.k8s.fleet import pool_addresses as addresses_of
+    options = DeployOptions(backend, target, dict(pins or {}), dict(pool_addresses or {}))
+    return write_repository(plan_deploy(spec, artifacts, options), out)
 
-    if backend not in BACKENDS:
-        raise RepositoryError(f"backend {backend!r} is not one of {', '.join(BACKENDS)}")
-    pool_addresses = pool_addresses or {}
-    if spec.pools:
-        unknown = sorted(set(pool_addresses) - {p.name for p in spec.pools[1:]})
-        if unknown:
-            raise RepositoryError(
-                f"--pool-address {unknown[0]}=...: not a pool the router calls "
-                f"({', '.join(p.name for p in spec.pools[1:]) or 'none'})"
-            )
-        hardware = {pool.name: target or pool.hardware for pool in spec.pools}
-        targets = {tier: hardware[spec.tier_pool(tier)] for tier in spec.tier_names}
-    else:
-        if pool_addresses:
-            raise RepositoryError("--pool-address needs a spec with pools")
-        target = target or spec.triton.target
-        targets = dict.fromkeys(spec.tier_names, target)
-    if target == GPU and backend != "onnxruntime":
-        raise RepositoryError(
-            f"--target gpu needs --backend onnxruntime (an NGC tritonserver with TensorRT), not {backend!r}"
-        )
-    try:
-        manifest = read_manifest(artifacts)
-        if manifest.ensemble != spec.name:
-            raise RepositoryError(
-                f"{artifacts}: manifest is for ensemble {manifest.ensemble!r}, not {spec.name!r}"
-            )
-        pre_variant = manifest.preprocess.variant(FP32)
-        verify_files(artifacts, pre_variant, spec.preprocess_model)
-        selections: dict[str, Selection] = {}
-        for one in sorted(set(targets.values())):
-            tiers = tuple(t for t in spec.tier_names if targets[t] == one)
-            selections.update(select_variants(spec, manifest, one, pins, tiers))
-        selections = {name: selections[name] for name in spec.tier_names}
-        entries = {name: manifest.variant(name, s.variant) for name, s in selections.items()}
-        for name, entry in entries.items():
-            verify_files(artifacts, entry, f"tier {name!r} ({selections[name].variant})")
-    except ExportError as exc:
-        raise RepositoryError(str(exc)) from None
-    engines = {
-        name: entry.engine
-        for name, entry in entries.items()
-        if targets[name] == GPU and VARIANTS[selections[name].variant].engine == "tensorrt"
-    }
-    notes = check_plans(spec, engines, {name: selections[name].variant for name in engines})
-    learned = read_calibration(spec, artifacts) if spec.routing.policy == "learned" else None
-    priors = {
-        name: {str(n): ms for n, ms in entry.latency(targets[name]).items()}
-        for name, entry in entries.items()
-    }
-    remote = {tier: _remote_tier(spec, tier, pool_addresses) for tier in spec.remote_tiers}
-    pre_file = _model_file(artifacts, pre_variant)
 
+def write_repository(plan: DeployPlan, out: Path) -> DeployResult:
+    """Write the repository ``plan`` describes to ``out``, atomically.
+
+    The repository is written beside ``out`` and renamed into place, so a failed write leaves the
+    previous repository as it was. With pools, ``out`` holds one repository per pool,
+    ``<out>/<pool>``: the entry pool's has the ensemble, the router, the preprocess step (and the
+    gate) and its own tiers; every other pool's has only its tiers.
+
+    Raises:
+        RepositoryError: ``out`` holds something the toolkit did not write, or writing failed.
+    """
+    spec, artifacts, backend = plan.spec, plan.artifacts, plan.backend
+    pre_file = _model_file(artifacts, plan.preprocess)
     unfused: dict[str, str] = {}
 
     def write_tiers(folder: Path, tiers: tuple[str, ...]) -> None:
         for name in tiers:
-            entry = entries[name]
-            if targets[name] == GPU:
-                digest = entry.files[0].sha256 if entry.files else ""
-                config = configs.gpu_tier_config(spec, name, selections[name].variant, model_sha256=digest)
+            tier = plan.tiers[name]
+            if tier.target == GPU:
+                digest = tier.variant.files[0].sha256 if tier.variant.files else ""
+                config = configs.gpu_tier_config(spec, name, tier.selection.variant, model_sha256=digest)
                 write_config(folder / name, config)
-                _copy_files(artifacts, entry, folder / name / "1")
-            else:
-                config = configs.tier_config(spec, name, backend)
-                try:
-                    _write_fused_model(folder, pre_file, _model_file(artifacts, entry), config, backend)
-                except RepositoryError as exc:
-                    shutil.rmtree(folder / name, ignore_errors=True)
-                    unfused[name] = str(exc)
-                    _write_onnx_model(
-                        folder, artifacts, entry, configs.tier_config(spec, name, backend, raw=False), backend
-                    )
+                _copy_files(artifacts, tier.variant, folder / name / "1")
+                continue
+            config = configs.tier_config(spec, name, backend)
+            try:
+                _write_fused_model(folder, pre_file, _model_file(artifacts, tier.variant), config, backend)
+            except RepositoryError as exc:
+                shutil.rmtree(folder / name, ignore_errors=True)
+                unfused[name] = str(exc)
+                raw = configs.tier_config(spec, name, backend, raw=False)
+                _write_onnx_model(folder, artifacts, tier.variant, raw, backend)
 
     def write_entry(folder: Path) -> None:
-        _write_onnx_model(folder, artifacts, pre_variant, configs.preprocess_config(spec, backend), backend)
-        _write_router(
-            folder,
-            spec,
-            {name: p for name, p in priors.items() if p},
-            learned,
-            {tier: r.to_dict() for tier, r in remote.items()},
-            tuple(t for t in spec.tier_names if targets[t] == GPU or t in unfused),
+        _write_onnx_model(
+            folder, artifacts, plan.preprocess, configs.preprocess_config(spec, backend), backend
         )
-        if learned is not None:
-            config = configs.gate_config(spec, backend, bool(learned["cheapest_first"]))
+        write_router(folder, spec, plan.router(tuple(unfused)))
+        if plan.learned is not None:
+            config = configs.gate_config(spec, backend, bool(plan.learned["cheapest_first"]))
             _write_fused_model(folder, pre_file, gate_path(spec, artifacts), config, backend)
         write_config(folder / spec.name, configs.ensemble_config(spec))
         (folder / spec.name / "1").mkdir()
 
-    entry_models = spec.entry_models
     marker = {
         "format": MARKER_FORMAT,
         "toolkit_version": __version__,
@@ -386,30 +268,19 @@ def deploy(
         "spec": spec.source,
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }
+    engines = {name: tier.variant.engine for name, tier in plan.tiers.items() if tier.is_plan}
     out = out.resolve()
-    pools: list[PoolRepository] = []
-    if spec.pools:
-        for pool in spec.pools:
-            tiers = spec.pool_tiers(pool.name)
-            entry = pool.name == spec.entry_pool
-            pools.append(
-                PoolRepository(
-                    name=pool.name,
-                    repository=out / pool.name,
-                    target=hardware[pool.name],
-                    backend="onnxruntime" if hardware[pool.name] == GPU else backend,
-                    models=(*(entry_models if entry else ()), *tiers),
-                    tiers=tiers,
-                    entry=entry,
-                    addresses=() if entry else addresses_of(spec, pool.name, pool_addresses),
-                )
-            )
+    pools = tuple(
+        PoolRepository(p.name, out / p.name, p.target, p.backend, p.models, p.tiers, p.entry, p.addresses)
+        for p in plan.pools
+    )
+    selections = plan.selections
 
     def write(staging: Path) -> None:
-        if not spec.pools:
+        if not pools:
             write_tiers(staging, spec.tier_names)
             write_entry(staging)
-            _write_marker(staging, {**marker, "backend": backend, "target": target}, selections, engines)
+            _write_marker(staging, {**marker, "backend": backend, "target": plan.target}, selections, engines)
             return
         for pool in pools:
             (staging / pool.name).mkdir()
@@ -428,23 +299,10 @@ def deploy(
         _compile_python(staging, out)
 
     replacing, older = _replace(out, write_and_compile)
+    entry_models = spec.entry_models
     models = (*entry_models[:3], *spec.tier_names, *entry_models[3:])
     return DeployResult(
-        out, backend, models, selections, replacing, target or "", older, tuple(pools), dict(unfused), notes
-    )
-
-
-def _remote_tier(spec: Spec, tier: str, overrides: dict[str, tuple[str, ...]]) -> RemoteTier:
-    """Where and how the router calls ``tier``, which another pool serves."""
-    from toolkit.k8s.fleet import pool_addresses
-
-    pool = spec.tier_pool(tier)
-    return RemoteTier(
-        tier,
-        pool,
-        pool_addresses(spec, pool, overrides),
-        remote_timeout_ms(spec, pool),
-        spec.pool(pool).retry_after_ms,
+        out, backend, models, selections, replacing, plan.target, older, pools, dict(unfused), plan.notes
     )
 
 
@@ -458,31 +316,6 @@ def _compile_python(staging: Path, out: Path) -> None:
     version still writes its own).
     """
     compileall.compile_dir(str(staging), ddir=str(out), quiet=2, workers=1)
-
-
-def check_plans(spec: Spec, engines: dict[str, dict[str, Any]], variants: dict[str, str]) -> tuple[str, ...]:
-    """Refuse TensorRT plans that the spec's serving image cannot load (:func:`toolkit.ngc.check_plan`).
-
-    Args:
-        spec: The ensemble spec; its image is ``kubernetes.image`` (or the default NGC image) and its
-            TensorRT version ``kubernetes.image_tensorrt`` (or the NGC release table's).
-        engines: Per tier deployed as a plan, the export manifest's ``engine`` record.
-        variants: Variant per tier in ``engines``.
-
-    Returns:
-        Notes for plans that could not be checked (an image the table does not list, a plan whose
-        TensorRT the manifest does not record).
-
-    Raises:
-        RepositoryError: A plan was built by another TensorRT than the image's.
-    """
-    from toolkit.k8s.fleet import cluster_image
-    from toolkit.ngc import check_plans as check
-
-    built = {
-        f"tier {tier} ({variants[tier]})": engine.get("tensorrt_version") for tier, engine in engines.items()
-    }
-    return check(built, cluster_image(spec), spec.kubernetes.image_tensorrt)
 
 
 def _write_marker(

@@ -37,5 +37,5 @@ def resolve_backend(choice: str, tritonserver: Path | None = None) -> str:
     try:
         _, backends = available_backends(tritonserver)
     except ServerError as exc:
-        raise RepositoryError(f"--backend auto cannot tell which server will run: {exc}") from None
+        raise RepositoryError(f"auto cannot tell which server will run: {exc}", option="backend") from None
     return "onnxruntime" if "onnxruntime" in backends else "python"
