@@ -8,6 +8,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from helpers import ROOT
 
 from toolkit.data import movielens
 from toolkit.data.logs import read_requests
@@ -26,7 +27,7 @@ from toolkit.errors import DataError
 from toolkit.spec.load import load_spec
 from toolkit.spec.schema import Features, HistoryFeature, LogColumns, SparseFeature
 
-SPEC_FILE = Path(__file__).resolve().parents[2] / "examples" / "movielens" / "spec.yaml"
+SPEC_FILE = ROOT / "examples" / "movielens" / "spec.yaml"
 ARRAYS = ("user_dense", "user_sparse", "user_history", "ad_dense", "ad_sparse", "labels", "offsets")
 T0, H = 880_000_000, 3600
 HISTORY = 4

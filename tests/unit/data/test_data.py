@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import ROOT
 
 from toolkit.data import (
     REQUEST_TENSORS,
@@ -21,7 +21,7 @@ from toolkit.data import (
 from toolkit.errors import DataError
 from toolkit.spec import Spec, load_spec
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = ROOT
 ARRAYS = ("user_dense", "user_sparse", "user_history", "ad_dense", "ad_sparse", "labels", "offsets")
 
 

@@ -9,12 +9,13 @@ from typing import Any
 
 import pytest
 import yaml
+from helpers import ROOT
 
 from toolkit.errors import SpecError
 from toolkit.models import tier_config
 from toolkit.spec import DEFAULT_SPEC, Spec, load_spec, spec_from_dict
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = ROOT
 DEFAULT_PATH = REPO / DEFAULT_SPEC
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import ROOT
 
 from toolkit.data.generator import generate_requests
 from toolkit.data.requests import REQUEST_TENSORS
@@ -296,7 +297,7 @@ def test_spec_refuses_bad_user_model_entries_naming_the_key(tiny_spec_dict, mode
 def test_the_readme_example_model_fits_its_spec_entry(tmp_path) -> None:
     import yaml
 
-    root = Path(__file__).resolve().parents[2]
+    root = ROOT
     data = yaml.safe_load((root / "examples" / "byom" / "spec.yaml").read_text(encoding="utf-8"))
     entry = next(t for t in data["tiers"] if t["name"] == "my_ranker")["model"]
     entry["path"] = str(root / entry["path"])
