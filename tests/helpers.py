@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import os
 import subprocess
 import sys
@@ -19,19 +20,73 @@ ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_SPEC = ROOT / "ensembles" / "ads_ranking.yaml"
 
 
-def tiny_spec_dict(folder: Path) -> dict:
-    """The default spec shrunk so the whole pipeline runs in seconds; outputs go under ``folder``."""
-    data = yaml.safe_load(DEFAULT_SPEC.read_text(encoding="utf-8"))
-    data["data"] = {
-        "train_requests": 2000,
-        "holdout_requests": 200,
-        "candidates": {"min": 2, "max": 24},
-        "informative_share": 0.4,
-    }
-    data["tiers"][0]["params"] = {"embedding_dim": 4, "hidden": [16]}
-    data["tiers"][1]["params"] = {"embedding_dim": 8, "cross_layers": 1, "hidden": [16]}
-    data["tiers"][2]["params"] = {"embedding_dim": 8, "heads": 2, "layers": 1, "hidden": [32]}
-    data["export"] = {"parity_requests": 8, "timing_candidates": [8], "timing_rounds": 1, "opset": 18}
+# ad_id keeps 512 rows: the demo generator needs enough items (3/4 of the vocabulary) to fill each of
+# its 32 categories; much smaller ad_id vocabularies make it fail (see the unit-test report).
+TINY_SPEC: dict[str, Any] = {
+    "name": "tiny",
+    "seed": 3,
+    "features": {
+        "user_dense": 3,
+        "ad_dense": 2,
+        "user_sparse": [{"name": "user_segment", "vocab": 11}, {"name": "user_geo", "vocab": 7}],
+        "ad_sparse": [
+            {"name": "ad_id", "vocab": 512},
+            {"name": "advertiser", "vocab": 13},
+            {"name": "ad_category", "vocab": 9},
+        ],
+        "history": {"length": 6, "table": "ad_category"},
+    },
+    "data": {
+        "train_requests": 40,
+        "holdout_requests": 20,
+        "candidates": {"min": 2, "max": 6},
+        "informative_share": 0.5,
+    },
+    "tiers": [
+        {"name": "lite", "architecture": "lite", "params": {"embedding_dim": 4, "hidden": [8, 4]}},
+        {
+            "name": "standard",
+            "architecture": "standard",
+            "params": {"embedding_dim": 4, "cross_layers": 2, "hidden": [8]},
+        },
+        {
+            "name": "xl",
+            "architecture": "xl",
+            "params": {"embedding_dim": 8, "heads": 2, "layers": 1, "hidden": [8]},
+        },
+    ],
+    "routing": {
+        "policy": "rules",
+        "default_tier": "lite",
+        "rules": [{"feature": "history_length", "op": ">=", "value": 3, "tier": "xl"}],
+    },
+    "triton": {"max_candidates": 16, "router_instances": 2, "tier_instances": 1},
+}
+
+
+TRAINED = {
+    "data": {"train_requests": 2000, "holdout_requests": 200, "candidates": {"min": 2, "max": 24}},
+    "export": {"parity_requests": 8, "timing_candidates": [8], "timing_rounds": 1, "opset": 18},
+    "triton": {"max_candidates": 1024},
+}
+"""What the tiny spec adds when it is trained, exported and served: enough requests to learn from,
+and export settings that keep the pipeline to seconds."""
+
+
+def tiny_spec_dict(folder: Path | None = None) -> dict:
+    """The tiny test spec as parsed YAML gives it (a fresh, mutable copy).
+
+    Args:
+        folder: Where its checkpoints, artifacts and repository go when the spec is run through the
+            pipeline; then it also gets :data:`TRAINED`'s data and export settings. None: only
+            validated or built in code, no outputs.
+    """
+    data = copy.deepcopy(TINY_SPEC)
+    if folder is None:
+        return data
+    data["data"] = {**data["data"], **copy.deepcopy(TRAINED["data"])}
+    data["export"] = copy.deepcopy(TRAINED["export"])
+    data["triton"] = {**data["triton"], **TRAINED["triton"]}
     data["paths"] = {
         "checkpoints": str(folder / "checkpoints"),
         "artifacts": str(folder / "artifacts"),

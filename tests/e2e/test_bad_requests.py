@@ -24,8 +24,12 @@ _DTYPES = {np.float32: "FP32", np.float64: "FP64", np.int64: "INT64", np.int32: 
 Arrays = dict[str, np.ndarray]
 
 
-def _with(name: str, make: Callable[[np.ndarray], np.ndarray | None]) -> Callable[[Arrays], Arrays]:
-    def change(arrays: Arrays) -> Arrays:
+Change = Callable[[Arrays, int], Arrays]
+"""Makes a bad request from a valid one; the int is the spec's ``triton.max_candidates``."""
+
+
+def _with(name: str, make: Callable[[np.ndarray], np.ndarray | None]) -> Change:
+    def change(arrays: Arrays, _limit: int) -> Arrays:
         value = make(arrays[name].copy())
         changed = {k: v for k, v in arrays.items() if k != name}
         if value is not None:
@@ -43,19 +47,21 @@ def _at(index: tuple[int, int], value: float) -> Callable[[np.ndarray], np.ndarr
     return put
 
 
-def _candidates(n: int) -> Callable[[Arrays], Arrays]:
-    def change(arrays: Arrays) -> Arrays:
-        rows = np.arange(n) % arrays["ad_dense"].shape[0]
+def _candidates(n: int | None) -> Change:
+    """A request with ``n`` candidates (None: one more than the spec allows)."""
+
+    def change(arrays: Arrays, limit: int) -> Arrays:
+        rows = np.arange(limit + 1 if n is None else n) % arrays["ad_dense"].shape[0]
         return {**arrays, "ad_dense": arrays["ad_dense"][rows], "ad_sparse": arrays["ad_sparse"][rows]}
 
     return change
 
 
-def _same(arrays: Arrays) -> Arrays:
+def _same(arrays: Arrays, _limit: int) -> Arrays:
     return arrays
 
 
-CASES: dict[str, tuple[Callable[[Arrays], Arrays], dict, list[str]]] = {
+CASES: dict[str, tuple[Change, dict, list[str]]] = {
     "wrong dtype: ad_sparse INT32": (
         _with("ad_sparse", lambda a: a.astype(np.int32)),
         {},
@@ -75,7 +81,7 @@ CASES: dict[str, tuple[Callable[[Arrays], Arrays], dict, list[str]]] = {
     "user first dim 2": (_with("user_dense", lambda a: np.repeat(a, 2, axis=0)), {}, ["'user_dense'"]),
     "missing tensor: user_history": (_with("user_history", lambda a: None), {}, ["'user_history'"]),
     "N = 0": (_candidates(0), {}, ["'ad_dense'", "0 candidates"]),
-    "N above the maximum": (_candidates(1025), {}, ["'ad_dense'", "1025", "1024"]),
+    "N above the maximum": (_candidates(None), {}, ["'ad_dense'", "{over} candidates", "at most {limit}"]),
     "N differs between candidate tensors": (
         _with("ad_sparse", lambda a: a[:-1]),
         {},
@@ -128,13 +134,16 @@ def test_bad_request_gets_invalid_argument_naming_the_culprit_and_the_next_valid
 ) -> None:
     valid = dict(demo_holdout_set(pipeline.spec, 4).request(3))
     change, params, fragments = CASES[case]
+    limit = pipeline.spec.triton.max_candidates
 
     with pytest.raises(InferenceServerException) as refused:
-        _infer(grpc, pipeline.spec.name, change(valid), params)
+        _infer(grpc, pipeline.spec.name, change(valid, limit), params)
 
     assert refused.value.status() == INVALID
     for fragment in fragments:
-        assert fragment in refused.value.message(), refused.value.message()
+        assert fragment.format(limit=limit, over=limit + 1) in refused.value.message(), (
+            refused.value.message()
+        )
     scores = _infer(grpc, pipeline.spec.name, valid, {})
     assert scores.shape == (valid["ad_dense"].shape[0],) and np.isfinite(scores).all()
     assert server.running and server.pid == started

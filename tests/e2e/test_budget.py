@@ -17,10 +17,16 @@ def test_budget_caps_the_tier_and_a_tiny_budget_still_gets_the_cheapest_tier(pip
     spec = pipeline.spec
     settings = json.loads((pipeline.repository / spec.router_model / "1" / "router.json").read_text())
     assert set(settings["latency_prior_ms"]) == set(spec.tier_names)
-    rule_tier = spec.routing.rules[0].tier
-    long = generate_requests(spec.features, 12, (2, 10), 1.0, seed=41, world_seed=spec.seed)
+    rule = spec.routing.rules[0]
+    assert (rule.feature, rule.op) == ("history_length", ">=")
+    rule_tier = rule.tier
+    long = generate_requests(spec.features, 40, (2, 10), 1.0, seed=41, world_seed=spec.seed)
+    matching = [
+        r for r in range(long.num_requests) if (long.request(r)["user_history"] > 0).sum() >= rule.value
+    ]
+    assert len(matching) >= 8
     with RankingClient(server.grpc_url, spec.name, tier_names=spec.tier_names) as client:
-        for r in range(long.num_requests):
+        for r in matching:
             raw = long.request(r)
             assert set(client.rank(**raw).tier_names) == {rule_tier}
             tiny = client.rank(latency_budget_ms=1e-6, **raw)

@@ -42,11 +42,11 @@ MODELS = textwrap.dedent(
     class Towers(nn.Module):
         '''Request-centric: the user tower runs once per request, the ad tower once per candidate.'''
 
-        def __init__(self, dim=8):
+        def __init__(self, dim=8, user_width=8, ad_width=4):
             super().__init__()
-            self.user = nn.Linear(8, dim)
+            self.user = nn.Linear(user_width, dim)
             self.history = nn.Embedding(64, dim)
-            self.ad = nn.Linear(4, dim)
+            self.ad = nn.Linear(ad_width, dim)
             self.ad_ids = nn.Embedding(8192, dim)
             self.out = nn.Linear(dim, 1)
 
@@ -59,11 +59,11 @@ MODELS = textwrap.dedent(
     class Pairs(nn.Module):
         '''Per-pair, as most public CTR models: one row per (user, candidate), ids as int32.'''
 
-        def __init__(self):
+        def __init__(self, user_width=8, ad_width=4, ids=6):
             super().__init__()
             self.ids = nn.Embedding(8192, 4)
-            self.user = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 8))
-            self.mlp = nn.Sequential(nn.Linear(8 + 4 + 24, 16), nn.ReLU(), nn.Linear(16, 1))
+            self.user = nn.Sequential(nn.Linear(user_width, 16), nn.ReLU(), nn.Linear(16, 8))
+            self.mlp = nn.Sequential(nn.Linear(8 + ad_width + 4 * ids, 16), nn.ReLU(), nn.Linear(16, 1))
 
         def forward(self, user, ad, ids):
             x = torch.cat([self.user(user), ad, self.ids(ids).flatten(1)], 1)
@@ -73,10 +73,10 @@ MODELS = textwrap.dedent(
     class Scorer(nn.Module):
         '''Becomes a ready ONNX file: user ids once, candidates N times, logits [N, 1].'''
 
-        def __init__(self):
+        def __init__(self, ad_width=4):
             super().__init__()
             self.user_ids = nn.Embedding(1024, 6)
-            self.items = nn.Linear(4, 6)
+            self.items = nn.Linear(ad_width, 6)
             self.item_ids = nn.Embedding(8192, 6)
 
         def forward(self, user_ids, items, item_ids):
@@ -85,15 +85,14 @@ MODELS = textwrap.dedent(
             return (u * a).sum(1, keepdim=True)
 
 
-    def towers(dim=8):
-        return Towers(dim)
+    def towers(dim=8, user_width=8, ad_width=4):
+        return Towers(dim, user_width, ad_width)
     """
 )
 
 USER_TIERS = {
     "mine": {
         "factory": f"{MODULE}:towers",
-        "kwargs": {"dim": 8},
         "output": "logit",
         "inputs": [
             {"name": "user", "tensors": ["user_dense"]},
@@ -122,7 +121,12 @@ USER_TIERS = {
 }
 
 
-def _user_files(folder: Path) -> dict[str, Path]:
+def _widths(features: dict) -> dict[str, int]:
+    """The request widths the user models are built for (keyword arguments of their factories)."""
+    return {"user_width": features["user_dense"], "ad_width": features["ad_dense"]}
+
+
+def _user_files(folder: Path, features: dict) -> dict[str, Path]:
     """The user's model file, two checkpoints and an ONNX file, as a user would have them."""
     folder.mkdir(parents=True, exist_ok=True)
     (folder / f"{MODULE}.py").write_text(MODELS, encoding="utf-8")
@@ -133,11 +137,16 @@ def _user_files(folder: Path) -> dict[str, Path]:
         sys.path.remove(str(folder))
     torch.manual_seed(5)
     files = {"module": folder / f"{MODULE}.py"}
-    for name, model in (("mine", module.Towers(8)), ("pairwise", module.Pairs())):
+    widths = _widths(features)
+    ids = len(features["user_sparse"]) + len(features["ad_sparse"])
+    mine, pairs = module.Towers(8, **widths), module.Pairs(**widths, ids=ids)
+    for name, model in (("mine", mine), ("pairwise", pairs)):
         files[name] = folder / f"{name}.pt"
         torch.save(model.state_dict(), files[name])
-    scorer = module.Scorer().eval()
-    example = (torch.tensor([[3, 1, 2]]), torch.randn(5, 4), torch.randint(0, 8192, (5, 3)))
+    scorer = module.Scorer(features["ad_dense"]).eval()
+    user_ids = torch.arange(1, len(features["user_sparse"]) + 1)[None, :]
+    ad_ids = torch.randint(0, 8192, (5, len(features["ad_sparse"])))
+    example = (user_ids, torch.randn(5, features["ad_dense"]), ad_ids)
     n = torch.export.Dim("n", min=1, max=4096)
     files["onnxfile"] = folder / "scorer.onnx"
     torch.onnx.export(
@@ -156,12 +165,17 @@ class Byom:
     """The session's tiny pipeline plus the three user tiers, exported and deployed."""
 
     def __init__(self, pipeline, folder: Path) -> None:
-        self.files = _user_files(folder / "user")
         data = tiny_spec_dict(folder)
+        self.files = _user_files(folder / "user", data["features"])
+        widths = _widths(data["features"])
+        ids = len(data["features"]["user_sparse"]) + len(data["features"]["ad_sparse"])
+        kwargs = {"mine": {"dim": 8, **widths}, "pairwise": {**widths, "ids": ids}}
         data["paths"]["checkpoints"] = str(pipeline.checkpoints)
         shutil.copytree(pipeline.artifacts, data["paths"]["artifacts"])
         for name, model in USER_TIERS.items():
             entry = dict(model)
+            if name in kwargs:
+                entry["kwargs"] = kwargs[name]
             if name == "onnxfile":
                 entry["onnx"] = str(self.files[name])
             else:
@@ -174,6 +188,7 @@ class Byom:
         pins = [arg for name in USER_TIERS for arg in ("--pin", f"{name}=onnx-fp32")]
         self.deploy_out = run_cli("deploy", "--spec", str(self.spec_path), *pins).stdout
         self.repository = Path(self.spec.paths.repository)
+        self.widths = (self.spec.features.user_dense, self.spec.features.ad_dense)
         self.preprocess = load_preprocess(pipeline.checkpoints, self.spec)
         sys.path.insert(0, str(folder / "user"))
         try:
@@ -192,14 +207,16 @@ class Byom:
         n = pre["ad_dense"].shape[0]
         with torch.no_grad():
             if tier == "mine":
-                model = self.module.Towers(8)
+                model = self.module.Towers(8, *self.widths)
                 model.load_state_dict(torch.load(self.files["mine"], weights_only=True))
                 logits = model.eval()(
                     pre["user_dense"], pre["user_history"], pre["ad_dense"], pre["ad_sparse"]
                 )
                 return torch.sigmoid(logits).reshape(n).numpy()
             if tier == "pairwise":
-                model = self.module.Pairs()
+                model = self.module.Pairs(
+                    *self.widths, ids=pre["user_sparse"].shape[1] + pre["ad_sparse"].shape[1]
+                )
                 model.load_state_dict(torch.load(self.files["pairwise"], weights_only=True))
                 ids = torch.cat([pre["user_sparse"].repeat(n, 1), pre["ad_sparse"]], 1).to(torch.int32)
                 return model.eval()(pre["user_dense"].repeat(n, 1), pre["ad_dense"], ids).numpy()

@@ -90,11 +90,11 @@ def test_k8s_writes_one_file_per_pool_summary_and_entry_dockerfile(written: dict
         f"kubectl apply -f {out / 'big.yaml'}\n  kubectl apply -f {out / 'cpu.yaml'}",
         "kubectl create namespace ranking",
         "create secret generic s3-creds",
-        "runs ensemble ads_ranking (router, preprocess); tiers lite, standard",
+        "runs ensemble tiny (router, preprocess); tiers lite, standard",
         "runs tier xl",
         "repository s3://https://minio.storage:9000/models/ads/big",
-        "gRPC ads-ranking-cpu.ranking.svc.cluster.local:8001 (clients)",
-        "gRPC ads-ranking-big-pods.ranking.svc.cluster.local:8001 (the entry pool's router",
+        "gRPC tiny-cpu.ranking.svc.cluster.local:8001 (clients)",
+        "gRPC tiny-big-pods.ranking.svc.cluster.local:8001 (the entry pool's router",
         "replicas 1-3 (HPA on 70% CPU, queue time 5000 us per request)",
     ):
         assert line in stdout
@@ -143,7 +143,7 @@ def test_each_pool_reads_its_own_repository_folder(written: dict[str, Any]) -> N
 def test_headless_service_is_where_the_router_calls_the_pool(written: dict[str, Any]) -> None:
     spec = written["spec"]
     address = default_address(spec, "big")
-    assert address == "ads-ranking-big-pods.ranking.svc.cluster.local:8001"
+    assert address == "tiny-big-pods.ranking.svc.cluster.local:8001"
     host, _, port = address.rpartition(":")
     name, namespace, svc, domain = host.split(".", 3)
     assert (svc, domain) == ("svc", spec.kubernetes.cluster_domain)
@@ -197,8 +197,8 @@ def test_pool_deployments_map_the_spec(tmp_path: Path) -> None:
     spec = spec_from_dict(data, "spec.yaml")
     cluster = cluster_settings(spec)
     assert (cluster.namespace, cluster.ensemble, cluster.image) == (
-        "ads-ranking",
-        "ads-ranking",
+        "tiny",
+        "tiny",
         TRITON_IMAGE,
     )
     cpu, big = pool_deployments(spec)
@@ -279,11 +279,11 @@ def test_spec_without_pools_is_one_pool_and_kserve_validates(tmp_path: Path) -> 
     versions = supported_kubernetes_versions()
     proc = run_cli("k8s", "--spec", str(spec_path), "--out", str(out), "--kubernetes-version", versions[0])
     assert sorted(p.name for p in out.iterdir()) == ["README.md", f"{SINGLE_POOL}.yaml"]
-    assert "runs ensemble ads_ranking (router, preprocess); tiers lite, standard, xl" in proc.stdout
+    assert "runs ensemble tiny (router, preprocess); tiers lite, standard, xl" in proc.stdout
     assert f"validated against Kubernetes {versions[0]}" in proc.stdout
     manifests = documents(out / f"{SINGLE_POOL}.yaml")
     isvc = kind(manifests, "InferenceService")
-    assert isvc["metadata"] == {**isvc["metadata"], "name": "ads-ranking-triton", "namespace": "ads-ranking"}
+    assert isvc["metadata"] == {**isvc["metadata"], "name": "tiny-triton", "namespace": "tiny"}
     model = isvc["spec"]["predictor"]["model"]
     assert model["storageUri"] == "s3://models/ads"  # without pools: the repository itself
     assert model["resources"]["limits"]["nvidia.com/gpu"] == 1
@@ -330,7 +330,7 @@ def test_engine_cache_and_build_job_go_to_gpu_pools_only_and_validate(tmp_path: 
     big = documents(tmp_path / "out" / "big.yaml")
     assert [m["kind"] for m in big[:3]] == ["PersistentVolumeClaim", "Job", "Deployment"]
     claim = kind(big, "PersistentVolumeClaim")
-    assert claim["metadata"]["name"] == "ads-ranking-big-trt-engine-cache"
+    assert claim["metadata"]["name"] == "tiny-big-trt-engine-cache"
     assert claim["spec"] == {
         "accessModes": ["ReadWriteMany"],
         "resources": {"requests": {"storage": "20Gi"}},
