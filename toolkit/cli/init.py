@@ -64,6 +64,6 @@ def command(directory: Path, force: bool) -> None:
     cd = f"cd {directory} && " if directory.resolve() != Path.cwd().resolve() else ""
     click.echo(f"next, with the export and serve extras (pip install '{DISTRIBUTION}[export,serve]'):")
     click.echo(f"  {cd}toolkit train && toolkit export && toolkit deploy && toolkit demo")
-    click.echo("edit the tiers, features and routing in the spec; every key is described in docs/spec.md.")
+    click.echo("edit the tiers, features and routing in the spec (the docs' Spec reference lists every key).")
     if shutil.which("toolkit") is None:
         click.echo("note: `toolkit` is not on PATH; run `python -m toolkit` instead.")

@@ -63,7 +63,7 @@ def render_markdown(result: dict[str, Any]) -> str:
         + " | NE | AUC | PGR | "
         + ("value NE | " if valued else "")
         + f"NDCG@{k} | top-{k} NE | top-{k} AUC | MFLOP/request | ms/request |",
-        "|---|" + "---|" * (len(tiers) + 9 + (1 if valued else 0)),
+        "|---|" + "---|" * (len(tiers) + 8 + (1 if valued else 0)),
     ]
     for p in result["points"]:
         lines.append(

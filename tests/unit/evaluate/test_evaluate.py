@@ -17,7 +17,10 @@ def test_evaluate_writes_report_whose_tier_quality_matches_export_and_policy_poi
     proc = run_cli("evaluate", "--spec", str(pipeline.spec_path), "--out", str(out))
     result = json.loads((out / "evaluation.json").read_text())
     assert (out / "evaluation.png").stat().st_size > 10_000
-    assert "| rules policy |" in (out / "evaluation.md").read_text() and "APGR" in proc.stdout
+    report = (out / "evaluation.md").read_text()
+    assert "| rules policy |" in report and "APGR" in proc.stdout
+    rows = [line for line in report.splitlines() if line.startswith("|")]
+    assert rows and len({row.count("|") for row in rows}) == 1  # header, delimiter and rows agree
     manifest = read_manifest(pipeline.artifacts)
     spec = pipeline.spec
     assert result["requests"] == spec.data.holdout_requests
