@@ -5,6 +5,8 @@
 - ``results/<name>.md`` and their plots: the reports ``make bench`` writes to ``benchmarks/results/``.
 - ``changelog.md``: CHANGELOG.md.
 
+The command reference (``reference/cli.md``) is written by mkdocs-click from the click commands.
+
 Pages in ``docs/`` link to benchmark reports as ``../benchmarks/results/<name>.md``, which works on
 a code host; :func:`on_page_markdown` points those links at the site's copies.
 """
@@ -49,6 +51,11 @@ def on_files(files: Files, config) -> Files:
     for path in sorted(RESULTS.glob("*.png")):
         files.append(File.generated(config, f"results/{path.name}", abs_src_path=str(path)))
     return files
+
+
+def on_page_content(html: str, page, config, files) -> str:
+    """Show an option without a default as ``-`` (mkdocs-click prints click's internal ``UNSET`` marker)."""
+    return html.replace("<code>Sentinel.UNSET</code>", "-")
 
 
 def on_page_markdown(markdown: str, page, config, files) -> str:
