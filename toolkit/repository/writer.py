@@ -8,7 +8,7 @@ import json
 import os
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ from toolkit.repository.plan import (
     BACKENDS,
     DeployOptions,
     DeployPlan,
+    PoolPlan,
     check_plans,
     input_schema,
     plan_deploy,
@@ -173,28 +174,14 @@ def _check_replaceable(out: Path) -> tuple[bool, str]:
 
 
 @dataclass(frozen=True)
-class PoolRepository:
-    """The repository of one pool, as ``deploy`` wrote it for a spec with ``pools``.
+class PoolRepository(PoolPlan):
+    """The repository of one pool as ``deploy`` wrote it (specs with ``pools``): its plan and folder.
 
     Attributes:
-        name: The pool.
         repository: Its folder, ``<out>/<name>``.
-        target: ``cpu`` or ``gpu`` (the pool's hardware).
-        backend: Backend of its tiers (and, in the entry pool, of the preprocess step).
-        models: Models it holds, entry point first in the entry pool.
-        tiers: Tiers it serves.
-        entry: Whether it is the entry pool (ensemble, router, preprocess, gate).
-        addresses: For other pools: where the entry pool's router calls it.
     """
 
-    name: str
-    repository: Path
-    target: str
-    backend: str
-    models: tuple[str, ...]
-    tiers: tuple[str, ...]
-    entry: bool
-    addresses: tuple[str, ...] = ()
+    repository: Path = Path()
 
 
 def deploy(
@@ -271,7 +258,7 @@ def write_repository(plan: DeployPlan, out: Path) -> DeployResult:
     engines = {name: tier.variant.engine for name, tier in plan.tiers.items() if tier.is_plan}
     out = out.resolve()
     pools = tuple(
-        PoolRepository(p.name, out / p.name, p.target, p.backend, p.models, p.tiers, p.entry, p.addresses)
+        PoolRepository(**{f.name: getattr(p, f.name) for f in fields(PoolPlan)}, repository=out / p.name)
         for p in plan.pools
     )
     selections = plan.selections
