@@ -81,7 +81,7 @@ def command(
     from rich.console import Console
 
     from toolkit.export import run_export
-    from toolkit.export.pipeline import RequiredVariantError
+    from toolkit.export.pipeline import ExportOptions, RequiredVariantError
 
     spec = load(spec_path)
     out = folder(artifacts, spec.paths.artifacts)
@@ -93,15 +93,8 @@ def command(
                 status.update(message)
                 console.log(message)
 
-            manifest = run_export(
-                spec,
-                folder(checkpoints, spec.paths.checkpoints),
-                out,
-                _split(tiers),
-                _split(precisions),
-                force,
-                on_step,
-            )
+            options = ExportOptions(_split(tiers), _split(precisions), force)
+            manifest = run_export(spec, folder(checkpoints, spec.paths.checkpoints), out, options, on_step)
     except RequiredVariantError as exc:
         print_matrix(exc.manifest, spec.export.timing_candidates, f"status matrix (NOT written to {out}/)")
         raise

@@ -20,6 +20,7 @@ _EXPORTS = {
     "check_parity": "toolkit.export.parity",
     "cpu_session": "toolkit.export.parity",
     "run_export": "toolkit.export.pipeline",
+    "ExportOptions": "toolkit.export.pipeline",
 }
 
 __all__ = sorted(_EXPORTS)

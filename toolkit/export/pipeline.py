@@ -200,13 +200,27 @@ def _selected_variants(spec: Spec, precisions: tuple[str, ...] | None) -> list[s
     return [v for v in VARIANTS if v == FP32 or v in precisions]
 
 
+@dataclasses.dataclass(frozen=True)
+class ExportOptions:
+    """What an export run may choose beyond the spec.
+
+    Attributes:
+        tiers: Tiers to export (None: all); the manifest keeps the other tiers' entries.
+        precisions: Variants to build (None: the spec's ``export.precisions``); ``onnx-fp32`` is
+            always built, the others are made from it.
+        force: Rebuild even variants that could be reused.
+    """
+
+    tiers: tuple[str, ...] | None = None
+    precisions: tuple[str, ...] | None = None
+    force: bool = False
+
+
 def run_export(
     spec: Spec,
     checkpoints: Path,
     artifacts: Path,
-    tiers: tuple[str, ...] | None = None,
-    precisions: tuple[str, ...] | None = None,
-    force: bool = False,
+    options: ExportOptions | None = None,
     step: StepFn | None = None,
 ) -> Manifest:
     """Export the preprocess step and every variant of the tiers; write the status matrix.
@@ -220,10 +234,7 @@ def run_export(
         spec: The ensemble spec.
         checkpoints: Folder with the trained checkpoints.
         artifacts: Output folder (``<model>/<variant>/`` and ``manifest.json``).
-        tiers: Tiers to export (default: all); the manifest keeps the other tiers' entries.
-        precisions: Variants to build (default: the spec's ``export.precisions``); ``onnx-fp32``
-            is always built, the others are made from it.
-        force: Rebuild even variants that could be reused.
+        options: Which tiers and variants, and whether to rebuild what could be reused.
         step: Optional callback told about each step.
 
     Returns:
@@ -232,16 +243,19 @@ def run_export(
     Raises:
         CheckpointError: A checkpoint is missing or does not match the spec.
         RequiredVariantError: A variant in ``export.required`` is FAILED or SKIPPED.
-        ExportError: The preprocess step failed, or an option names an unknown tier or variant.
+        ExportError: The preprocess step failed, or an option names an unknown tier or variant
+            (``option`` is ``tiers`` or ``precisions``).
     """
+    options = options or ExportOptions()
+    force = options.force
     step = step or (lambda _msg: None)
-    names = tiers or spec.tier_names
+    names = options.tiers or spec.tier_names
     unknown = [t for t in names if t not in spec.tier_names]
     if unknown:
         raise ExportError(
             f"{unknown[0]!r} is not a tier of the spec ({', '.join(spec.tier_names)})", option="tiers"
         )
-    variants = _selected_variants(spec, precisions)
+    variants = _selected_variants(spec, options.precisions)
     artifacts.mkdir(parents=True, exist_ok=True)
     previous = _previous(artifacts, spec)
     staging = artifacts / f".staging-{os.getpid()}"

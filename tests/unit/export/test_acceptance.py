@@ -14,6 +14,7 @@ from onnx import numpy_helper
 from toolkit.errors import RepositoryError
 from toolkit.export import build, run_export
 from toolkit.export.acceptance import Reference, judge
+from toolkit.export.pipeline import ExportOptions
 from toolkit.repository import deploy
 from toolkit.repository.select import select_variant
 from toolkit.spec import AcceptanceSpec, spec_from_dict
@@ -91,7 +92,7 @@ def test_acceptance_fails_a_damaged_variant_and_deploy_never_selects_it(
     data["export"]["precisions"] = ["onnx-fp32", name]
     spec = spec_from_dict(data)
 
-    manifest = run_export(spec, pipeline.checkpoints, artifacts, tiers=("xl",))
+    manifest = run_export(spec, pipeline.checkpoints, artifacts, ExportOptions(tiers=("xl",)))
 
     entry = manifest.variant("xl", name)
     assert entry.status == "FAILED"
@@ -121,7 +122,7 @@ def test_export_records_a_crashing_variant_as_failed_and_carries_on(pipeline, tm
     data["export"]["precisions"] = ["onnx-fp32", name, "onnx-emb-int8"]
     spec = spec_from_dict(data)
 
-    manifest = run_export(spec, pipeline.checkpoints, artifacts, tiers=("lite",))
+    manifest = run_export(spec, pipeline.checkpoints, artifacts, ExportOptions(tiers=("lite",)))
 
     variants = manifest.tier("lite").variants
     assert variants[name].status == "FAILED"
