@@ -53,9 +53,59 @@ def on_files(files: Files, config) -> Files:
     return files
 
 
+_PLACEHOLDER = re.compile(r"<([a-z][a-z_]*)>")
+_HTML_TAGS = frozenset(
+    [
+        "a",
+        "b",
+        "br",
+        "code",
+        "dd",
+        "div",
+        "dl",
+        "dt",
+        "em",
+        "h1",
+        "h2",
+        "h3",
+        "h4",
+        "h5",
+        "h6",
+        "hr",
+        "i",
+        "kbd",
+        "li",
+        "ol",
+        "p",
+        "pre",
+        "span",
+        "strong",
+        "sub",
+        "sup",
+        "table",
+        "tbody",
+        "td",
+        "th",
+        "thead",
+        "tr",
+        "ul",
+    ]
+)
+
+
 def on_page_content(html: str, page, config, files) -> str:
-    """Show an option without a default as ``-`` (mkdocs-click prints click's internal ``UNSET`` marker)."""
-    return html.replace("<code>Sentinel.UNSET</code>", "-")
+    """Tidy what mkdocs-click writes from the commands' help texts.
+
+    An option without a default shows ``-`` (mkdocs-click prints click's internal ``UNSET`` marker),
+    and placeholders such as ``<artifacts>`` in a help text show as text instead of vanishing as
+    unknown HTML tags.
+    """
+    if page.file.src_uri != "reference/cli.md":
+        return html
+    html = html.replace("<code>Sentinel.UNSET</code>", "-")
+    return _PLACEHOLDER.sub(
+        lambda m: m.group(0) if m.group(1) in _HTML_TAGS else f"&lt;{m.group(1)}&gt;", html
+    )
 
 
 def on_page_markdown(markdown: str, page, config, files) -> str:

@@ -26,7 +26,7 @@ _COMMANDS: dict[str, tuple[str, str]] = {
     "data": ("toolkit.cli.data", "Write generated requests as request logs; check the logs a spec reads."),
     "export": (
         "toolkit.cli.export",
-        "Export every tier in every precision; gate each against PyTorch and time it.",
+        "Export every tier in every precision; check each against PyTorch and time it.",
     ),
     "deploy": (
         "toolkit.cli.deploy",
@@ -114,7 +114,7 @@ class _LazyGroup(click.Group):
 def cli(ctx: click.Context, verbose: int, debug: bool) -> None:
     """Serve tiered ads-ranking models on Triton with per-request routing.
 
-    The pipeline runs one way: a spec (ensembles/<name>.yaml) -> train (demo data) -> export
+    The pipeline runs one way: a spec (ensembles/NAME.yaml) -> train (demo data) -> export
     (ONNX, checked against PyTorch) -> deploy (Triton model repository) -> serve -> clients.
     Every command reads the spec given with --spec (default: ensembles/ads_ranking.yaml;
     `toolkit init` writes it). The base install runs init, infer and bench; the other commands
