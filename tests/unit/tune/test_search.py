@@ -1,0 +1,103 @@
+"""The tune search on a made-up throughput surface: it climbs, it stops, it resumes without re-measuring."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+
+from toolkit.errors import ToolkitError
+from toolkit.spec import spec_from_dict
+from toolkit.tune.search import Point, brute_force, quick_search
+from toolkit.tune.space import SearchSpace, ServingConfig
+from toolkit.tune.store import PointStore
+
+SPACE = SearchSpace(
+    router_instances=(2, 3, 4, 6), tier_instances=(1, 2, 3), queue_timeout_ms=(50.0, 100.0, 200.0)
+)
+START = ServingConfig(2, 1, 100.0)
+
+
+def surface(config: ServingConfig) -> Point:
+    """Throughput peaks at 4 routers and 2 tier instances; 6 routers misses the SLO."""
+    if config.router_instances == 6:
+        return Point(config, 0.0, math.nan)
+    throughput = 1000.0 - 100.0 * (config.router_instances - 4) ** 2 - 80.0 * (config.tier_instances - 2) ** 2
+    throughput += 5.0 * (config.queue_timeout_ms == 200.0)  # within the margin: not worth a move
+    return Point(config, throughput, 40.0)
+
+
+class Counting:
+    def __init__(self) -> None:
+        self.calls: list[ServingConfig] = []
+
+    def __call__(self, config: ServingConfig) -> Point:
+        self.calls.append(config)
+        return surface(config)
+
+
+def test_quick_search_climbs_to_the_best_point_measuring_a_fraction_of_the_space() -> None:
+    measure = Counting()
+    result = quick_search(SPACE, START, measure)
+    assert result.best is not None and result.best.config == ServingConfig(4, 2, 100.0)
+    assert result.baseline is not None and result.baseline.config == START
+    assert len(measure.calls) == len(set(measure.calls)) < SPACE.size  # each point once
+    assert result.best.throughput / result.baseline.throughput == pytest.approx(1000 / 520)
+
+
+def test_quick_search_stops_at_the_point_budget_with_the_best_so_far() -> None:
+    result = quick_search(SPACE, START, Counting(), max_points=3)
+    assert len(result.points) == 3 and result.best is not None
+
+
+def test_brute_force_measures_every_point_once_starting_where_asked() -> None:
+    measure = Counting()
+    result = brute_force(SPACE, measure, start=START)
+    assert measure.calls[0] == START and sorted(map(str, measure.calls)) == sorted(map(str, SPACE))
+    assert result.best is not None and result.best.config.router_instances == 4
+
+
+def test_an_interrupted_search_resumes_without_remeasuring(tmp_path: Path) -> None:
+    record = tmp_path / "tune.json"
+    context = {"slo_ms": 50.0, "spec": "tiny.yaml"}
+    first = Counting()
+
+    def interrupted(config: ServingConfig) -> Point:
+        if len(first.calls) == 4:
+            raise KeyboardInterrupt
+        return first(config)
+
+    with pytest.raises(KeyboardInterrupt):
+        quick_search(SPACE, START, PointStore(record, context).measured(interrupted))
+    second = Counting()
+    resumed = quick_search(SPACE, START, PointStore(record, context).measured(second))
+    assert not set(first.calls) & set(second.calls)  # nothing measured twice
+    assert resumed.best is not None and resumed.best.config == ServingConfig(4, 2, 100.0)
+    other = Counting()
+    quick_search(SPACE, START, PointStore(record, {**context, "slo_ms": 20.0}).measured(other))
+    assert other.calls[0] == START  # another SLO does not reuse the record
+
+
+def test_a_damaged_record_is_one_line_naming_the_file(tmp_path: Path) -> None:
+    record = tmp_path / "tune.json"
+    record.write_text("{not json")
+    with pytest.raises(ToolkitError, match="tune.json: not a readable tune record"):
+        PointStore(record, {})
+
+
+def test_a_configuration_becomes_a_spec_overlay_the_loader_accepts(tiny_spec_dict) -> None:
+    config = ServingConfig(4, 2, 50.0)
+    assert config.key == "router_instances=4,tier_instances=2,queue_timeout_ms=50"
+    data = {**tiny_spec_dict, "triton": {**tiny_spec_dict["triton"], **config.overlay()["triton"]}}
+    spec = spec_from_dict(data)
+    assert ServingConfig.from_spec(spec) == config
+    assert config.apply(spec_from_dict(tiny_spec_dict)).triton == spec.triton
+
+
+def test_a_space_refuses_values_out_of_order_or_a_single_router() -> None:
+    with pytest.raises(ValueError, match="router_instances: expected distinct values"):
+        SearchSpace(router_instances=(3, 2))
+    with pytest.raises(ValueError, match="at least 2"):
+        SearchSpace(router_instances=(1, 2))
+    assert SearchSpace().with_start(ServingConfig(5, 1, 100.0)).router_instances == (2, 3, 4, 5)
