@@ -135,6 +135,11 @@ class DeployPlan:
         return {name: tier.selection for name, tier in self.tiers.items()}
 
     @property
+    def engines(self) -> dict[str, dict[str, Any]]:
+        """Per tier deployed as a TensorRT plan, what its engine was built with (the manifest's record)."""
+        return plan_engines(self.tiers)
+
+    @property
     def preprocessed_tiers(self) -> tuple[str, ...]:
         """Tiers that take preprocessed tensors (GPU tiers, deployed as exported)."""
         return tuple(name for name, tier in self.tiers.items() if tier.target == GPU)
@@ -219,12 +224,8 @@ def plan_deploy(spec: Spec, artifacts: Path, options: DeployOptions) -> DeployPl
             verify_files(artifacts, tier.variant, f"tier {name!r} ({tier.selection.variant})")
     except ExportError as exc:
         raise RepositoryError(str(exc)) from None
-    plans = {name: tier for name, tier in tiers.items() if tier.is_plan}
-    notes = check_plans(
-        spec,
-        {name: tier.variant.engine for name, tier in plans.items()},
-        {name: tier.selection.variant for name, tier in plans.items()},
-    )
+    engines = plan_engines(tiers)
+    notes = check_plans(spec, engines, {name: tiers[name].selection.variant for name in engines})
     learned = read_calibration(spec, artifacts) if spec.routing.policy == "learned" else None
     pools = tuple(
         PoolPlan(
@@ -254,6 +255,11 @@ def plan_deploy(spec: Spec, artifacts: Path, options: DeployOptions) -> DeployPl
         pools,
         notes,
     )
+
+
+def plan_engines(tiers: Mapping[str, TierPlan]) -> dict[str, dict[str, Any]]:
+    """Per tier deployed as a TensorRT plan, what its engine was built with (the manifest's record)."""
+    return {name: tier.variant.engine for name, tier in tiers.items() if tier.is_plan}
 
 
 def router_settings(

@@ -23,15 +23,10 @@ from toolkit.repository import configs
 from toolkit.repository.fuse import fuse_files
 from toolkit.repository.gate import gate_path
 from toolkit.repository.plan import (
-    BACKENDS,
     DeployOptions,
     DeployPlan,
     PoolPlan,
-    check_plans,
-    input_schema,
     plan_deploy,
-    remote_timeout_ms,
-    router_settings,
 )
 from toolkit.repository.select import Selection
 from toolkit.router.policy import RouterConfig
@@ -39,17 +34,12 @@ from toolkit.spec.schema import Spec
 from toolkit.spec.variants import GPU
 
 __all__ = [
-    "BACKENDS",
     "MARKER",
     "MARKER_FORMAT",
     "DeployOptions",
     "DeployResult",
     "PoolRepository",
-    "check_plans",
     "deploy",
-    "input_schema",
-    "remote_timeout_ms",
-    "router_settings",
     "write_config",
     "write_repository",
     "write_router",
@@ -255,7 +245,7 @@ def write_repository(plan: DeployPlan, out: Path) -> DeployResult:
         "spec": spec.source,
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }
-    engines = {name: tier.variant.engine for name, tier in plan.tiers.items() if tier.is_plan}
+    engines = plan.engines
     out = out.resolve()
     pools = tuple(
         PoolRepository(**{f.name: getattr(p, f.name) for f in fields(PoolPlan)}, repository=out / p.name)
