@@ -20,9 +20,11 @@ import numpy as np
 
 from toolkit.bench.histogram import LatencyHistogram
 from toolkit.client import AsyncRankingClient, ClientError
+from toolkit.data.generator import generate_requests
 from toolkit.data.requests import RequestSet
 from toolkit.errors import ServerError
 from toolkit.metrics import ctr_entropy, log_loss
+from toolkit.spec.schema import Spec
 
 STATS_FIELDS = ("queue", "compute_input", "compute_infer", "compute_output")
 
@@ -297,6 +299,22 @@ async def run_step(
         server=server_split(before, after),
         sent=load.sent,
         ne=sum(w.log_loss for w in measured) / candidates / entropy if candidates else float("nan"),
+    )
+
+
+def bench_requests(spec: Spec, count: int, candidates: tuple[int, int] | None = None) -> RequestSet:
+    """The requests a load cycles through: the spec's traffic, ``count`` requests of it.
+
+    With ``data.files`` in the spec and no ``candidates``, the first of the held-out log; otherwise
+    generated requests (a seed of their own) of ``candidates`` (default: the spec's data) candidates.
+    """
+    if spec.data.files is not None and candidates is None:
+        from toolkit.data.demo import demo_holdout_set
+
+        return demo_holdout_set(spec, count)
+    bounds = candidates or (spec.data.candidates.min, spec.data.candidates.max)
+    return generate_requests(
+        spec.features, count, bounds, spec.data.informative_share, seed=99, world_seed=spec.seed
     )
 
 

@@ -116,9 +116,8 @@ def command(
 
     from rich.console import Console
 
-    from toolkit.bench.load import StabilityPolicy, StepSpec, highest_within_slo, run_step
+    from toolkit.bench.load import StabilityPolicy, StepSpec, bench_requests, highest_within_slo, run_step
     from toolkit.bench.output import write_results
-    from toolkit.data import generate_requests
 
     spec = load(spec_path)
     rates = _levels(rate, "--rate")
@@ -132,15 +131,7 @@ def command(
         raise click.BadParameter(
             f"{tier!r} is not a tier of the spec ({', '.join(spec.tier_names)})", param_hint="--tier"
         )
-    bounds = _candidates(candidates) or (spec.data.candidates.min, spec.data.candidates.max)
-    if spec.data.files is not None and candidates is None:
-        from toolkit.data.demo import demo_holdout_set
-
-        requests = demo_holdout_set(spec, pool)
-    else:
-        requests = generate_requests(
-            spec.features, pool, bounds, spec.data.informative_share, seed=99, world_seed=spec.seed
-        )
+    requests = bench_requests(spec, pool, _candidates(candidates))
     address = url or f"{spec.triton.host}:{spec.triton.grpc_port}"
     policy = StabilityPolicy(window_s=window_s, max_windows=max_windows)
     console = Console(stderr=True)

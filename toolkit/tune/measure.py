@@ -9,8 +9,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from toolkit.bench.load import StabilityPolicy, StepResult, StepSpec, highest_within_slo, run_step
-from toolkit.data import generate_requests
+from toolkit.bench.load import (
+    StabilityPolicy,
+    StepResult,
+    StepSpec,
+    bench_requests,
+    highest_within_slo,
+    run_step,
+)
 from toolkit.repository.plan import DeployOptions, plan_deploy
 from toolkit.repository.writer import write_repository
 from toolkit.serve import ServerOptions, TritonServer, free_port
@@ -27,7 +33,7 @@ class LoadPlan:
         concurrencies: Closed-loop steps, rising; the climb stops at the first that misses the SLO.
         window_s: Length of a measurement window (as ``toolkit bench --window-s``).
         max_windows: Windows per step at most (as ``toolkit bench --max-windows``).
-        requests: Generated requests the load cycles through.
+        requests: Requests the load cycles through (the spec's traffic, as ``toolkit bench``'s).
     """
 
     concurrencies: tuple[int, ...] = (1, 2, 4, 8)
@@ -55,7 +61,7 @@ def server_measure(
 
     For a configuration it writes the repository (the spec with the configuration applied, deployed
     with ``options``) to ``<workdir>/repository``, starts the server on free ports, runs the load
-    plan's steps with ``toolkit bench``'s load generator on generated requests of the spec's size,
+    plan's steps with ``toolkit bench``'s load generator on the spec's traffic (:func:`bench_requests`),
     stops the server, and reports the highest throughput whose p99 met ``slo_ms`` with no failed
     request.
 
@@ -69,10 +75,7 @@ def server_measure(
         on_step: Called after each load step.
     """
     load = load or LoadPlan()
-    candidates = (spec.data.candidates.min, spec.data.candidates.max)
-    requests = generate_requests(
-        spec.features, load.requests, candidates, spec.data.informative_share, seed=99, world_seed=spec.seed
-    )
+    requests = bench_requests(spec, load.requests)
     policy = StabilityPolicy(window_s=load.window_s, max_windows=load.max_windows)
 
     def measure(config: ServingConfig) -> Point:
