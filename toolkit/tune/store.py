@@ -44,10 +44,7 @@ class PointStore:
                 raise ToolkitError(f"{path}: tune record format {data.get('format')!r}, expected {FORMAT}")
             if data.get("context") == context:
                 for row in data.get("points", []):
-                    point = Point(
-                        ServingConfig(**row["config"]),
-                        *(row[k] for k in ("throughput", "p99_ms", "failed", "seconds")),
-                    )
+                    point = Point(**{**row, "config": ServingConfig(**row["config"])})
                     self.points[point.config.key] = point
 
     def measured(self, measure: Measure) -> Measure:
@@ -64,13 +61,7 @@ class PointStore:
         return cached
 
     def _write(self) -> None:
-        rows = [
-            {
-                "config": dataclasses.asdict(p.config),
-                **{k: getattr(p, k) for k in ("throughput", "p99_ms", "failed", "seconds")},
-            }
-            for p in self.points.values()
-        ]
+        rows = [dataclasses.asdict(p) for p in self.points.values()]
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
         tmp.write_text(
