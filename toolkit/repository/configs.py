@@ -77,7 +77,9 @@ def tier_config(spec: Spec, tier: str, backend: str, raw: bool = True) -> mc.Mod
             preprocessed tensors.
     """
     dims = request_dims(spec.features, raw=raw)
-    return onnx_model_config(tier, backend, dims, {SCORE: ("FP32", [-1])}, spec.triton.tier_instances)
+    return onnx_model_config(
+        tier, backend, dims, {SCORE: ("FP32", [-1])}, spec.triton.tier_instances, spec.triton.tier_threads
+    )
 
 
 def preprocess_config(spec: Spec, backend: str) -> mc.ModelConfig:
@@ -85,7 +87,9 @@ def preprocess_config(spec: Spec, backend: str) -> mc.ModelConfig:
     raw = request_dims(spec.features, raw=True)
     done = request_dims(spec.features, raw=False)
     outputs = {PREPROCESSED[k]: done[k] for k in REQUEST_TENSORS}
-    return onnx_model_config(spec.preprocess_model, backend, raw, outputs, spec.triton.tier_instances)
+    return onnx_model_config(
+        spec.preprocess_model, backend, raw, outputs, spec.triton.tier_instances, spec.triton.tier_threads
+    )
 
 
 def gate_config(spec: Spec, backend: str, cheapest_first: bool) -> mc.ModelConfig:
@@ -105,6 +109,7 @@ def gate_config(spec: Spec, backend: str, cheapest_first: bool) -> mc.ModelConfi
         inputs,
         {GATE_OUTPUT: ("FP32", [1, len(spec.tiers) - 1])},
         spec.triton.tier_instances,
+        spec.triton.tier_threads,
     )
 
 

@@ -302,6 +302,7 @@ def router_settings(
         preprocess_outputs=dict(PREPROCESSED),
         preprocessed_tiers=tuple(t for t in spec.tier_names if t in preprocessed_tiers),
         local_tiers=spec.triton.local_tiers,
+        local_threads=spec.triton.tier_threads,
         tier_timeout_ms=spec.triton.tier_timeout_ms,
         remote_tiers=dict(remote_tiers or {}),
     )

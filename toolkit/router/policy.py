@@ -94,6 +94,7 @@ class RouterConfig:
         local_tiers: How the router calls tiers (and the gate) served beside it on the CPU:
             ``inprocess`` (an ONNX Runtime session on the served file, in the router's own
             process) or ``bls`` (a BLS call to the tier model).
+        local_threads: ONNX Runtime intra-op threads of each in-process session.
         tier_timeout_ms: Deadline of each tier call, after which the next cheaper tier answers; a
             tier whose recent calls (the budget's percentile) take longer is skipped until its slow
             calls age out; 0: no deadline.
@@ -123,6 +124,7 @@ class RouterConfig:
     preprocess_outputs: dict[str, str] = field(default_factory=dict)
     preprocessed_tiers: tuple[str, ...] = ()
     local_tiers: str = "bls"
+    local_threads: int = 1
     tier_timeout_ms: float = 0.0
     remote_tiers: dict[str, dict[str, Any]] = field(default_factory=dict)
 
@@ -155,6 +157,8 @@ class RouterConfig:
             )
         if self.local_tiers not in LOCAL_TIERS:
             raise ValueError(f"local_tiers must be one of {', '.join(LOCAL_TIERS)}, got {self.local_tiers!r}")
+        if self.local_threads < 1:
+            raise ValueError(f"local_threads must be positive, got {self.local_threads}")
         unknown = sorted(set(self.preprocessed_tiers) - set(self.tiers))
         if unknown:
             raise ValueError(f"preprocessed tier {unknown[0]!r} is not one of {self.tiers}")
@@ -187,6 +191,7 @@ class RouterConfig:
             "preprocess_outputs": self.preprocess_outputs,
             "preprocessed_tiers": list(self.preprocessed_tiers),
             "local_tiers": self.local_tiers,
+            "local_threads": self.local_threads,
             "tier_timeout_ms": self.tier_timeout_ms,
             "remote_tiers": self.remote_tiers,
         }

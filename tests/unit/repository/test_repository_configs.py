@@ -160,3 +160,17 @@ def test_router_config_follows_the_spec_when_the_instance_count_changes(spec: Sp
 
     assert [g.count for g in config.instance_group] == [5]
     assert config != configs.router_config(spec)
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "python"])
+def test_tier_preprocess_and_gate_configs_take_the_spec_thread_count_when_it_is_set(backend: str) -> None:
+    data = {**CONFIG_SPEC, "triton": {**CONFIG_SPEC["triton"], "tier_threads": 3}}
+    threaded = spec_from_dict(data)
+
+    built = [
+        configs.tier_config(threaded, "big", backend),
+        configs.preprocess_config(threaded, backend),
+        configs.gate_config(threaded, backend, cheapest_first=False),
+    ]
+
+    assert [c.parameters["intra_op_thread_count"].string_value for c in built] == ["3", "3", "3"]

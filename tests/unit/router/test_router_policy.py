@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import ast
 import math
 import sys
@@ -184,7 +186,7 @@ def test_request_features_gives_zero_when_the_history_is_all_padding() -> None:
 
 
 def test_router_config_survives_a_json_round_trip_when_serialised() -> None:
-    original = config(max_candidates=77)
+    original = dataclasses.replace(config(max_candidates=77), local_threads=3)
 
     restored = RouterConfig.from_json(original.to_json())
 
@@ -209,8 +211,9 @@ def test_router_config_round_trip_keeps_decisions_when_serialised() -> None:
         ({"default_tier": "huge"}, "huge"),
         ({"rules": (RuleConfig("history_length", ">=", 1, "huge"),)}, "huge"),
         ({"rules": (RuleConfig("history_length", "=~", 1, "large"),)}, "=~"),
+        ({"local_threads": 0}, "local_threads"),
     ],
-    ids=["policy", "default_tier", "rule_tier", "rule_op"],
+    ids=["policy", "default_tier", "rule_tier", "rule_op", "local_threads"],
 )
 def test_router_config_raises_value_error_when_a_field_is_invalid(
     kwargs: dict[str, Any], fragment: str

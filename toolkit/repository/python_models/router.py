@@ -257,7 +257,7 @@ class TritonPythonModel:
 
         def open_session(path: Path) -> object:
             options = ort.SessionOptions()
-            options.intra_op_num_threads = 1
+            options.intra_op_num_threads = self.config.local_threads
             options.inter_op_num_threads = 1
             options.log_severity_level = 3
             return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])

@@ -26,6 +26,10 @@ class TritonSpec:
             queue) before it is rejected with UNAVAILABLE; a client's request ``timeout`` can only
             shorten it; 0 means no bound.
         tier_instances: Instances of each tier model.
+        tier_threads: ONNX Runtime intra-op threads of each CPU tier session: per instance of the
+            tier, preprocess and gate models, and per session the router runs in its own process
+            (``local_tiers: inprocess``). More threads shorten one large request and compete with
+            other instances for the cores; ``toolkit tune`` measures which pays.
         tier_timeout_ms: Deadline of each of the router's tier calls: past it the router gives up
             and the next cheaper tier answers; a tier (other than the cheapest) whose recent calls
             (``routing.budget.percentile``) take longer is not called until its slow calls age out
@@ -50,6 +54,7 @@ class TritonSpec:
     router_instances: int = 2
     queue_timeout_ms: float = 100.0
     tier_instances: int = 1
+    tier_threads: int = 1
     tier_timeout_ms: float = 1000.0
     local_tiers: Literal["inprocess", "bls"] = "inprocess"
     host: str = "127.0.0.1"
@@ -82,6 +87,8 @@ class TritonSpec:
             )
         if self.tier_instances < 1:
             raise KeyedValueError("tier_instances", f"must be positive, got {self.tier_instances}")
+        if self.tier_threads < 1:
+            raise KeyedValueError("tier_threads", f"must be positive, got {self.tier_threads}")
         if not math.isfinite(self.tier_timeout_ms) or self.tier_timeout_ms < 0:
             raise KeyedValueError("tier_timeout_ms", f"must be a number >= 0, got {self.tier_timeout_ms}")
         if not math.isfinite(self.queue_timeout_ms) or self.queue_timeout_ms < 0:
