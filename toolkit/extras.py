@@ -32,6 +32,7 @@ COMMAND_EXTRAS: dict[str, tuple[str, ...]] = {
     "k8s": ("fleet",),
     "serve": ("serve",),
     "demo": ("export", "serve"),
+    "tune": ("export", "serve"),
     "infer": (),
     "bench": (),
     "init": (),

@@ -51,6 +51,10 @@ _COMMANDS: dict[str, tuple[str, str]] = {
         "toolkit.cli.evaluate",
         "Routing policies on held-out requests: quality against cost, JSON, markdown and a plot.",
     ),
+    "tune": (
+        "toolkit.cli.tune",
+        "Find the serving configuration with the most throughput under a p99 SLO, on the real server.",
+    ),
 }
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from toolkit.cli.common import fmt, folder, load, output_console, results_table, spec_option
+from toolkit.cli.common import fmt, folder, load, output_console, parse_candidates, results_table, spec_option
 
 
 def _levels(value: str | None, flag: str) -> list[float]:
@@ -21,19 +21,6 @@ def _levels(value: str | None, flag: str) -> list[float]:
     if not levels or any(v <= 0 for v in levels):
         raise click.BadParameter(f"{value!r}: every level must be a positive number", param_hint=flag)
     return levels
-
-
-def _candidates(value: str | None) -> tuple[int, int] | None:
-    if value is None:
-        return None
-    low, sep, high = value.partition(":")
-    try:
-        bounds = (int(low), int(high or low))
-    except ValueError:
-        raise click.BadParameter(f"{value!r} is not MIN:MAX", param_hint="--candidates") from None
-    if not 1 <= bounds[0] <= bounds[1]:
-        raise click.BadParameter(f"{value!r}: need 1 <= MIN <= MAX", param_hint="--candidates")
-    return bounds
 
 
 @click.command("bench")
@@ -131,7 +118,7 @@ def command(
         raise click.BadParameter(
             f"{tier!r} is not a tier of the spec ({', '.join(spec.tier_names)})", param_hint="--tier"
         )
-    requests = bench_requests(spec, pool, _candidates(candidates))
+    requests = bench_requests(spec, pool, parse_candidates(candidates))
     address = url or f"{spec.triton.host}:{spec.triton.grpc_port}"
     policy = StabilityPolicy(window_s=window_s, max_windows=max_windows)
     console = Console(stderr=True)

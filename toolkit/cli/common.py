@@ -71,3 +71,28 @@ def results_table(title: str, columns: list[str], left: int = 1) -> Any:
     for i, column in enumerate(columns):
         table.add_column(column, justify="left" if i < left else "right", no_wrap=True)
     return table
+
+
+def parse_pins(values: tuple[str, ...]) -> dict[str, str]:
+    """``--pin TIER=VARIANT`` values as a mapping (a malformed one is a usage error naming it)."""
+    pins: dict[str, str] = {}
+    for value in values:
+        tier, sep, variant = value.partition("=")
+        if not sep or not tier.strip() or not variant.strip():
+            raise click.BadParameter(f"{value!r} is not TIER=VARIANT", param_hint="--pin")
+        pins[tier.strip()] = variant.strip()
+    return pins
+
+
+def parse_candidates(value: str | None) -> tuple[int, int] | None:
+    """``--candidates MIN:MAX`` (or ``N``) as bounds; None when not given."""
+    if value is None:
+        return None
+    low, sep, high = value.partition(":")
+    try:
+        bounds = (int(low), int(high or low))
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not MIN:MAX", param_hint="--candidates") from None
+    if not 1 <= bounds[0] <= bounds[1]:
+        raise click.BadParameter(f"{value!r}: need 1 <= MIN <= MAX", param_hint="--candidates")
+    return bounds

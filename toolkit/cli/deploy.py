@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from toolkit.cli.common import folder, load, shown, spec_option
+from toolkit.cli.common import folder, load, parse_pins, shown, spec_option
 
 if TYPE_CHECKING:
     from toolkit.repository import DeployResult
@@ -141,7 +141,7 @@ def command(
             destination,
             chosen,
             target,
-            _pins(pins),
+            parse_pins(pins),
             addresses,
         )
         if tmp is not None:
@@ -265,13 +265,3 @@ def _addresses(values: tuple[str, ...]) -> dict[str, tuple[str, ...]]:
             raise click.BadParameter(f"{value!r}: {exc}", param_hint="--pool-address") from None
         addresses[pool.strip()] = (*addresses.get(pool.strip(), ()), address.strip())
     return addresses
-
-
-def _pins(values: tuple[str, ...]) -> dict[str, str]:
-    pins: dict[str, str] = {}
-    for value in values:
-        tier, sep, variant = value.partition("=")
-        if not sep or not tier.strip() or not variant.strip():
-            raise click.BadParameter(f"{value!r} is not TIER=VARIANT", param_hint="--pin")
-        pins[tier.strip()] = variant.strip()
-    return pins

@@ -34,12 +34,17 @@ class LoadPlan:
         window_s: Length of a measurement window (as ``toolkit bench --window-s``).
         max_windows: Windows per step at most (as ``toolkit bench --max-windows``).
         requests: Requests the load cycles through (the spec's traffic, as ``toolkit bench``'s).
+        candidates: Candidates per generated request (MIN, MAX); None: the spec's traffic.
+        plateau: The climb also stops after two steps in a row that do not beat the best throughput
+            so far by this share: the server is saturated and more load only adds latency.
     """
 
     concurrencies: tuple[int, ...] = (1, 2, 4, 8)
     window_s: float = 1.0
     max_windows: int = 6
     requests: int = 200
+    candidates: tuple[int, int] | None = None
+    plateau: float = 0.03
 
     def __post_init__(self) -> None:
         if not self.concurrencies or list(self.concurrencies) != sorted(set(self.concurrencies)):
@@ -55,7 +60,8 @@ def server_measure(
     slo_ms: float,
     options: DeployOptions,
     load: LoadPlan | None = None,
-    on_step: Callable[[ServingConfig, StepResult], None] | None = None,
+    progress: Callable[[str], None] | None = None,
+    tritonserver: Path | None = None,
 ) -> Measure:
     """A :data:`~toolkit.tune.search.Measure` that runs each configuration on a real ``tritonserver``.
 
@@ -63,7 +69,8 @@ def server_measure(
     with ``options``) to ``<workdir>/repository``, starts the server on free ports, runs the load
     plan's steps with ``toolkit bench``'s load generator on the spec's traffic (:func:`bench_requests`),
     stops the server, and reports the highest throughput whose p99 met ``slo_ms`` with no failed
-    request.
+    request. The climb stops at the first step that misses the SLO or fails a request, or once
+    throughput has stopped rising (:attr:`LoadPlan.plateau`).
 
     Args:
         spec: The ensemble spec.
@@ -72,39 +79,57 @@ def server_measure(
         slo_ms: The p99 latency a load level must meet.
         options: Backend, target and pins of the deploy.
         load: The load steps.
-        on_step: Called after each load step.
+        progress: Called with a short line at each stage (deploy, server start, each window).
+        tritonserver: The ``tritonserver`` binary (default: the one ``toolkit serve`` runs).
     """
     load = load or LoadPlan()
-    requests = bench_requests(spec, load.requests)
+    requests = bench_requests(spec, load.requests, load.candidates)
     policy = StabilityPolicy(window_s=load.window_s, max_windows=load.max_windows)
+
+    say = progress or (lambda line: None)
 
     def measure(config: ServingConfig) -> Point:
         started = time.perf_counter()
         repository = workdir / "repository"
+        say("writing the repository")
         write_repository(plan_deploy(config.apply(spec), artifacts, options), repository)
         server_options = ServerOptions(
             repository=repository,
             grpc_port=free_port(),
             http_port=free_port(),
             metrics_port=free_port(),
+            tritonserver=tritonserver,
             log_file=workdir / "tritonserver.log",
         )
         results: list[StepResult] = []
+        flat = 0
+        say("starting tritonserver")
         with TritonServer(server_options) as server:
             for level in load.concurrencies:
                 step = StepSpec("concurrency", level)
                 result = asyncio.run(
-                    run_step(server.grpc_url, spec.name, requests, step, spec.tier_names, policy=policy)
+                    run_step(
+                        server.grpc_url,
+                        spec.name,
+                        requests,
+                        step,
+                        spec.tier_names,
+                        policy=policy,
+                        on_window=lambda i, w, c=level: say(
+                            f"concurrency {c}: window {i}, {w.completed / max(w.seconds, 1e-9):.0f} req/s"
+                        ),
+                    )
                 )
+                peak = max((r.requests_per_s for r in results), default=0.0)
+                flat = flat + 1 if result.requests_per_s <= peak * (1.0 + load.plateau) else 0
                 results.append(result)
-                if on_step is not None:
-                    on_step(config, result)
-                if result.failed or result.latency["p99_ms"] > slo_ms:
+                if result.failed or result.latency["p99_ms"] > slo_ms or flat >= 2:
                     break
         best = highest_within_slo(results, slo_ms)
         seconds = time.perf_counter() - started
+        curve = tuple((r.requests_per_s, r.latency["p99_ms"], r.failed) for r in results)
         if best is None:
-            return Point(config, 0.0, math.nan, sum(r.failed for r in results), seconds)
-        return Point(config, best.requests_per_s, best.latency["p99_ms"], best.failed, seconds)
+            return Point(config, 0.0, math.nan, sum(r.failed for r in results), seconds, curve)
+        return Point(config, best.requests_per_s, best.latency["p99_ms"], best.failed, seconds, curve)
 
     return measure

@@ -7,6 +7,7 @@ against the real server and, in tests, against a made-up throughput surface.
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
@@ -24,6 +25,7 @@ class Point:
         p99_ms: The p99 latency at that load (NaN when no load level met the SLO).
         failed: Failed requests at that load.
         seconds: How long the measurement took.
+        curve: Every load step measured, in order: (requests/s, p99 ms, failed requests).
     """
 
     config: ServingConfig
@@ -31,6 +33,7 @@ class Point:
     p99_ms: float
     failed: int = 0
     seconds: float = 0.0
+    curve: tuple[tuple[float, float, int], ...] = ()
 
     @property
     def meets_slo(self) -> bool:
@@ -41,6 +44,18 @@ class Point:
 Measure = Callable[[ServingConfig], Point]
 
 
+class SearchStopError(Exception):
+    """Raised by a measure to end the search early; what was measured before stays in the result.
+
+    Args:
+        reason: Why, for the report (``budget``, ``interrupted``).
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
 @dataclass
 class SearchResult:
     """Every point a search measured, in order, and the best of them.
@@ -49,11 +64,35 @@ class SearchResult:
         points: The measured points, first to last.
         start: The configuration the search began at.
         chosen: Where coordinate descent settled (None: take the best measured point).
+        stopped: Why the search ended before it was done (``budget``, ``interrupted``,
+            ``max_points``), or None when it ran to its end.
+        confirmed: Configurations measured again after the search (:func:`confirm`), each with
+            its runs; their scores are then the medians of those runs.
     """
 
     points: list[Point] = field(default_factory=list)
     start: ServingConfig | None = None
     chosen: Point | None = None
+    stopped: str | None = None
+    confirmed: dict[ServingConfig, list[Point]] = field(default_factory=dict)
+
+    def score(self, config: ServingConfig) -> Point | None:
+        """``config``'s point: the median of its confirmation runs when it has some, else its search point.
+
+        A confirmation run that met the SLO at no load step counts as 0 requests/s.
+        """
+        runs = self.confirmed.get(config)
+        if not runs:
+            return next((p for p in self.points if p.config == config), None)
+        met = [p for p in runs if p.meets_slo]
+        return Point(
+            config,
+            statistics.median(p.throughput if p.meets_slo else 0.0 for p in runs),
+            statistics.median(p.p99_ms for p in met) if met else math.nan,
+            sum(p.failed for p in runs),
+            sum(p.seconds for p in runs),
+            runs[-1].curve,
+        )
 
     @property
     def best(self) -> Point | None:
@@ -62,14 +101,16 @@ class SearchResult:
         Coordinate descent only moves for a gain above its margin, so a point measured a little
         faster within the noise does not replace the one it settled on.
         """
-        if self.chosen is not None and self.chosen.meets_slo:
-            return self.chosen
+        if self.chosen is not None:
+            chosen = self.score(self.chosen.config)
+            if chosen is not None and chosen.meets_slo:
+                return chosen
         return max((p for p in self.points if p.meets_slo), key=lambda p: p.throughput, default=None)
 
     @property
     def baseline(self) -> Point | None:
-        """The starting configuration's point."""
-        return next((p for p in self.points if p.config == self.start), None)
+        """The starting configuration's point (its confirmed median when it was confirmed)."""
+        return None if self.start is None else self.score(self.start)
 
 
 def _better(candidate: Point, incumbent: Point, margin: float) -> bool:
@@ -101,6 +142,9 @@ def quick_search(
         measure: Deploys, serves and loads one configuration.
         margin: Share of throughput a move must gain.
         max_points: Stop after this many measured points (None: no limit).
+
+    A :class:`SearchStopError` from ``measure`` ends the search where it stands: the result holds every
+    point measured so far and the best configuration coordinate descent had reached.
     """
     space = space.with_start(start)
     result = SearchResult(start=start)
@@ -109,9 +153,16 @@ def quick_search(
     def take(config: ServingConfig) -> Point | None:
         if config in seen:
             return seen[config]
-        if max_points is not None and len(seen) >= max_points:
+        if result.stopped:
             return None
-        point = measure(config)
+        if max_points is not None and len(seen) >= max_points:
+            result.stopped = "max_points"
+            return None
+        try:
+            point = measure(config)
+        except SearchStopError as stop:
+            result.stopped = stop.reason
+            return None
         seen[config] = point
         result.points.append(point)
         return point
@@ -138,11 +189,68 @@ def quick_search(
 def brute_force(
     space: Iterable[ServingConfig], measure: Measure, start: ServingConfig | None = None
 ) -> SearchResult:
-    """Measure every configuration of ``space`` (``start`` first when given)."""
+    """Measure every configuration of ``space`` (``start`` first when given).
+
+    A :class:`SearchStopError` from ``measure`` ends it with the points measured so far.
+    """
     configs = list(space)
     if start is not None:
         configs = [start, *(c for c in configs if c != start)]
     result = SearchResult(start=start or (configs[0] if configs else None))
     for config in configs:
-        result.points.append(measure(config))
+        try:
+            result.points.append(measure(config))
+        except SearchStopError as stop:
+            result.stopped = stop.reason
+            break
+    return result
+
+
+def confirm(
+    result: SearchResult,
+    measure_round: Callable[[int], Measure],
+    rounds: int,
+    top: int = 3,
+    margin: float = 0.05,
+) -> SearchResult:
+    """Measure the best configurations again, alternating, and choose among them by the medians.
+
+    A search's points were measured minutes apart on a machine whose speed drifts, and the best of
+    many noisy measurements is the luckiest as often as the fastest. This measures the ``top``
+    configurations that met the SLO (the starting one always among them) ``rounds`` more times
+    each, one round after another (A, B, C, A, B, C, ...), so that drift hits them alike, and
+    chooses the highest median; a configuration other than the start must beat the start's median
+    by more than ``margin``. A :class:`SearchStopError` ends the confirmation with what it has.
+
+    Args:
+        result: The search's result; updated in place and returned.
+        measure_round: The measure for confirmation round ``r`` (a record keeps rounds apart).
+        rounds: Confirmation runs per configuration (0: none).
+        top: How many configurations to confirm, the start included.
+        margin: Share of throughput a configuration must gain over the start.
+    """
+    ranked = sorted((p for p in result.points if p.meets_slo), key=lambda p: -p.throughput)
+    configs = list(dict.fromkeys([p.config for p in ranked]))[:top]
+    if result.start is not None and result.baseline is not None and result.start not in configs:
+        configs = [*configs[: top - 1], result.start]
+    if rounds < 1 or len(configs) < 2 or result.stopped:
+        return result
+    runs: dict[ServingConfig, list[Point]] = {c: [] for c in configs}
+    try:
+        for r in range(rounds):
+            measure = measure_round(r)
+            for config in configs:
+                runs[config].append(measure(config))
+    except SearchStopError as stop:
+        result.stopped = stop.reason
+    complete = min(len(v) for v in runs.values())
+    if complete == 0:
+        return result
+    result.confirmed = {c: v[:complete] for c, v in runs.items()}
+    scores = {c: result.score(c) for c in configs}
+    best = max(configs, key=lambda c: scores[c].throughput if scores[c].meets_slo else -1.0)
+    start = scores.get(result.start) if result.start is not None else None
+    if start is not None and best != result.start and not _better(scores[best], start, margin):
+        best = result.start
+    result.chosen = scores[best]
     return result

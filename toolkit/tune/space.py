@@ -7,25 +7,36 @@ import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from toolkit.router.policy import LOCAL_TIERS
 from toolkit.spec.schema import Spec
 
-KNOBS = ("router_instances", "tier_instances", "queue_timeout_ms")
-"""The ``triton`` keys a configuration sets, in the order coordinate descent visits them."""
+KNOBS = ("router_instances", "local_tiers", "tier_threads", "tier_instances", "queue_timeout_ms")
+"""The ``triton`` keys a configuration sets, in the order coordinate descent visits them (the ones
+that move throughput most on CPU first, so that a search cut short by its budget has tried them)."""
+
+_LOCAL_TIERS_SORTED = tuple(sorted(LOCAL_TIERS))
 
 
 @dataclass(frozen=True)
 class ServingConfig:
     """One serving configuration: the values of the ``triton`` keys ``toolkit tune`` searches.
 
+    The defaults are the spec's.
+
     Attributes:
-        router_instances: Instances of the router model (each runs the CPU tiers in its process).
+        router_instances: Instances of the router model (each runs one request at a time).
+        local_tiers: ``inprocess`` (the router runs the CPU tiers in its own process) or ``bls``
+            (it calls the tier models, whose instances then do the work).
+        tier_threads: ONNX Runtime intra-op threads of each CPU tier session.
         tier_instances: Instances of each tier model.
         queue_timeout_ms: How long a request may wait in the router's queue before it is rejected.
     """
 
-    router_instances: int
-    tier_instances: int
-    queue_timeout_ms: float
+    router_instances: int = 2
+    local_tiers: str = "inprocess"
+    tier_threads: int = 1
+    tier_instances: int = 1
+    queue_timeout_ms: float = 100.0
 
     @classmethod
     def from_spec(cls, spec: Spec) -> ServingConfig:
@@ -34,10 +45,10 @@ class ServingConfig:
 
     @property
     def key(self) -> str:
-        """A stable name, ``router_instances=2,tier_instances=1,queue_timeout_ms=100``."""
+        """A stable name, ``router_instances=2,local_tiers=inprocess,...,queue_timeout_ms=100``."""
         return ",".join(f"{knob}={_text(getattr(self, knob))}" for knob in KNOBS)
 
-    def overlay(self) -> dict[str, dict[str, float | int]]:
+    def overlay(self) -> dict[str, dict[str, float | int | str]]:
         """The spec overlay that deploys this configuration: a ``triton:`` section with its keys."""
         return {"triton": {knob: getattr(self, knob) for knob in KNOBS}}
 
@@ -45,8 +56,18 @@ class ServingConfig:
         """``spec`` with this configuration's ``triton`` keys (validated as the loader would)."""
         return dataclasses.replace(spec, triton=dataclasses.replace(spec.triton, **self.overlay()["triton"]))
 
+    def changes(self, other: ServingConfig) -> dict[str, tuple[float | int | str, float | int | str]]:
+        """The knobs whose values differ from ``other``'s: knob -> (other's value, this one's)."""
+        return {
+            knob: (getattr(other, knob), getattr(self, knob))
+            for knob in KNOBS
+            if getattr(other, knob) != getattr(self, knob)
+        }
 
-def _text(value: float | int) -> str:
+
+def _text(value: float | int | str) -> str:
+    if isinstance(value, str):
+        return value
     return str(int(value)) if float(value).is_integer() else str(value)
 
 
@@ -56,11 +77,15 @@ class SearchSpace:
 
     Attributes:
         router_instances: Router instance counts to try.
+        local_tiers: How the router calls its CPU tiers (``bls``, ``inprocess``).
+        tier_threads: ONNX Runtime intra-op thread counts to try.
         tier_instances: Tier instance counts to try.
         queue_timeout_ms: Queue timeouts to try.
     """
 
     router_instances: tuple[int, ...] = (2, 3, 4)
+    local_tiers: tuple[str, ...] = _LOCAL_TIERS_SORTED
+    tier_threads: tuple[int, ...] = (1, 2)
     tier_instances: tuple[int, ...] = (1, 2)
     queue_timeout_ms: tuple[float, ...] = (50.0, 100.0, 200.0)
 
@@ -71,6 +96,14 @@ class SearchSpace:
                 raise ValueError(f"{knob}: expected distinct values in rising order, got {values!r}")
         if min(self.router_instances) < 2:
             raise ValueError(f"router_instances: at least 2, got {self.router_instances!r}")
+        for knob in ("tier_threads", "tier_instances"):
+            if min(getattr(self, knob)) < 1:
+                raise ValueError(f"{knob}: at least 1, got {getattr(self, knob)!r}")
+        if min(self.queue_timeout_ms) < 0:
+            raise ValueError(f"queue_timeout_ms: at least 0, got {self.queue_timeout_ms!r}")
+        unknown = sorted(set(self.local_tiers) - set(LOCAL_TIERS))
+        if unknown:
+            raise ValueError(f"local_tiers: {unknown[0]!r} is not one of {', '.join(LOCAL_TIERS)}")
 
     @property
     def size(self) -> int:
@@ -83,7 +116,7 @@ class SearchSpace:
     def __iter__(self) -> Iterator[ServingConfig]:
         """Every configuration, first knob slowest."""
         for values in itertools.product(*(getattr(self, knob) for knob in KNOBS)):
-            yield ServingConfig(*values)
+            yield ServingConfig(**dict(zip(KNOBS, values, strict=True)))
 
     def with_start(self, start: ServingConfig) -> SearchSpace:
         """This space with ``start``'s values added, so that the search can begin there."""

@@ -44,24 +44,46 @@ class PointStore:
                 raise ToolkitError(f"{path}: tune record format {data.get('format')!r}, expected {FORMAT}")
             if data.get("context") == context:
                 for row in data.get("points", []):
-                    point = Point(**{**row, "config": ServingConfig(**row["config"])})
-                    self.points[point.config.key] = point
+                    row = dict(row)
+                    tag = row.pop("tag", "")
+                    point = Point(
+                        **{
+                            **row,
+                            "config": ServingConfig(**row["config"]),
+                            "curve": tuple(tuple(step) for step in row.get("curve", ())),
+                        }
+                    )
+                    self.points[_key(point.config, tag)] = point
 
-    def measured(self, measure: Measure) -> Measure:
-        """``measure`` that answers from the record when it can and records every new point."""
+    @property
+    def search_points(self) -> list[Point]:
+        """The search's points (not the confirmation runs), in the order measured."""
+        return [p for key, p in self.points.items() if "#" not in key]
+
+    def measured(self, measure: Measure, tag: str = "") -> Measure:
+        """``measure`` that answers from the record when it can and records every new point.
+
+        Args:
+            measure: Measures a configuration.
+            tag: Keeps another measurement of the same configuration apart (a confirmation round).
+        """
 
         def cached(config: ServingConfig) -> Point:
-            if config.key in self.points:
-                return self.points[config.key]
+            key = _key(config, tag)
+            if key in self.points:
+                return self.points[key]
             point = measure(config)
-            self.points[config.key] = point
+            self.points[key] = point
             self._write()
             return point
 
         return cached
 
     def _write(self) -> None:
-        rows = [dataclasses.asdict(p) for p in self.points.values()]
+        rows = [
+            {**dataclasses.asdict(p), **({"tag": key.partition("#")[2]} if "#" in key else {})}
+            for key, p in self.points.items()
+        ]
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
         tmp.write_text(
@@ -69,3 +91,7 @@ class PointStore:
             encoding="utf-8",
         )
         os.replace(tmp, self.path)
+
+
+def _key(config: ServingConfig, tag: str) -> str:
+    return f"{config.key}#{tag}" if tag else config.key

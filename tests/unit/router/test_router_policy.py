@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import ast
+import dataclasses
 import math
 import sys
 from pathlib import Path

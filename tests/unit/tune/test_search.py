@@ -9,14 +9,26 @@ import pytest
 
 from toolkit.errors import ToolkitError
 from toolkit.spec import spec_from_dict
-from toolkit.tune.search import Point, brute_force, quick_search
+from toolkit.tune.search import (
+    Measure,
+    Point,
+    SearchResult,
+    SearchStopError,
+    brute_force,
+    confirm,
+    quick_search,
+)
 from toolkit.tune.space import SearchSpace, ServingConfig
 from toolkit.tune.store import PointStore
 
 SPACE = SearchSpace(
-    router_instances=(2, 3, 4, 6), tier_instances=(1, 2, 3), queue_timeout_ms=(50.0, 100.0, 200.0)
+    router_instances=(2, 3, 4, 6),
+    local_tiers=("inprocess",),
+    tier_threads=(1,),
+    tier_instances=(1, 2, 3),
+    queue_timeout_ms=(50.0, 100.0, 200.0),
 )
-START = ServingConfig(2, 1, 100.0)
+START = ServingConfig(router_instances=2, tier_instances=1, queue_timeout_ms=100.0)
 
 
 def surface(config: ServingConfig) -> Point:
@@ -40,7 +52,9 @@ class Counting:
 def test_quick_search_climbs_to_the_best_point_measuring_a_fraction_of_the_space() -> None:
     measure = Counting()
     result = quick_search(SPACE, START, measure)
-    assert result.best is not None and result.best.config == ServingConfig(4, 2, 100.0)
+    assert result.best is not None and result.best.config == ServingConfig(
+        router_instances=4, tier_instances=2
+    )
     assert result.baseline is not None and result.baseline.config == START
     assert len(measure.calls) == len(set(measure.calls)) < SPACE.size  # each point once
     assert result.best.throughput / result.baseline.throughput == pytest.approx(1000 / 520)
@@ -73,7 +87,9 @@ def test_an_interrupted_search_resumes_without_remeasuring(tmp_path: Path) -> No
     second = Counting()
     resumed = quick_search(SPACE, START, PointStore(record, context).measured(second))
     assert not set(first.calls) & set(second.calls)  # nothing measured twice
-    assert resumed.best is not None and resumed.best.config == ServingConfig(4, 2, 100.0)
+    assert resumed.best is not None and resumed.best.config == ServingConfig(
+        router_instances=4, tier_instances=2
+    )
     other = Counting()
     quick_search(SPACE, START, PointStore(record, {**context, "slo_ms": 20.0}).measured(other))
     assert other.calls[0] == START  # another SLO does not reuse the record
@@ -87,8 +103,12 @@ def test_a_damaged_record_is_one_line_naming_the_file(tmp_path: Path) -> None:
 
 
 def test_a_configuration_becomes_a_spec_overlay_the_loader_accepts(tiny_spec_dict) -> None:
-    config = ServingConfig(4, 2, 50.0)
-    assert config.key == "router_instances=4,tier_instances=2,queue_timeout_ms=50"
+    config = ServingConfig(
+        router_instances=4, local_tiers="bls", tier_threads=2, tier_instances=2, queue_timeout_ms=50.0
+    )
+    assert config.key == (
+        "router_instances=4,local_tiers=bls,tier_threads=2,tier_instances=2,queue_timeout_ms=50"
+    )
     data = {**tiny_spec_dict, "triton": {**tiny_spec_dict["triton"], **config.overlay()["triton"]}}
     spec = spec_from_dict(data)
     assert ServingConfig.from_spec(spec) == config
@@ -100,4 +120,94 @@ def test_a_space_refuses_values_out_of_order_or_a_single_router() -> None:
         SearchSpace(router_instances=(3, 2))
     with pytest.raises(ValueError, match="at least 2"):
         SearchSpace(router_instances=(1, 2))
-    assert SearchSpace().with_start(ServingConfig(5, 1, 100.0)).router_instances == (2, 3, 4, 5)
+    with pytest.raises(ValueError, match="local_tiers: 'grpc'"):
+        SearchSpace(local_tiers=("grpc",))
+    with pytest.raises(ValueError, match="tier_threads: at least 1"):
+        SearchSpace(tier_threads=(0, 1))
+    assert SearchSpace().with_start(ServingConfig(router_instances=5)).router_instances == (2, 3, 4, 5)
+
+
+def test_a_measure_that_stops_the_search_keeps_what_was_measured_and_says_why() -> None:
+    measure = Counting()
+
+    def budgeted(config: ServingConfig) -> Point:
+        if len(measure.calls) == 3:
+            raise SearchStopError("budget")
+        return measure(config)
+
+    quick = quick_search(SPACE, START, budgeted)
+    assert quick.stopped == "budget" and len(quick.points) == 3
+    assert quick.chosen is not None and quick.best == max(quick.points, key=lambda p: p.throughput)
+    measure.calls.clear()
+    brute = brute_force(SPACE, budgeted, start=START)
+    assert brute.stopped == "budget" and [p.config for p in brute.points] == measure.calls
+    assert quick_search(SPACE, START, Counting()).stopped is None
+
+
+def test_changes_lists_the_knobs_that_differ_from_another_configuration() -> None:
+    moved = ServingConfig(router_instances=4, tier_threads=2)
+    assert moved.changes(ServingConfig()) == {"router_instances": (2, 4), "tier_threads": (1, 2)}
+    assert moved.changes(moved) == {}
+
+
+def _drifting() -> tuple[list[ServingConfig], Measure]:
+    """The start is as fast as router_instances=3, but the machine slows down while the search runs,
+    so the start (measured first) looks fastest; measured again, alternating, they tie."""
+    calls: list[ServingConfig] = []
+
+    def measure(config: ServingConfig) -> Point:
+        calls.append(config)
+        slowdown = 1.0 - 0.1 * min(len(calls), 4)
+        base = {2: 1000.0, 3: 1000.0, 4: 700.0}[config.router_instances]
+        return Point(config, base * slowdown, 10.0)
+
+    return calls, measure
+
+
+def test_confirm_measures_the_best_again_alternating_and_keeps_the_start_on_a_tie() -> None:
+    space = SearchSpace(
+        router_instances=(2, 3, 4),
+        local_tiers=("inprocess",),
+        tier_threads=(1,),
+        tier_instances=(1,),
+        queue_timeout_ms=(100.0,),
+    )
+    calls, measure = _drifting()
+    result = brute_force(space, measure, start=ServingConfig())
+    searched = len(calls)
+
+    confirm(result, lambda r: measure, rounds=2, top=2)
+
+    again = calls[searched:]
+    assert again == [ServingConfig(), ServingConfig(router_instances=3)] * 2  # alternating
+    assert set(result.confirmed) == {ServingConfig(), ServingConfig(router_instances=3)}
+    assert result.best is not None and result.best.config == ServingConfig()  # within the margin
+    assert result.baseline is not None and result.baseline.throughput == result.best.throughput
+
+
+def test_confirm_moves_to_a_configuration_whose_median_beats_the_start() -> None:
+    start, fast = ServingConfig(), ServingConfig(router_instances=4)
+    result = SearchResult([Point(start, 900.0, 10.0), Point(fast, 880.0, 12.0)], start, None)
+    figures = {start: iter([700.0, 720.0, 690.0]), fast: iter([900.0, 950.0, 600.0])}
+
+    confirm(result, lambda r: lambda c: Point(c, next(figures[c]), 11.0), rounds=3)
+
+    assert result.best is not None and result.best.config == fast
+    assert result.best.throughput == 900.0 and result.baseline.throughput == 700.0
+    assert len(result.confirmed[fast]) == 3
+
+
+def test_confirm_stopped_midway_keeps_only_complete_rounds() -> None:
+    start, fast = ServingConfig(), ServingConfig(router_instances=4)
+    result = SearchResult([Point(start, 900.0, 10.0), Point(fast, 800.0, 12.0)], start, None)
+    seen: list[ServingConfig] = []
+
+    def measure(config: ServingConfig) -> Point:
+        if len(seen) == 3:
+            raise SearchStopError("budget")
+        seen.append(config)
+        return Point(config, 500.0, 10.0)
+
+    confirm(result, lambda r: measure, rounds=2)
+
+    assert result.stopped == "budget" and {len(v) for v in result.confirmed.values()} == {1}
