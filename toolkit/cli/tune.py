@@ -195,7 +195,7 @@ def command(
 
     from toolkit.bench.load import bench_requests
     from toolkit.errors import ToolkitError
-    from toolkit.repository.plan import DeployOptions
+    from toolkit.repository.plan import DeployOptions, plan_deploy
     from toolkit.serve.backends import resolve_backend
     from toolkit.tune.measure import LoadPlan, server_measure
     from toolkit.tune.report import point_rows, write_report
@@ -244,7 +244,8 @@ def command(
     artifacts_dir = folder(artifacts, spec.paths.artifacts)
     chosen_backend = resolve_backend(backend or spec.triton.backend, tritonserver)
     options = DeployOptions(chosen_backend, pins=parse_pins(pins))
-    target = folder(out, str(Path(spec.paths.artifacts) / "tune"))
+    plan_deploy(spec, artifacts_dir, options)  # the export, the pins and the backend, before any server
+    target = folder(out, str(artifacts_dir / "tune"))
     start = ServingConfig.from_spec(spec)
     space = space.with_start(start)
     context = {
@@ -256,6 +257,7 @@ def command(
             "window_s": window_s,
             "max_windows": max_windows,
             "requests": pool,
+            "candidates": list(bounds) if bounds else None,
         },
         "backend": chosen_backend,
         "pins": dict(sorted(options.pins.items())),

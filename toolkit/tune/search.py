@@ -220,7 +220,9 @@ def confirm(
     configurations that met the SLO (the starting one always among them) ``rounds`` more times
     each, one round after another (A, B, C, A, B, C, ...), so that drift hits them alike, and
     chooses the highest median; a configuration other than the start must beat the start's median
-    by more than ``margin``. A :class:`SearchStopError` ends the confirmation with what it has.
+    by more than ``margin``. A search the budget cut short is still confirmed (the caller keeps
+    room for it); an interrupted one is not. A :class:`SearchStopError` ends the confirmation with
+    the rounds it completed.
 
     Args:
         result: The search's result; updated in place and returned.
@@ -233,7 +235,7 @@ def confirm(
     configs = list(dict.fromkeys([p.config for p in ranked]))[:top]
     if result.start is not None and result.baseline is not None and result.start not in configs:
         configs = [*configs[: top - 1], result.start]
-    if rounds < 1 or len(configs) < 2 or result.stopped:
+    if rounds < 1 or len(configs) < 2 or result.stopped == "interrupted":
         return result
     runs: dict[ServingConfig, list[Point]] = {c: [] for c in configs}
     try:

@@ -166,3 +166,16 @@ def test_the_cli_needs_an_slo_and_refuses_a_spec_with_pools(tiny_spec_dict, tmp_
 
     assert no_slo.returncode != 0 and "--slo-ms" in no_slo.stderr
     assert pools.returncode != 0 and "pools" in pools.stderr and "one server" in pools.stderr
+
+
+def test_the_cli_names_the_missing_export_before_starting_a_server(tiny_spec_dict, tmp_path: Path) -> None:
+    spec_path = write_spec(tmp_path / "tiny.yaml", tiny_spec_dict)
+    artifacts = tmp_path / "nothing-exported"
+
+    result = run_cli(
+        "tune", "--spec", str(spec_path), "--slo-ms", "20", "--artifacts", str(artifacts), check=False
+    )
+
+    assert result.returncode == 1
+    assert f"{artifacts / 'manifest.json'}: manifest not found; run `toolkit export` first" in result.stderr
+    assert not (artifacts / "tune").exists()

@@ -211,3 +211,15 @@ def test_confirm_stopped_midway_keeps_only_complete_rounds() -> None:
     confirm(result, lambda r: measure, rounds=2)
 
     assert result.stopped == "budget" and {len(v) for v in result.confirmed.values()} == {1}
+
+
+@pytest.mark.parametrize(("stopped", "confirmed"), [("budget", True), ("interrupted", False)])
+def test_a_search_cut_by_the_budget_is_confirmed_and_an_interrupted_one_is_not(
+    stopped: str, confirmed: bool
+) -> None:
+    start, fast = ServingConfig(), ServingConfig(router_instances=4)
+    result = SearchResult([Point(start, 900.0, 10.0), Point(fast, 800.0, 12.0)], start, None, stopped)
+
+    confirm(result, lambda r: lambda c: Point(c, 500.0, 10.0), rounds=1)
+
+    assert bool(result.confirmed) is confirmed
