@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 SPEC ?= ensembles/ads_ranking.yaml
 
 .PHONY: install demo test lint docs docs-serve format clean help bench bench-precision bench-tiers bench-router bench-per-pair \
-	bench-adaptive bench-pytriton bench-pools bench-realdata bench-soak
+	bench-adaptive bench-pytriton bench-pools bench-realdata bench-soak bench-tune
 
 help:
 	@echo "make demo   - install, train, export, deploy, serve, send gRPC traffic, print a summary, stop"
@@ -37,7 +37,7 @@ demo: install
 	$(BIN)/toolkit demo --spec $(SPEC)
 
 bench: bench-precision bench-tiers bench-per-pair bench-router bench-adaptive bench-pytriton bench-pools \
-	bench-realdata bench-soak
+	bench-realdata bench-soak bench-tune
 
 bench-precision: install
 	$(BIN)/python benchmarks/precision.py --spec $(SPEC)
@@ -65,6 +65,9 @@ bench-realdata: install
 
 bench-soak: install
 	$(BIN)/python benchmarks/soak.py --spec $(SPEC)
+
+bench-tune: install
+	$(BIN)/python benchmarks/tune.py --spec $(SPEC)
 
 lint: install
 	$(BIN)/ruff check toolkit tests benchmarks scripts
