@@ -18,7 +18,7 @@ the spec's traffic); tune's output folders are under ``benchmarks/scratch/tune``
 exports the demo first where its outputs are missing.
 
 Usage: ``python benchmarks/tune.py [--spec ensembles/ads_ranking.yaml] [--slo-ms 20]
-[--big-slo-ms 100] [--budget-minutes 12] [--confirm 3]``
+[--big-slo-ms 100] [--budget-minutes 15] [--confirm 5]``
 """
 
 from __future__ import annotations
@@ -177,8 +177,8 @@ def main() -> None:
     parser.add_argument("--spec", type=Path, default=Path("ensembles/ads_ranking.yaml"))
     parser.add_argument("--slo-ms", type=float, default=20.0)
     parser.add_argument("--big-slo-ms", type=float, default=100.0)
-    parser.add_argument("--budget-minutes", type=float, default=12.0)
-    parser.add_argument("--confirm", type=int, default=3)
+    parser.add_argument("--budget-minutes", type=float, default=15.0)
+    parser.add_argument("--confirm", type=int, default=5)
     args = parser.parse_args()
     result = run(args.spec, args.slo_ms, args.big_slo_ms, args.budget_minutes, args.confirm)
     write_report(RESULTS, "tune", result, markdown(result))

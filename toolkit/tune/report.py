@@ -75,13 +75,16 @@ def verdict(result: SearchResult, slo_ms: float, margin: float) -> Verdict:
     if result.confirmed:
         runs = min(len(v) for v in result.confirmed.values())
         medians = "; ".join(
-            f"{_label(config, result.start)} {result.score(config).throughput:.1f}"
+            f"{_label(config, result.start)} {result.score(config).throughput:.1f} "
+            f"({_spread(result.confirmed[config])})"
             for config in result.confirmed
         )
         how = (
             f"Measured again after the search, {runs} times each and alternating, the "
-            f"{len(result.confirmed)} best configurations had median throughputs (requests/s) of: "
-            f"{medians}; the figures here are those medians."
+            f"{len(result.confirmed)} best configurations had median throughputs (requests/s; the runs' "
+            f"range in brackets) of: {medians}; the figures here are those medians. A configuration "
+            f"replaces the start only if its median beats the start's by more than {margin:.0%} and it "
+            "beat the start in more than half of the rounds."
         )
     else:
         how = "The figures are the search's measurements."
@@ -104,6 +107,11 @@ def verdict(result: SearchResult, slo_ms: float, margin: float) -> Verdict:
         )
     text = f"{head} {body} {how} Search: {len(result.points)} points; {why}."
     return Verdict(chosen, baseline, gain, text)
+
+
+def _spread(runs: list[Point]) -> str:
+    values = [p.throughput if p.meets_slo else 0.0 for p in runs]
+    return f"{min(values):.1f} to {max(values):.1f}"
 
 
 def _label(config: ServingConfig, start: ServingConfig | None) -> str:

@@ -87,7 +87,7 @@ class SearchResult:
         met = [p for p in runs if p.meets_slo]
         return Point(
             config,
-            statistics.median(p.throughput if p.meets_slo else 0.0 for p in runs),
+            statistics.median(_score(p) for p in runs),
             statistics.median(p.p99_ms for p in met) if met else math.nan,
             sum(p.failed for p in runs),
             sum(p.seconds for p in runs),
@@ -220,9 +220,9 @@ def confirm(
     configurations that met the SLO (the starting one always among them) ``rounds`` more times
     each, one round after another (A, B, C, A, B, C, ...), so that drift hits them alike, and
     chooses the highest median; a configuration other than the start must beat the start's median
-    by more than ``margin``. A search the budget cut short is still confirmed (the caller keeps
-    room for it); an interrupted one is not. A :class:`SearchStopError` ends the confirmation with
-    the rounds it completed.
+    by more than ``margin`` and beat the start's run in more than half of the rounds. A search the
+    budget cut short is still confirmed (the caller keeps room for it); an interrupted one is not.
+    A :class:`SearchStopError` ends the confirmation with the rounds it completed.
 
     Args:
         result: The search's result; updated in place and returned.
@@ -252,7 +252,14 @@ def confirm(
     scores = {c: result.score(c) for c in configs}
     best = max(configs, key=lambda c: scores[c].throughput if scores[c].meets_slo else -1.0)
     start = scores.get(result.start) if result.start is not None else None
-    if start is not None and best != result.start and not _better(scores[best], start, margin):
-        best = result.start
+    if start is not None and best != result.start:
+        paired = zip(result.confirmed[best], result.confirmed[result.start], strict=True)
+        wins = sum(_score(mine) > _score(theirs) for mine, theirs in paired)
+        if not _better(scores[best], start, margin) or wins * 2 <= complete:
+            best = result.start
     result.chosen = scores[best]
     return result
+
+
+def _score(point: Point) -> float:
+    return point.throughput if point.meets_slo else 0.0

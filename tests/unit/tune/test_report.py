@@ -71,7 +71,11 @@ def test_the_verdict_gives_the_confirmed_medians_of_each_configuration() -> None
 
     assert said.chosen.throughput == 240.0 and said.baseline.throughput == 160.0 and said.gain == 1.5
     assert "3 times each and alternating" in said.text
-    assert "the start 160.0; router_instances 4, tier_threads 2 240.0" in said.text
+    assert (
+        "the start 160.0 (150.0 to 170.0); router_instances 4, tier_threads 2 240.0 (0.0 to 250.0)"
+        in said.text
+    )
+    assert "beat the start in more than half of the rounds" in said.text
 
 
 def test_write_report_writes_a_deployable_spec_an_overlay_and_model_analyzer_inputs(

@@ -223,3 +223,14 @@ def test_a_search_cut_by_the_budget_is_confirmed_and_an_interrupted_one_is_not(
     confirm(result, lambda r: lambda c: Point(c, 500.0, 10.0), rounds=1)
 
     assert bool(result.confirmed) is confirmed
+
+
+def test_confirm_keeps_the_start_when_the_faster_median_won_only_a_minority_of_the_rounds() -> None:
+    start, fast = ServingConfig(), ServingConfig(router_instances=4)
+    result = SearchResult([Point(start, 900.0, 10.0), Point(fast, 880.0, 12.0)], start, None)
+    # fast's median (700) beats the start's (610) by 15%, but it beat the start only in round 2 of 3
+    figures = {start: iter([1000.0, 600.0, 610.0]), fast: iter([900.0, 700.0, 590.0])}
+
+    confirm(result, lambda r: lambda c: Point(c, next(figures[c]), 11.0), rounds=3)
+
+    assert result.best is not None and result.best.config == start
