@@ -149,7 +149,7 @@ def point_rows(result: SearchResult) -> list[dict[str, Any]]:
                 "point": i,
                 **{knob: getattr(point.config, knob) for knob in KNOBS},
                 "requests_per_s": round(point.throughput, 1),
-                "p99_ms": None if math.isnan(point.p99_ms) else round(point.p99_ms, 2),
+                "p99_ms": None if math.isnan(point.p99_ms) else point.p99_ms,
                 "meets_slo": point.meets_slo,
                 "steps": len(point.curve),
                 "seconds": round(point.seconds, 1),
@@ -194,9 +194,17 @@ def markdown(result: SearchResult, slo_ms: float, said: Verdict, meta: dict[str,
         lines.append("| " + " | ".join(columns) + " |")
         lines.append("|" + "|".join("---" for _ in columns) + "|")
         for row in rows:
-            cells = ["-" if row[c] is None else str(row[c]) for c in columns]
+            cells = [_cell(row[c]) for c in columns]
             lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.2f}".rstrip("0").rstrip(".")
+    return str(value)
 
 
 def plot(result: SearchResult, path: Path, slo_ms: float) -> None:
@@ -218,7 +226,8 @@ def plot(result: SearchResult, path: Path, slo_ms: float) -> None:
         x = [step[0] for step in point.curve]
         y = [step[1] for step in point.curve]
         if best is not None and point.config == best.config:
-            ax.plot(x, y, "o-", color="tab:green", linewidth=2.2, label=f"chosen: {_short(point.config)}")
+            role = "chosen (the start)" if point.config == result.start else "chosen"
+            ax.plot(x, y, "o-", color="tab:green", linewidth=2.2, label=f"{role}: {_short(point.config)}")
         elif point.config == result.start:
             ax.plot(x, y, "s-", color="tab:blue", linewidth=1.8, label=f"start: {_short(point.config)}")
         else:
