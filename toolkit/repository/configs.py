@@ -78,7 +78,7 @@ def tier_config(spec: Spec, tier: str, backend: str, raw: bool = True) -> mc.Mod
     """
     dims = request_dims(spec.features, raw=raw)
     return onnx_model_config(
-        tier, backend, dims, {SCORE: ("FP32", [-1])}, spec.triton.tier_instances, spec.triton.tier_threads
+        tier, backend, dims, {SCORE: ("FP32", [-1])}, spec.tier_instances(tier), spec.triton.tier_threads
     )
 
 
@@ -259,6 +259,6 @@ def gpu_tier_config(
             accelerator.parameters[key] = value
     _inputs(config, dims, {})
     config.output.add(name=SCORE, data_type=mc.TYPE_FP32, dims=[-1])
-    config.instance_group.add(count=spec.triton.tier_instances, kind=mc.ModelInstanceGroup.KIND_GPU)
+    config.instance_group.add(count=spec.tier_instances(tier), kind=mc.ModelInstanceGroup.KIND_GPU)
     _warmup(config, dims, opt)
     return config

@@ -306,6 +306,10 @@ class Spec:
         """Tiers the router calls over gRPC: those outside the entry pool."""
         return tuple(t.name for t in self.tiers if self.tier_pool(t.name) != self.entry_pool)
 
+    def tier_instances(self, name: str) -> int:
+        """Instances of tier ``name``'s model: its own ``instances``, else ``triton.tier_instances``."""
+        return self.tier(name).instances or self.triton.tier_instances
+
     def tier(self, name: str) -> TierSpec:
         """Return the tier called ``name``.
 

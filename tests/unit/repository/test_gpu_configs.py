@@ -265,3 +265,13 @@ def test_export_times_onnx_variants_on_the_tensorrt_provider_as_the_gpu_config_d
         key = f"trt_profile_{bound}_shapes"
         assert options[key] == deployed[key]
     assert options["trt_engine_cache_enable"] is True and options["trt_engine_cache_path"] == str(tmp_path)
+
+
+def test_a_gpu_tier_with_its_own_instance_count_gets_that_many_gpu_instances() -> None:
+    data = copy.deepcopy(GPU_SPEC)
+    big = next(t for t in data["tiers"] if t["name"] == "big")
+    big["instances"] = 3
+
+    config = configs.gpu_tier_config(spec_from_dict(data), "big", "trt-fp16")
+
+    assert [(g.count, g.kind) for g in config.instance_group] == [(3, mc.ModelInstanceGroup.KIND_GPU)]

@@ -174,3 +174,17 @@ def test_tier_preprocess_and_gate_configs_take_the_spec_thread_count_when_it_is_
     ]
 
     assert [c.parameters["intra_op_thread_count"].string_value for c in built] == ["3", "3", "3"]
+
+
+def test_a_tier_with_its_own_instance_count_gets_it_and_the_others_the_triton_default() -> None:
+    tiers = [dict(t) for t in CONFIG_SPEC["tiers"]]
+    tiers[-1]["instances"] = 4
+    per_tier = spec_from_dict({**CONFIG_SPEC, "tiers": tiers})
+    big, small = tiers[-1]["name"], tiers[0]["name"]
+
+    counts = {
+        t: [g.count for g in configs.tier_config(per_tier, t, "python").instance_group] for t in (big, small)
+    }
+
+    assert counts == {big: [4], small: [CONFIG_SPEC["triton"]["tier_instances"]]}
+    assert per_tier.tier_instances(small) == CONFIG_SPEC["triton"]["tier_instances"]

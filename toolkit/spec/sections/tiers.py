@@ -137,6 +137,9 @@ class TierSpec:
         model: Instead of an architecture: the user's PyTorch model or ONNX file.
         pool: With ``pools``: the pool whose servers run this tier (default: the entry pool, the
             first of ``pools``).
+        instances: Instances of this tier's model (0: ``triton.tier_instances``). They do the
+            tier's work when the router calls it through BLS or over gRPC (``local_tiers: bls``,
+            GPU tiers, other pools); a CPU tier the router runs in its own process only loads them.
     """
 
     name: str
@@ -144,6 +147,7 @@ class TierSpec:
     params: dict[str, Any] = field(default_factory=dict)
     model: UserModelSpec | None = None
     pool: str = ""
+    instances: int = 0
 
     def __post_init__(self) -> None:
         check_name(self.name, "tier name")
@@ -154,6 +158,10 @@ class TierSpec:
             )
         if self.model is not None and self.params:
             raise KeyedValueError("params", "belongs to an architecture; a user model takes model.kwargs")
+        if not isinstance(self.instances, int) or self.instances < 0:
+            raise KeyedValueError(
+                "instances", f"must be a count >= 0 (0: triton.tier_instances), got {self.instances!r}"
+            )
 
     @property
     def kind(self) -> str:
