@@ -39,7 +39,7 @@ from common import RESULTS, ROOT, held_out_requests, prepare, write_report
 from toolkit.bench.load import StabilityPolicy, StepSpec, run_step
 from toolkit.data.requests import RequestSet
 from toolkit.machine import machine_facts
-from toolkit.serve import ServerOptions, TritonServer, free_port
+from toolkit.serve import ServerOptions, TritonServer
 from toolkit.spec import load_spec
 
 LARGEST = "always-largest"
@@ -89,12 +89,7 @@ def run(
     spec = load_spec(spec_path)
     prepare(spec_path, spec, deploy=True)
     requests = held_out_requests(spec, 200, candidates)
-    options = ServerOptions(
-        repository=ROOT / spec.paths.repository,
-        grpc_port=free_port(),
-        http_port=free_port(),
-        metrics_port=free_port(),
-    )
+    options = ServerOptions.on_free_ports(ROOT / spec.paths.repository)
     tiers = spec.tier_names
     steady = StabilityPolicy(window_s=window_s, max_windows=5)
     warm = StabilityPolicy(window_s=0.5, max_windows=3)

@@ -294,9 +294,7 @@ def run(spec_path: Path, out: Path, rounds: int = 2, pytriton_instances: int = 1
     artifacts, repository = ROOT / spec.paths.artifacts, ROOT / spec.paths.repository
     variant = deployed_variants(spec, artifacts, repository)[TIER]
     requests = held_out_requests(spec, REQUESTS, candidates=CANDIDATES)
-    options = ServerOptions(
-        repository=repository, grpc_port=free_port(), http_port=free_port(), metrics_port=free_port()
-    )
+    options = ServerOptions.on_free_ports(repository)
     measured: dict[str, list[dict[str, Any]]] = {side: [] for side in SIDES}
     install_kind = ""
     checked: dict[str, list[np.ndarray]] = {}

@@ -45,7 +45,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 from toolkit.bench.load import STATS_FIELDS, server_split, statistics_by_model
 from toolkit.data import REQUEST_TENSORS, demo_holdout_set
 from toolkit.machine import machine_facts
-from toolkit.serve import ServerOptions, TritonServer, free_port
+from toolkit.serve import ServerOptions, TritonServer
 from toolkit.serve.metrics import router_tier_calls
 from toolkit.spec import load_spec
 
@@ -184,9 +184,7 @@ def run(spec_path: Path, count: int, seconds: float, out: Path) -> dict[str, Any
     ]
     requests = demo_holdout_set(spec, count)
     raws = [requests.request(r) for r in range(count)]
-    options = ServerOptions(
-        repository=repository, grpc_port=free_port(), http_port=free_port(), metrics_port=free_port()
-    )
+    options = ServerOptions.on_free_ports(repository)
     paths = {
         "ensemble": (spec.name, False),
         "router": (router, True),

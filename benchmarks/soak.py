@@ -26,7 +26,7 @@ from common import RESULTS, ROOT, prepare, write_report
 from toolkit.bench.load import StabilityPolicy, StepSpec, Window, run_step
 from toolkit.data import demo_holdout_set
 from toolkit.machine import machine_facts, process_tree_rss_kib
-from toolkit.serve import ServerOptions, TritonServer, free_port
+from toolkit.serve import ServerOptions, TritonServer
 from toolkit.spec import load_spec
 
 WINDOW_S = 30.0
@@ -43,12 +43,7 @@ def run(spec_path: Path, minutes: float, out: Path) -> dict[str, Any]:
     spec = load_spec(spec_path)
     prepare(spec_path, spec, deploy=True)
     requests = demo_holdout_set(spec, 500)
-    options = ServerOptions(
-        repository=ROOT / spec.paths.repository,
-        grpc_port=free_port(),
-        http_port=free_port(),
-        metrics_port=free_port(),
-    )
+    options = ServerOptions.on_free_ports(ROOT / spec.paths.repository)
     windows: list[dict[str, Any]] = []
     with TritonServer(options) as server:
         capacity = asyncio.run(

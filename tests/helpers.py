@@ -195,15 +195,9 @@ CONFIG_TIERS = [
 
 def free_port_options(repository: Path, log_file: Path) -> Any:
     """Server options for ``repository`` on free ports, logging to ``log_file``."""
-    from toolkit.serve import ServerOptions, free_port
+    from toolkit.serve import ServerOptions
 
-    return ServerOptions(
-        repository=repository,
-        grpc_port=free_port(),
-        http_port=free_port(),
-        metrics_port=free_port(),
-        log_file=log_file,
-    )
+    return ServerOptions.on_free_ports(repository, log_file=log_file)
 
 
 @contextlib.contextmanager

@@ -71,7 +71,7 @@ def command(
 
     from toolkit.bench import demo_rows, replay
     from toolkit.data import demo_holdout_set
-    from toolkit.serve import ServerOptions, TritonServer, free_port
+    from toolkit.serve import ServerOptions, TritonServer
 
     spec = load(spec_path)
     repo = folder(repository, spec.paths.repository)
@@ -84,14 +84,7 @@ def command(
     requests = demo_holdout_set(spec).subset(range(num_requests))
     peers = _peer_servers(spec, repo, tritonserver, log_file) if spec.pools else []
     entry_repo = repo / spec.entry_pool if spec.pools else repo
-    options = ServerOptions(
-        repository=entry_repo,
-        grpc_port=free_port(),
-        http_port=free_port(),
-        metrics_port=free_port(),
-        tritonserver=tritonserver,
-        log_file=log_file,
-    )
+    options = ServerOptions.on_free_ports(entry_repo, tritonserver=tritonserver, log_file=log_file)
     server = TritonServer(options)
     try:
         for pool, peer in peers:

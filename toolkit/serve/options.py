@@ -7,10 +7,11 @@ import sysconfig
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from toolkit.errors import RepositoryError, ServerError
 from toolkit.serve.locate import TritonInstall
+from toolkit.serve.ports import free_port
 
 ModelControlMode = Literal["none", "explicit", "poll"]
 MODEL_CONTROL_MODES: tuple[str, ...] = ("none", "explicit", "poll")
@@ -65,6 +66,22 @@ class ServerOptions:
     extra_args: tuple[str, ...] = ()
     require_onnxruntime: bool = True
     s3_endpoint: str | None = None
+
+    @classmethod
+    def on_free_ports(cls, repository: Path | str, **settings: Any) -> ServerOptions:
+        """Options for a server on ``repository`` whose gRPC, HTTP and metrics ports are free now.
+
+        Args:
+            repository: The model repository (as :attr:`repository`).
+            **settings: Any other field.
+        """
+        return cls(
+            repository=repository,
+            grpc_port=free_port(),
+            http_port=free_port(),
+            metrics_port=free_port(),
+            **settings,
+        )
 
     def __post_init__(self) -> None:
         if self.is_s3:

@@ -19,7 +19,7 @@ from toolkit.bench.load import (
 )
 from toolkit.repository.plan import DeployOptions, plan_deploy
 from toolkit.repository.writer import write_repository
-from toolkit.serve import ServerOptions, TritonServer, free_port
+from toolkit.serve import ServerOptions, TritonServer
 from toolkit.spec.schema import Spec
 from toolkit.tune.search import Measure, Point
 from toolkit.tune.space import ServingConfig
@@ -93,13 +93,8 @@ def server_measure(
         repository = workdir / "repository"
         say("writing the repository")
         write_repository(plan_deploy(config.apply(spec), artifacts, options), repository)
-        server_options = ServerOptions(
-            repository=repository,
-            grpc_port=free_port(),
-            http_port=free_port(),
-            metrics_port=free_port(),
-            tritonserver=tritonserver,
-            log_file=workdir / "tritonserver.log",
+        server_options = ServerOptions.on_free_ports(
+            repository, tritonserver=tritonserver, log_file=workdir / "tritonserver.log"
         )
         results: list[StepResult] = []
         flat = 0
