@@ -208,7 +208,7 @@ def command(
         confirm,
         quick_search,
     )
-    from toolkit.tune.space import SearchSpace, ServingConfig
+    from toolkit.tune.space import KNOB_LABELS, SearchSpace, ServingConfig, knob_text
     from toolkit.tune.store import PointStore
 
     spec = load(spec_path)
@@ -229,13 +229,8 @@ def command(
     except ValueError as exc:
         knob = str(exc).partition(":")[0]
         raise click.BadParameter(str(exc), param_hint="--" + knob.replace("_", "-")) from None
-    try:
-        levels = tuple(sorted({int(c) for c in concurrency.split(",") if c.strip()}))
-    except ValueError:
-        raise click.BadParameter(
-            f"{concurrency!r} is not a list of integers", param_hint="--concurrency"
-        ) from None
-    if not levels or levels[0] < 1:
+    levels = _values(concurrency, "--concurrency", int)
+    if levels[0] < 1:
         raise click.BadParameter(f"{concurrency!r}: levels must be >= 1", param_hint="--concurrency")
     bounds = parse_candidates(candidates)
     plan = LoadPlan(
@@ -277,6 +272,7 @@ def command(
     budget_s = budget_minutes * 60.0
     began = time.perf_counter()
     durations: list[float] = [p.seconds for p in store.points.values() if p.seconds > 0]
+    requests = bench_requests(spec, pool, bounds)
     measured = server_measure(
         spec,
         artifacts_dir,
@@ -286,6 +282,7 @@ def command(
         plan,
         progress=lambda line: status.update(f"{current}: {line}"),
         tritonserver=tritonserver,
+        requests=requests,
     )
     current = ""
     count = 0
@@ -345,18 +342,16 @@ def command(
         "measured this run": count,
         "from the record": resumed,
     }
-    requests = bench_requests(spec, pool, bounds)
     said, written = write_report(result, target, slo_ms, margin, spec, spec_path, requests, meta)
     table = results_table(
         f"{spec.name}: {len(result.points)} configurations, SLO p99 <= {slo_ms:g} ms",
-        ["#", "routers", "local", "threads", "tier inst", "queue ms", "req/s", "p99 ms", "steps", "s", ""],
+        ["#", *KNOB_LABELS.values(), "req/s", "p99 ms", "steps", "s", ""],
         left=1,
     )
     for row in point_rows(result):
         table.add_row(
             str(row["point"]),
-            *(str(row[k]) for k in ("router_instances", "local_tiers", "tier_threads", "tier_instances")),
-            f"{row['queue_timeout_ms']:g}",
+            *(knob_text(row[knob]) for knob in KNOB_LABELS),
             fmt(row["requests_per_s"], 1) if row["meets_slo"] else "-",
             fmt(row["p99_ms"], 1),
             str(row["steps"]),

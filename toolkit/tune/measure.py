@@ -17,6 +17,7 @@ from toolkit.bench.load import (
     highest_within_slo,
     run_step,
 )
+from toolkit.data.requests import RequestSet
 from toolkit.repository.plan import DeployOptions, plan_deploy
 from toolkit.repository.writer import write_repository
 from toolkit.serve import ServerOptions, TritonServer
@@ -62,6 +63,7 @@ def server_measure(
     load: LoadPlan | None = None,
     progress: Callable[[str], None] | None = None,
     tritonserver: Path | None = None,
+    requests: RequestSet | None = None,
 ) -> Measure:
     """A :data:`~toolkit.tune.search.Measure` that runs each configuration on a real ``tritonserver``.
 
@@ -81,9 +83,12 @@ def server_measure(
         load: The load steps.
         progress: Called with a short line at each stage (deploy, server start, each window).
         tritonserver: The ``tritonserver`` binary (default: the one ``toolkit serve`` runs).
+        requests: The requests to load with (default: :func:`bench_requests` of the load plan's
+            count and candidates).
     """
     load = load or LoadPlan()
-    requests = bench_requests(spec, load.requests, load.candidates)
+    if requests is None:
+        requests = bench_requests(spec, load.requests, load.candidates)
     policy = StabilityPolicy(window_s=load.window_s, max_windows=load.max_windows)
 
     say = progress or (lambda line: None)

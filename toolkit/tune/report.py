@@ -19,7 +19,7 @@ import yaml
 from toolkit.data.requests import RequestSet
 from toolkit.spec.schema import Spec
 from toolkit.tune.search import Point, SearchResult
-from toolkit.tune.space import KNOBS, ServingConfig
+from toolkit.tune.space import KNOB_LABELS, KNOBS, ServingConfig, knob_text
 
 STOPPED = {
     None: "the search ran to its end",
@@ -46,12 +46,6 @@ class Verdict:
     baseline: Point | None
     gain: float
     text: str
-
-
-def _value(value: float | int | str) -> str:
-    if isinstance(value, str):
-        return value
-    return f"{value:g}"
 
 
 def verdict(result: SearchResult, slo_ms: float, margin: float) -> Verdict:
@@ -110,7 +104,7 @@ def verdict(result: SearchResult, slo_ms: float, margin: float) -> Verdict:
 
 
 def _spread(runs: list[Point]) -> str:
-    values = [p.throughput if p.meets_slo else 0.0 for p in runs]
+    values = [p.slo_throughput for p in runs]
     return f"{min(values):.1f} to {max(values):.1f}"
 
 
@@ -120,11 +114,11 @@ def _label(config: ServingConfig, start: ServingConfig | None) -> str:
     changes = config.changes(start)
     if not changes:
         return "the start"
-    return ", ".join(f"{knob} {_value(new)}" for knob, (_, new) in changes.items())
+    return ", ".join(f"{knob} {knob_text(new)}" for knob, (_, new) in changes.items())
 
 
 def _moves(changes: dict[str, tuple[Any, Any]]) -> str:
-    return ", ".join(f"{knob} {_value(old)} -> {_value(new)}" for knob, (old, new) in changes.items())
+    return ", ".join(f"{knob} {knob_text(old)} -> {knob_text(new)}" for knob, (old, new) in changes.items())
 
 
 def point_rows(result: SearchResult) -> list[dict[str, Any]]:
@@ -161,8 +155,7 @@ def point_rows(result: SearchResult) -> list[dict[str, Any]]:
 
 def overlay_text(config: ServingConfig, header: str) -> str:
     """The ``triton:`` section that deploys ``config``, with a comment saying where it came from."""
-    comment = "".join(f"# {line}\n" for line in header.splitlines())
-    return comment + yaml.safe_dump(config.overlay(), sort_keys=False)
+    return _commented(header, config.overlay())
 
 
 def merged_spec_text(spec_path: Path, config: ServingConfig, header: str) -> str:
@@ -173,8 +166,12 @@ def merged_spec_text(spec_path: Path, config: ServingConfig, header: str) -> str
     """
     data = yaml.safe_load(spec_path.read_text(encoding="utf-8")) or {}
     data["triton"] = {**(data.get("triton") or {}), **config.overlay()["triton"]}
-    comment = "".join(f"# {line}\n" for line in header.splitlines())
-    return comment + yaml.safe_dump(data, sort_keys=False)
+    return _commented(header, data)
+
+
+def _commented(header: str, data: dict[str, Any]) -> str:
+    """``data`` as YAML in its own key order, below ``header`` as comment lines."""
+    return "".join(f"# {line}\n" for line in header.splitlines()) + yaml.safe_dump(data, sort_keys=False)
 
 
 def markdown(result: SearchResult, slo_ms: float, said: Verdict, meta: dict[str, Any]) -> str:
@@ -246,10 +243,7 @@ def plot(result: SearchResult, path: Path, slo_ms: float) -> None:
 
 
 def _short(config: ServingConfig) -> str:
-    return ", ".join(
-        f"{name} {_value(getattr(config, knob))}"
-        for knob, name in zip(KNOBS, ("routers", "local", "threads", "tier inst", "queue ms"), strict=True)
-    )
+    return ", ".join(f"{label} {knob_text(getattr(config, knob))}" for knob, label in KNOB_LABELS.items())
 
 
 def perf_analyzer_data(requests: RequestSet, count: int = 16) -> dict[str, Any]:
@@ -278,9 +272,7 @@ def model_analyzer_config(spec: Spec, slo_ms: float, repository: str, data_file:
     repository deployed from the tuned spec. Model Analyzer searches instance counts and batching,
     not the router's own settings (``local_tiers``, threads, queue timeout): those stay as tuned.
     """
-    composing = [*spec.tier_names, spec.preprocess_model]
-    if spec.routing.policy == "learned":
-        composing.append(spec.gate_model)
+    composing = [*spec.tier_names, *(m for m in spec.entry_models if m not in (spec.name, spec.router_model))]
     return {
         "model_repository": repository,
         "run_config_search_mode": "quick",
@@ -356,12 +348,11 @@ def write_report(
         data.write_text(json.dumps(perf_analyzer_data(requests)) + "\n", encoding="utf-8")
         analyzer = out / "model_analyzer.yaml"
         config = model_analyzer_config(spec, slo_ms, spec.paths.repository, str(data))
-        analyzer.write_text(
-            f"# toolkit deploy --spec {merged} writes the repository; then, from the folder\n"
-            f"# toolkit tune ran in: model-analyzer profile -f {analyzer}\n"
-            + yaml.safe_dump(config, sort_keys=False),
-            encoding="utf-8",
+        how = (
+            f"toolkit deploy --spec {merged} writes the repository; then, from the folder\n"
+            f"toolkit tune ran in: model-analyzer profile -f {analyzer}"
         )
+        analyzer.write_text(_commented(how, config), encoding="utf-8")
         written += [overlay, merged, data, analyzer]
     if importlib.util.find_spec("matplotlib") is not None and result.points:
         png = out / "tune.png"

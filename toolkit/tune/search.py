@@ -40,6 +40,11 @@ class Point:
         """Whether some load level met the SLO."""
         return self.throughput > 0 and self.failed == 0 and not math.isnan(self.p99_ms)
 
+    @property
+    def slo_throughput(self) -> float:
+        """The throughput when the point met the SLO, else 0 (how a run counts in a median)."""
+        return self.throughput if self.meets_slo else 0.0
+
 
 Measure = Callable[[ServingConfig], Point]
 
@@ -87,7 +92,7 @@ class SearchResult:
         met = [p for p in runs if p.meets_slo]
         return Point(
             config,
-            statistics.median(_score(p) for p in runs),
+            statistics.median(p.slo_throughput for p in runs),
             statistics.median(p.p99_ms for p in met) if met else math.nan,
             sum(p.failed for p in runs),
             sum(p.seconds for p in runs),
@@ -254,12 +259,8 @@ def confirm(
     start = scores.get(result.start) if result.start is not None else None
     if start is not None and best != result.start:
         paired = zip(result.confirmed[best], result.confirmed[result.start], strict=True)
-        wins = sum(_score(mine) > _score(theirs) for mine, theirs in paired)
+        wins = sum(mine.slo_throughput > theirs.slo_throughput for mine, theirs in paired)
         if not _better(scores[best], start, margin) or wins * 2 <= complete:
             best = result.start
     result.chosen = scores[best]
     return result
-
-
-def _score(point: Point) -> float:
-    return point.throughput if point.meets_slo else 0.0

@@ -14,6 +14,9 @@ KNOBS = ("router_instances", "local_tiers", "tier_threads", "tier_instances", "q
 """The ``triton`` keys a configuration sets, in the order coordinate descent visits them (the ones
 that move throughput most on CPU first, so that a search cut short by its budget has tried them)."""
 
+KNOB_LABELS = dict(zip(KNOBS, ("routers", "local", "threads", "tier inst", "queue ms"), strict=True))
+"""Each knob's short name, for table headers and plot legends."""
+
 _LOCAL_TIERS_SORTED = tuple(sorted(LOCAL_TIERS))
 
 
@@ -46,7 +49,7 @@ class ServingConfig:
     @property
     def key(self) -> str:
         """A stable name, ``router_instances=2,local_tiers=inprocess,...,queue_timeout_ms=100``."""
-        return ",".join(f"{knob}={_text(getattr(self, knob))}" for knob in KNOBS)
+        return ",".join(f"{knob}={knob_text(getattr(self, knob))}" for knob in KNOBS)
 
     def overlay(self) -> dict[str, dict[str, float | int | str]]:
         """The spec overlay that deploys this configuration: a ``triton:`` section with its keys."""
@@ -65,7 +68,8 @@ class ServingConfig:
         }
 
 
-def _text(value: float | int | str) -> str:
+def knob_text(value: float | int | str) -> str:
+    """A knob's value as names and tables show it: ``100`` for 100.0, ``bls`` as it is."""
     if isinstance(value, str):
         return value
     return str(int(value)) if float(value).is_integer() else str(value)
