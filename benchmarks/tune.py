@@ -34,7 +34,7 @@ from common import RESULTS, ROOT, prepare, toolkit, write_report
 
 from toolkit.machine import machine_facts
 from toolkit.spec import load_spec
-from toolkit.tune.space import KNOBS, ServingConfig
+from toolkit.tune.space import ServingConfig
 
 TARGET = 1.3
 SCRATCH = ROOT / "benchmarks" / "scratch" / "tune"
@@ -107,8 +107,13 @@ def _outcome(run: dict[str, Any]) -> str:
     )
 
 
+_MEASURED = {"point", "requests_per_s", "p99_ms", "meets_slo", "steps", "seconds", "role"}
+"""The columns of a report row that are not knobs."""
+
+
 def _section(run: dict[str, Any], title: str, png: str) -> list[str]:
     search = run["search"]
+    knobs = [k for k in search["points"][0] if k not in _MEASURED] if search["points"] else []
     lines = [
         f"## {title}",
         "",
@@ -116,11 +121,11 @@ def _section(run: dict[str, Any], title: str, png: str) -> list[str]:
         "",
         search["verdict"],
         "",
-        "| point | " + " | ".join(KNOBS) + " | req/s | p99 ms | steps | s | |",
-        "|---|" + "---|" * len(KNOBS) + "---|---|---|---|---|",
+        "| point | " + " | ".join(knobs) + " | req/s | p99 ms | steps | s | |",
+        "|---|" + "---|" * len(knobs) + "---|---|---|---|---|",
     ]
     for row in search["points"]:
-        cells = [str(row[k]) for k in KNOBS]
+        cells = [str(row[k]) for k in knobs]
         p99 = "-" if row["p99_ms"] is None else f"{row['p99_ms']:.1f}"
         rps = f"{row['requests_per_s']:.1f}" if row["meets_slo"] else "-"
         lines.append(

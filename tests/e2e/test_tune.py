@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -34,15 +35,19 @@ LOAD = LoadPlan(concurrencies=(1, 2), window_s=0.25, max_windows=3, requests=40)
 def test_a_two_point_search_measures_both_on_the_server_and_resumes_without_remeasuring(
     pipeline, tmp_path: Path
 ) -> None:
+    """The two points differ in the largest tier's own instance count, with the router calling the
+    tier models (``local_tiers: bls``), so that those instances do the work."""
     spec = pipeline.spec
-    start = ServingConfig.from_spec(spec)
+    largest = spec.tier_names[-1]
+    start = dataclasses.replace(ServingConfig.from_spec(spec, [largest]), local_tiers="bls")
     space = SearchSpace(
-        router_instances=(2, 3),
-        local_tiers=(start.local_tiers,),
+        router_instances=(start.router_instances,),
+        local_tiers=("bls",),
         tier_threads=(start.tier_threads,),
         tier_instances=(start.tier_instances,),
         queue_timeout_ms=(start.queue_timeout_ms,),
-    )
+        tier_counts=((largest, (1, 2)),),
+    ).with_start(start)
     options = DeployOptions("python", pins=pipeline.pins)
     lines: list[str] = []
     measure = server_measure(
@@ -59,7 +64,7 @@ def test_a_two_point_search_measures_both_on_the_server_and_resumes_without_reme
 
     result = brute_force(space, PointStore(record, context).measured(measure), start=start)
 
-    assert [p.config.router_instances for p in result.points] == [2, 3]
+    assert [p.config.value(f"instances.{largest}") for p in result.points] == [1, 2]
     assert all(p.meets_slo and p.throughput > 0 and p.p99_ms <= SLO_MS for p in result.points)
     assert all(len(p.curve) >= 1 for p in result.points) and result.best is not None
     assert "starting tritonserver" in lines and any(line.startswith("concurrency 1:") for line in lines)
@@ -70,10 +75,13 @@ def test_a_two_point_search_measures_both_on_the_server_and_resumes_without_reme
     chosen = result.best.config
     repository = tmp_path / "chosen"
     write_repository(plan_deploy(chosen.apply(spec), pipeline.artifacts, options), repository)
-    router = text_format.Parse(
-        (repository / spec.router_model / "config.pbtxt").read_text(), mc.ModelConfig()
-    )
-    assert sum(group.count for group in router.instance_group) == chosen.router_instances
+    for model, count in [
+        (spec.router_model, chosen.router_instances),
+        (largest, chosen.value(f"instances.{largest}")),
+        (spec.tier_names[0], chosen.tier_instances),
+    ]:
+        config = text_format.Parse((repository / model / "config.pbtxt").read_text(), mc.ModelConfig())
+        assert sum(group.count for group in config.instance_group) == count, model
 
 
 def _tune_args(pipeline, out: Path) -> list[str]:

@@ -35,6 +35,29 @@ def _values(value: str | None, flag: str, kind: type) -> tuple[Any, ...] | None:
     return tuple(sorted(set(values)))
 
 
+def _per_tier(entries: tuple[str, ...], tiers: tuple[str, ...]) -> tuple[tuple[str, tuple[int, ...]], ...]:
+    """``--per-tier-instances`` entries (``1,2`` for every tier, ``xl=1,2,4`` for one) per tier."""
+    flag = "--per-tier-instances"
+    every: tuple[int, ...] | None = None
+    named: dict[str, tuple[int, ...]] = {}
+    for entry in entries:
+        tier, sep, values = entry.rpartition("=")
+        if not sep:
+            if every is not None:
+                raise click.BadParameter(f"{entry!r}: a list for every tier is given twice", param_hint=flag)
+            every = _values(values, flag, int)
+            continue
+        tier = tier.strip()
+        if tier not in tiers:
+            raise click.BadParameter(
+                f"{entry!r}: {tier!r} is not a tier of the spec ({', '.join(tiers)})", param_hint=flag
+            )
+        if tier in named:
+            raise click.BadParameter(f"{entry!r}: tier {tier!r} was already given", param_hint=flag)
+        named[tier] = _values(values, flag, int)
+    return tuple((t, named.get(t, every)) for t in tiers if t in named or every is not None)
+
+
 CONFIRM_TOP = 3
 """Configurations measured again after the search, the start included."""
 
@@ -92,7 +115,19 @@ def _minutes(seconds: float) -> str:
 @click.option(
     "--tier-threads", metavar="N1,N2,...", help="ONNX Runtime intra-op threads per tier session [1,2]."
 )
-@click.option("--tier-instances", metavar="N1,N2,...", help="Instances of each tier model [1,2].")
+@click.option(
+    "--tier-instances",
+    metavar="N1,N2,...",
+    help="Instances of each tier model without a count of its own (triton.tier_instances) [1,2].",
+)
+@click.option(
+    "--per-tier-instances",
+    "per_tier",
+    multiple=True,
+    metavar="[TIER=]N1,N2,...",
+    help="Also search each tier's own instance count (tiers[].instances) over these values: "
+    "'1,2' for every tier, 'xl=1,2,4' for one tier (repeatable). Off by default.",
+)
 @click.option("--queue-timeout-ms", metavar="MS1,MS2,...", help="Router queue timeouts [50,100,200].")
 @click.option(
     "--concurrency",
@@ -161,6 +196,7 @@ def command(
     local_tiers: str | None,
     tier_threads: str | None,
     tier_instances: str | None,
+    per_tier: tuple[str, ...],
     queue_timeout_ms: str | None,
     concurrency: str,
     window_s: float,
@@ -177,7 +213,8 @@ def command(
     """Find the serving configuration with the highest throughput whose p99 meets --slo-ms.
 
     Each configuration (router instances, how the router calls its CPU tiers, ONNX Runtime threads,
-    tier instances, queue timeout: the spec's triton keys) is deployed from the export's artifacts
+    tier instances, queue timeout: the spec's triton keys; with --per-tier-instances each tier's own
+    instance count too) is deployed from the export's artifacts
     into a scratch repository, served by a fresh tritonserver and loaded with toolkit bench's
     closed-loop steps on the spec's traffic, rising until a step misses the SLO or fails a request.
     A configuration scores the highest throughput of a step that met it.
@@ -208,7 +245,7 @@ def command(
         confirm,
         quick_search,
     )
-    from toolkit.tune.space import KNOB_LABELS, SearchSpace, ServingConfig, knob_text
+    from toolkit.tune.space import SearchSpace, ServingConfig, knob_label, knob_text
     from toolkit.tune.store import PointStore
 
     spec = load(spec_path)
@@ -224,11 +261,24 @@ def command(
         "tier_instances": _values(tier_instances, "--tier-instances", int),
         "queue_timeout_ms": _values(queue_timeout_ms, "--queue-timeout-ms", float),
     }
+    counts = _per_tier(per_tier, spec.tier_names)
+    searched = {tier for tier, _ in counts}
+    if not [t for t in spec.tier_names if t not in searched and not spec.tier(t).instances]:
+        if given["tier_instances"] is not None:
+            raise click.BadParameter(
+                "every tier has an instance count of its own (tiers[].instances or --per-tier-instances), "
+                "so triton.tier_instances changes nothing",
+                param_hint="--tier-instances",
+            )
+        given["tier_instances"] = (spec.triton.tier_instances,)
     try:
-        space = SearchSpace(**{knob: values for knob, values in given.items() if values is not None})
+        space = SearchSpace(
+            **{knob: values for knob, values in given.items() if values is not None}, tier_counts=counts
+        )
     except ValueError as exc:
         knob = str(exc).partition(":")[0]
-        raise click.BadParameter(str(exc), param_hint="--" + knob.replace("_", "-")) from None
+        hint = "--per-tier-instances" if knob.startswith("instances.") else "--" + knob.replace("_", "-")
+        raise click.BadParameter(str(exc), param_hint=hint) from None
     levels = _values(concurrency, "--concurrency", int)
     if levels[0] < 1:
         raise click.BadParameter(f"{concurrency!r}: levels must be >= 1", param_hint="--concurrency")
@@ -241,7 +291,7 @@ def command(
     options = DeployOptions(chosen_backend, pins=parse_pins(pins))
     plan_deploy(spec, artifacts_dir, options)  # the export, the pins and the backend, before any server
     target = folder(out, str(artifacts_dir / "tune"))
-    start = ServingConfig.from_spec(spec)
+    start = ServingConfig.from_spec(spec, [tier for tier, _ in counts])
     space = space.with_start(start)
     context = {
         "spec": _digest(spec_path),
@@ -345,13 +395,13 @@ def command(
     said, written = write_report(result, target, slo_ms, margin, spec, spec_path, requests, meta)
     table = results_table(
         f"{spec.name}: {len(result.points)} configurations, SLO p99 <= {slo_ms:g} ms",
-        ["#", *KNOB_LABELS.values(), "req/s", "p99 ms", "steps", "s", ""],
+        ["#", *(knob_label(knob) for knob in start.knobs), "req/s", "p99 ms", "steps", "s", ""],
         left=1,
     )
     for row in point_rows(result):
         table.add_row(
             str(row["point"]),
-            *(knob_text(row[knob]) for knob in KNOB_LABELS),
+            *(knob_text(row[knob]) for knob in start.knobs),
             fmt(row["requests_per_s"], 1) if row["meets_slo"] else "-",
             fmt(row["p99_ms"], 1),
             str(row["steps"]),

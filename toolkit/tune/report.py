@@ -19,7 +19,7 @@ import yaml
 from toolkit.data.requests import RequestSet
 from toolkit.spec.schema import Spec
 from toolkit.tune.search import Point, SearchResult
-from toolkit.tune.space import KNOB_LABELS, KNOBS, ServingConfig, knob_text
+from toolkit.tune.space import ServingConfig, knob_label, knob_text
 
 STOPPED = {
     None: "the search ran to its end",
@@ -141,7 +141,7 @@ def point_rows(result: SearchResult) -> list[dict[str, Any]]:
         rows.append(
             {
                 "point": i,
-                **{knob: getattr(point.config, knob) for knob in KNOBS},
+                **{knob: point.config.value(knob) for knob in point.config.knobs},
                 "requests_per_s": round(point.throughput, 1),
                 "p99_ms": None if math.isnan(point.p99_ms) else point.p99_ms,
                 "meets_slo": point.meets_slo,
@@ -154,18 +154,30 @@ def point_rows(result: SearchResult) -> list[dict[str, Any]]:
 
 
 def overlay_text(config: ServingConfig, header: str) -> str:
-    """The ``triton:`` section that deploys ``config``, with a comment saying where it came from."""
-    return _commented(header, config.overlay())
+    """The ``triton:`` section that deploys ``config``, with a comment saying where it came from.
+
+    Per-tier instance counts belong in the spec's ``tiers:`` list, so they follow as comment lines
+    naming the tier and the ``instances`` value to set there (``spec.yaml`` has them set).
+    """
+    text = _commented(header, config.overlay())
+    if config.tier_counts:
+        text += "# and in the spec's tiers: list, each tier's own instance count (tiers[].instances):\n"
+        text += "".join(f"#   {tier}: instances: {count}\n" for tier, count in config.tier_counts)
+    return text
 
 
 def merged_spec_text(spec_path: Path, config: ServingConfig, header: str) -> str:
-    """The spec file with ``config``'s ``triton`` keys set: deployable as it is.
+    """The spec file with ``config``'s ``triton`` keys and per-tier ``instances`` set: deployable as it is.
 
     Raises:
         OSError: The spec file cannot be read.
     """
     data = yaml.safe_load(spec_path.read_text(encoding="utf-8")) or {}
     data["triton"] = {**(data.get("triton") or {}), **config.overlay()["triton"]}
+    counts = dict(config.tier_counts)
+    for tier in data.get("tiers") or []:
+        if isinstance(tier, dict) and tier.get("name") in counts:
+            tier["instances"] = counts[tier["name"]]
     return _commented(header, data)
 
 
@@ -243,7 +255,7 @@ def plot(result: SearchResult, path: Path, slo_ms: float) -> None:
 
 
 def _short(config: ServingConfig) -> str:
-    return ", ".join(f"{label} {knob_text(getattr(config, knob))}" for knob, label in KNOB_LABELS.items())
+    return ", ".join(f"{knob_label(knob)} {knob_text(config.value(knob))}" for knob in config.knobs)
 
 
 def perf_analyzer_data(requests: RequestSet, count: int = 16) -> dict[str, Any]:

@@ -11,7 +11,7 @@ import statistics
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from toolkit.tune.space import KNOBS, SearchSpace, ServingConfig
+from toolkit.tune.space import SearchSpace, ServingConfig
 
 
 @dataclass(frozen=True)
@@ -136,10 +136,11 @@ def quick_search(
 ) -> SearchResult:
     """Coordinate descent from ``start``: move one knob a step at a time while throughput improves.
 
-    Knobs are visited in :data:`~toolkit.tune.space.KNOBS` order; for each, the neighbours one step
-    down and up are measured and the search moves to the better one when it beats the current point
-    by more than ``margin`` (measurements on a shared machine move by several percent), then keeps
-    going in that direction. A sweep over every knob without a move ends the search.
+    Knobs are visited in the space's order (:attr:`~toolkit.tune.space.SearchSpace.knobs`); for
+    each, the neighbours one step down and up are measured and the search moves to the better one
+    when it beats the current point by more than ``margin`` (measurements on a shared machine move
+    by several percent), then keeps going in that direction. A sweep over every knob without a move
+    ends the search.
 
     Args:
         space: The values each knob may take (``start``'s are added).
@@ -179,7 +180,7 @@ def quick_search(
     moved = True
     while moved:
         moved = False
-        for knob in KNOBS:
+        for knob in space.knobs:
             while True:
                 candidates = [p for c in space.neighbours(current.config, knob) if (p := take(c)) is not None]
                 better = [p for p in candidates if _better(p, current, margin)]

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from toolkit.router.policy import LOCAL_TIERS
 from toolkit.spec.schema import Spec
@@ -15,14 +16,32 @@ KNOBS = ("router_instances", "local_tiers", "tier_threads", "tier_instances", "q
 that move throughput most on CPU first, so that a search cut short by its budget has tried them)."""
 
 KNOB_LABELS = dict(zip(KNOBS, ("routers", "local", "threads", "tier inst", "queue ms"), strict=True))
-"""Each knob's short name, for table headers and plot legends."""
+"""Each ``triton`` knob's short name, for table headers and plot legends."""
+
+TIER_KNOB = "instances."
+"""The prefix of a per-tier knob: ``instances.xl`` is tier ``xl``'s own instance count."""
 
 _LOCAL_TIERS_SORTED = tuple(sorted(LOCAL_TIERS))
+
+Value = float | int | str
+
+
+def knob_label(knob: str) -> str:
+    """A knob's short name: ``routers`` for ``router_instances``, ``xl inst`` for ``instances.xl``."""
+    if knob.startswith(TIER_KNOB):
+        return f"{knob.removeprefix(TIER_KNOB)} inst"
+    return KNOB_LABELS[knob]
+
+
+def _ordered(per_tier: Sequence[str]) -> tuple[str, ...]:
+    """The knobs in the order coordinate descent visits them, per-tier counts after ``tier_instances``."""
+    at = KNOBS.index("tier_instances") + 1
+    return (*KNOBS[:at], *(TIER_KNOB + tier for tier in per_tier), *KNOBS[at:])
 
 
 @dataclass(frozen=True)
 class ServingConfig:
-    """One serving configuration: the values of the ``triton`` keys ``toolkit tune`` searches.
+    """One serving configuration: the values of the spec keys ``toolkit tune`` searches.
 
     The defaults are the spec's.
 
@@ -31,8 +50,10 @@ class ServingConfig:
         local_tiers: ``inprocess`` (the router runs the CPU tiers in its own process) or ``bls``
             (it calls the tier models, whose instances then do the work).
         tier_threads: ONNX Runtime intra-op threads of each CPU tier session.
-        tier_instances: Instances of each tier model.
+        tier_instances: Instances of each tier model without a count of its own.
         queue_timeout_ms: How long a request may wait in the router's queue before it is rejected.
+        tier_counts: Tiers with their own instance count (``tiers[].instances``), as
+            ``((tier, count), ...)``; the other tiers take ``tier_instances``.
     """
 
     router_instances: int = 2
@@ -40,36 +61,109 @@ class ServingConfig:
     tier_threads: int = 1
     tier_instances: int = 1
     queue_timeout_ms: float = 100.0
+    tier_counts: tuple[tuple[str, int], ...] = ()
 
     @classmethod
-    def from_spec(cls, spec: Spec) -> ServingConfig:
-        """The configuration the spec deploys as it is (the search's starting point)."""
-        return cls(**{knob: getattr(spec.triton, knob) for knob in KNOBS})
+    def from_spec(cls, spec: Spec, tiers: Sequence[str] = ()) -> ServingConfig:
+        """The configuration the spec deploys as it is (the search's starting point).
+
+        Args:
+            spec: The spec.
+            tiers: Tiers whose instance counts are searched on their own; each gets the count the
+                spec gives it (``Spec.tier_instances``).
+        """
+        counts = tuple((tier, spec.tier_instances(tier)) for tier in tiers)
+        return cls(**{knob: getattr(spec.triton, knob) for knob in KNOBS}, tier_counts=counts)
+
+    @classmethod
+    def from_values(cls, values: Mapping[str, Value]) -> ServingConfig:
+        """The configuration with these knob values (``instances.<tier>`` for per-tier counts)."""
+        fixed = {k: v for k, v in values.items() if not k.startswith(TIER_KNOB)}
+        counts = tuple((k.removeprefix(TIER_KNOB), int(v)) for k, v in values.items() if k not in fixed)
+        return cls(**fixed, tier_counts=counts)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ServingConfig:
+        """The configuration from its ``dataclasses.asdict`` form read back from JSON."""
+        counts = tuple((str(tier), int(count)) for tier, count in data.get("tier_counts", ()))
+        return cls(**{**data, "tier_counts": counts})
+
+    @property
+    def knobs(self) -> tuple[str, ...]:
+        """This configuration's knobs: the ``triton`` keys, then ``instances.<tier>`` for each own count."""
+        return _ordered([tier for tier, _ in self.tier_counts])
+
+    def value(self, knob: str) -> Value:
+        """The value of ``knob``.
+
+        Raises:
+            KeyError: No such knob in this configuration.
+        """
+        if knob.startswith(TIER_KNOB):
+            return dict(self.tier_counts)[knob.removeprefix(TIER_KNOB)]
+        if knob not in KNOBS:
+            raise KeyError(knob)
+        return getattr(self, knob)
+
+    def with_value(self, knob: str, value: Value) -> ServingConfig:
+        """This configuration with ``knob`` set to ``value``."""
+        if knob.startswith(TIER_KNOB):
+            tier = knob.removeprefix(TIER_KNOB)
+            return dataclasses.replace(
+                self, tier_counts=tuple((t, int(value) if t == tier else n) for t, n in self.tier_counts)
+            )
+        return dataclasses.replace(self, **{knob: value})
 
     @property
     def key(self) -> str:
-        """A stable name, ``router_instances=2,local_tiers=inprocess,...,queue_timeout_ms=100``."""
-        return ",".join(f"{knob}={knob_text(getattr(self, knob))}" for knob in KNOBS)
+        """A stable name, ``router_instances=2,local_tiers=inprocess,...,queue_timeout_ms=100``.
 
-    def overlay(self) -> dict[str, dict[str, float | int | str]]:
-        """The spec overlay that deploys this configuration: a ``triton:`` section with its keys."""
+        Per-tier counts follow, ``...,instances.xl=2``.
+        """
+        names = (*KNOBS, *(TIER_KNOB + tier for tier, _ in self.tier_counts))
+        return ",".join(f"{knob}={knob_text(self.value(knob))}" for knob in names)
+
+    def overlay(self) -> dict[str, dict[str, Value]]:
+        """The ``triton:`` section that deploys this configuration (per-tier counts: :attr:`tier_counts`)."""
         return {"triton": {knob: getattr(self, knob) for knob in KNOBS}}
 
     def apply(self, spec: Spec) -> Spec:
-        """``spec`` with this configuration's ``triton`` keys (validated as the loader would)."""
-        return dataclasses.replace(spec, triton=dataclasses.replace(spec.triton, **self.overlay()["triton"]))
+        """``spec`` with this configuration's ``triton`` keys and tier counts (validated as the loader would).
 
-    def changes(self, other: ServingConfig) -> dict[str, tuple[float | int | str, float | int | str]]:
-        """The knobs whose values differ from ``other``'s: knob -> (other's value, this one's)."""
+        Raises:
+            KeyError: A per-tier count names a tier the spec does not have.
+        """
+        counts = dict(self.tier_counts)
+        for tier in counts:
+            spec.tier(tier)
+        tiers = [dataclasses.replace(t, instances=counts.get(t.name, t.instances)) for t in spec.tiers]
+        triton = dataclasses.replace(spec.triton, **self.overlay()["triton"])
+        return dataclasses.replace(spec, triton=triton, tiers=tuple(tiers))
+
+    def changes(self, other: ServingConfig) -> dict[str, tuple[Value | None, Value | None]]:
+        """The knobs whose values differ from ``other``'s: knob -> (other's value, this one's).
+
+        A per-tier knob only one of them has reads None on the other side.
+        """
+        knobs = dict.fromkeys([*other.knobs, *self.knobs])
         return {
-            knob: (getattr(other, knob), getattr(self, knob))
-            for knob in KNOBS
-            if getattr(other, knob) != getattr(self, knob)
+            knob: (_get(other, knob), _get(self, knob))
+            for knob in knobs
+            if _get(other, knob) != _get(self, knob)
         }
 
 
-def knob_text(value: float | int | str) -> str:
-    """A knob's value as names and tables show it: ``100`` for 100.0, ``bls`` as it is."""
+def _get(config: ServingConfig, knob: str) -> Value | None:
+    try:
+        return config.value(knob)
+    except KeyError:
+        return None
+
+
+def knob_text(value: Value | None) -> str:
+    """A knob's value as names and tables show it: ``100`` for 100.0, ``bls`` as it is, ``-`` for none."""
+    if value is None:
+        return "-"
     if isinstance(value, str):
         return value
     return str(int(value)) if float(value).is_integer() else str(value)
@@ -83,8 +177,10 @@ class SearchSpace:
         router_instances: Router instance counts to try.
         local_tiers: How the router calls its CPU tiers (``bls``, ``inprocess``).
         tier_threads: ONNX Runtime intra-op thread counts to try.
-        tier_instances: Tier instance counts to try.
+        tier_instances: Instance counts to try for the tiers without their own.
         queue_timeout_ms: Queue timeouts to try.
+        tier_counts: Tiers whose own instance counts are searched, with the counts to try:
+            ``((tier, (1, 2)), ...)``, in the order the search visits them.
     """
 
     router_instances: tuple[int, ...] = (2, 3, 4)
@@ -92,45 +188,68 @@ class SearchSpace:
     tier_threads: tuple[int, ...] = (1, 2)
     tier_instances: tuple[int, ...] = (1, 2)
     queue_timeout_ms: tuple[float, ...] = (50.0, 100.0, 200.0)
+    tier_counts: tuple[tuple[str, tuple[int, ...]], ...] = ()
 
     def __post_init__(self) -> None:
-        for knob in KNOBS:
-            values = getattr(self, knob)
+        for knob in self.knobs:
+            values = self.values(knob)
             if not values or list(values) != sorted(set(values)):
                 raise ValueError(f"{knob}: expected distinct values in rising order, got {values!r}")
         if min(self.router_instances) < 2:
             raise ValueError(f"router_instances: at least 2, got {self.router_instances!r}")
-        for knob in ("tier_threads", "tier_instances"):
-            if min(getattr(self, knob)) < 1:
-                raise ValueError(f"{knob}: at least 1, got {getattr(self, knob)!r}")
+        for knob in ("tier_threads", "tier_instances", *(TIER_KNOB + t for t, _ in self.tier_counts)):
+            if min(self.values(knob)) < 1:
+                raise ValueError(f"{knob}: at least 1, got {self.values(knob)!r}")
         if min(self.queue_timeout_ms) < 0:
             raise ValueError(f"queue_timeout_ms: at least 0, got {self.queue_timeout_ms!r}")
         unknown = sorted(set(self.local_tiers) - set(LOCAL_TIERS))
         if unknown:
             raise ValueError(f"local_tiers: {unknown[0]!r} is not one of {', '.join(LOCAL_TIERS)}")
+        tiers = [tier for tier, _ in self.tier_counts]
+        if len(set(tiers)) != len(tiers):
+            raise ValueError(f"tier_counts: a tier is given twice in {tiers!r}")
+
+    @property
+    def knobs(self) -> tuple[str, ...]:
+        """The knobs, in the order coordinate descent visits them."""
+        return _ordered([tier for tier, _ in self.tier_counts])
+
+    def values(self, knob: str) -> tuple[Value, ...]:
+        """The values ``knob`` may take."""
+        if knob.startswith(TIER_KNOB):
+            return dict(self.tier_counts)[knob.removeprefix(TIER_KNOB)]
+        return getattr(self, knob)
 
     @property
     def size(self) -> int:
         """How many configurations the space holds."""
         count = 1
-        for knob in KNOBS:
-            count *= len(getattr(self, knob))
+        for knob in self.knobs:
+            count *= len(self.values(knob))
         return count
 
     def __iter__(self) -> Iterator[ServingConfig]:
         """Every configuration, first knob slowest."""
-        for values in itertools.product(*(getattr(self, knob) for knob in KNOBS)):
-            yield ServingConfig(**dict(zip(KNOBS, values, strict=True)))
+        for values in itertools.product(*(self.values(knob) for knob in self.knobs)):
+            yield ServingConfig.from_values(dict(zip(self.knobs, values, strict=True)))
 
     def with_start(self, start: ServingConfig) -> SearchSpace:
-        """This space with ``start``'s values added, so that the search can begin there."""
+        """This space with ``start``'s values added, so that the search can begin there.
+
+        Raises:
+            ValueError: ``start`` has per-tier counts for other tiers than this space.
+        """
+        if start.knobs != self.knobs:
+            raise ValueError(f"the start's knobs {start.knobs!r} are not the space's {self.knobs!r}")
+        merged = {knob: tuple(sorted({*self.values(knob), start.value(knob)})) for knob in self.knobs}
         return SearchSpace(
-            **{knob: tuple(sorted({*getattr(self, knob), getattr(start, knob)})) for knob in KNOBS}
+            **{knob: merged[knob] for knob in KNOBS},
+            tier_counts=tuple((tier, merged[TIER_KNOB + tier]) for tier, _ in self.tier_counts),
         )
 
     def neighbours(self, config: ServingConfig, knob: str) -> list[ServingConfig]:
         """``config`` with ``knob`` one step down and one step up in this space (where those exist)."""
-        values = getattr(self, knob)
-        index = values.index(getattr(config, knob))
+        values = self.values(knob)
+        index = values.index(config.value(knob))
         steps = [i for i in (index - 1, index + 1) if 0 <= i < len(values)]
-        return [dataclasses.replace(config, **{knob: values[i]}) for i in steps]
+        return [config.with_value(knob, values[i]) for i in steps]

@@ -49,7 +49,7 @@ class PointStore:
                     point = Point(
                         **{
                             **row,
-                            "config": ServingConfig(**row["config"]),
+                            "config": ServingConfig.from_dict(row["config"]),
                             "curve": tuple(tuple(step) for step in row.get("curve", ())),
                         }
                     )

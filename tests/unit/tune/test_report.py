@@ -115,6 +115,32 @@ def test_write_report_writes_a_deployable_spec_an_overlay_and_model_analyzer_inp
     assert said.text in report
 
 
+def test_per_tier_counts_go_into_the_spec_the_overlay_comments_and_the_table(
+    tiny_spec_dict: dict[str, Any], tmp_path: Path
+) -> None:
+    spec_path = write_spec(tmp_path / "tiny.yaml", tiny_spec_dict)
+    spec = load_spec(spec_path)
+    start = ServingConfig.from_spec(spec, ["lite", "xl"])
+    faster = start.with_value("instances.xl", 3)
+    result = SearchResult([Point(start, 200.0, 18.0), Point(faster, 300.0, 19.0)], start, None)
+
+    said, _ = write_report(result, tmp_path / "out", 20.0, 0.05, spec, spec_path, bench_requests(spec, 2), {})
+
+    tuned = load_spec(tmp_path / "out" / "spec.yaml")
+    assert ServingConfig.from_spec(tuned, ["lite", "xl"]) == faster
+    assert [t.instances for t in tuned.tiers] == [1, 0, 3]  # standard keeps the shared count
+    assert "instances.xl 1 -> 3" in said.text and "1.50x" in said.text
+    overlay = (tmp_path / "out" / "triton.yaml").read_text()
+    assert "#   xl: instances: 3" in overlay and "#   lite: instances: 1" in overlay
+    assert set(yaml.safe_load(overlay)) == {"triton"}
+    header = next(
+        line for line in (tmp_path / "out" / "tune.md").read_text().splitlines() if line.startswith("|")
+    )
+    assert "| instances.lite | instances.xl |" in header
+    rows = json.loads((tmp_path / "out" / "tune-points.json").read_text())["points"]
+    assert [row["instances.xl"] for row in rows] == [1, 3]
+
+
 def test_no_chosen_configuration_writes_the_report_but_no_spec(tiny_spec_dict, tmp_path: Path) -> None:
     spec_path = write_spec(tmp_path / "tiny.yaml", tiny_spec_dict)
     spec = load_spec(spec_path)
@@ -142,8 +168,22 @@ def test_no_chosen_configuration_writes_the_report_but_no_spec(tiny_spec_dict, t
         (["--tier-threads", "two"], "--tier-threads"),
         (["--concurrency", "0,4"], "--concurrency"),
         (["--pin", "lite"], "--pin"),
+        (["--per-tier-instances", "huge=1,2"], "'huge' is not a tier of the spec (lite, standard, xl)"),
+        (["--per-tier-instances", "xl=0,1"], "--per-tier-instances"),
+        (["--per-tier-instances", "1,2", "--per-tier-instances", "2,3"], "given twice"),
+        (["--per-tier-instances", "1,2", "--tier-instances", "1,2"], "triton.tier_instances changes nothing"),
     ],
-    ids=["local_tiers", "one_router", "not_a_number", "concurrency", "pin"],
+    ids=[
+        "local_tiers",
+        "one_router",
+        "not_a_number",
+        "concurrency",
+        "pin",
+        "unknown_tier",
+        "zero_instances",
+        "two_lists",
+        "shared_count_unused",
+    ],
 )
 def test_the_cli_names_the_flag_at_fault(
     tiny_spec_dict, tmp_path: Path, flags: list[str], named: str

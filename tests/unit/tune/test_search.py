@@ -234,3 +234,84 @@ def test_confirm_keeps_the_start_when_the_faster_median_won_only_a_minority_of_t
     confirm(result, lambda r: lambda c: Point(c, next(figures[c]), 11.0), rounds=3)
 
     assert result.best is not None and result.best.config == start
+
+
+PER_TIER = SearchSpace(
+    router_instances=(2,),
+    local_tiers=("bls",),
+    tier_threads=(1,),
+    tier_instances=(1,),
+    queue_timeout_ms=(100.0,),
+    tier_counts=(("lite", (1, 2)), ("xl", (1, 2, 3))),
+)
+PER_TIER_START = ServingConfig(local_tiers="bls", tier_counts=(("lite", 1), ("xl", 1)))
+
+
+def test_per_tier_counts_are_knobs_of_their_own_after_the_shared_count() -> None:
+    assert PER_TIER.knobs == (
+        "router_instances",
+        "local_tiers",
+        "tier_threads",
+        "tier_instances",
+        "instances.lite",
+        "instances.xl",
+        "queue_timeout_ms",
+    )
+    assert PER_TIER.size == 6 == len(set(PER_TIER))
+    assert PER_TIER_START.key.endswith(",queue_timeout_ms=100,instances.lite=1,instances.xl=1")
+    assert PER_TIER.neighbours(PER_TIER_START.with_value("instances.xl", 2), "instances.xl") == [
+        PER_TIER_START,
+        PER_TIER_START.with_value("instances.xl", 3),
+    ]
+    wider = PER_TIER.with_start(PER_TIER_START.with_value("instances.lite", 4))
+    assert wider.values("instances.lite") == (1, 2, 4) and wider.values("instances.xl") == (1, 2, 3)
+    moved = PER_TIER_START.with_value("instances.xl", 3)
+    assert moved.changes(PER_TIER_START) == {"instances.xl": (1, 3)}
+    assert moved.changes(ServingConfig(local_tiers="bls")) == {
+        "instances.lite": (None, 1),
+        "instances.xl": (None, 3),
+    }
+    with pytest.raises(ValueError, match="the start's knobs"):
+        PER_TIER.with_start(ServingConfig())
+    with pytest.raises(ValueError, match="instances.xl: at least 1"):
+        SearchSpace(tier_counts=(("xl", (0, 1)),))
+    with pytest.raises(ValueError, match="given twice"):
+        SearchSpace(tier_counts=(("xl", (1,)), ("xl", (2,))))
+
+
+def test_quick_search_moves_the_one_tier_whose_instances_pay() -> None:
+    calls: list[ServingConfig] = []
+
+    def measure(config: ServingConfig) -> Point:
+        calls.append(config)
+        xl = int(config.value("instances.xl"))
+        return Point(config, 300.0 * min(xl, 2) + 10.0 * int(config.value("instances.lite")), 10.0)
+
+    result = quick_search(PER_TIER, PER_TIER_START, measure)
+
+    assert result.best is not None and result.best.config == PER_TIER_START.with_value("instances.xl", 2)
+    assert len(calls) == len(set(calls)) < PER_TIER.size
+
+
+def test_a_record_of_per_tier_points_reads_back_as_the_same_configurations(tmp_path: Path) -> None:
+    record = tmp_path / "tune.json"
+    PointStore(record, {}).measured(lambda c: Point(c, 100.0, 5.0))(PER_TIER_START)
+    again = Counting()
+
+    point = PointStore(record, {}).measured(again)(PER_TIER_START)
+
+    assert point == Point(PER_TIER_START, 100.0, 5.0) and not again.calls
+    assert point.config.tier_counts == (("lite", 1), ("xl", 1))
+
+
+def test_per_tier_counts_apply_to_the_spec_and_read_back_from_it(tiny_spec_dict) -> None:
+    spec = spec_from_dict(tiny_spec_dict)
+    config = ServingConfig.from_spec(spec, ["xl"]).with_value("instances.xl", 3)
+
+    tuned = config.apply(spec)
+
+    assert tuned.tier_instances("xl") == 3 and tuned.tier_instances("lite") == spec.triton.tier_instances
+    assert ServingConfig.from_spec(tuned, ["xl"]) == config
+    assert ServingConfig.from_spec(spec, ["xl"]).tier_counts == (("xl", spec.triton.tier_instances),)
+    with pytest.raises(KeyError):
+        ServingConfig(tier_counts=(("huge", 2),)).apply(spec)
