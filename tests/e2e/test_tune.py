@@ -21,7 +21,7 @@ from toolkit.client import RankingClient
 from toolkit.extras import COMMAND_EXTRAS
 from toolkit.repository.plan import DeployOptions, plan_deploy
 from toolkit.repository.writer import write_repository
-from toolkit.tune.measure import LoadPlan, server_measure
+from toolkit.tune.measure import LoadPlan, idle_instances, server_measure
 from toolkit.tune.search import brute_force
 from toolkit.tune.space import SearchSpace, ServingConfig
 from toolkit.tune.store import PointStore
@@ -65,6 +65,10 @@ def test_a_two_point_search_measures_both_on_the_server_and_resumes_without_reme
     result = brute_force(space, PointStore(record, context).measured(measure), start=start)
 
     assert [p.config.value(f"instances.{largest}") for p in result.points] == [1, 2]
+    for point in result.points:  # what the router called, read from the server's metrics
+        assert {path for _, path, _ in point.tier_calls} == {"bls"}
+        assert largest in {tier for tier, _, calls in point.tier_calls if calls > 0}
+        assert not idle_instances(point, f"instances.{largest}")
     assert all(p.meets_slo and p.throughput > 0 and p.p99_ms <= SLO_MS for p in result.points)
     assert all(len(p.curve) >= 1 for p in result.points) and result.best is not None
     assert "starting tritonserver" in lines and any(line.startswith("concurrency 1:") for line in lines)
@@ -160,6 +164,7 @@ def test_the_cli_interrupted_by_ctrl_c_keeps_the_best_so_far_and_resumes_without
     assert "interrupted (Ctrl-C)" in stdout
     first = json.loads(record.read_text())["points"]
     assert len(first) == 1 and first[0]["config"]["router_instances"] == 2
+    assert {path for _, path, _ in first[0]["tier_calls"]} == {"inprocess"}  # tier instances idle
     kept = yaml.safe_load((out / "triton.yaml").read_text())["triton"]
     assert kept["router_instances"] == 2  # the best so far: the only point measured
     assert _processes_mentioning(str(out / "work")) == []  # no tritonserver left behind

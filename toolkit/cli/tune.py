@@ -234,7 +234,7 @@ def command(
     from toolkit.errors import ToolkitError
     from toolkit.repository.plan import DeployOptions, plan_deploy
     from toolkit.serve.backends import resolve_backend
-    from toolkit.tune.measure import LoadPlan, server_measure
+    from toolkit.tune.measure import LoadPlan, idle_instances, server_measure
     from toolkit.tune.report import point_rows, write_report
     from toolkit.tune.search import (
         Measure,
@@ -376,7 +376,9 @@ def command(
     with console.status("starting") as status:
         try:
             if search == "quick":
-                result = quick_search(space, start, store.measured(guarded), margin=margin)
+                result = quick_search(
+                    space, start, store.measured(guarded), margin=margin, idle=idle_instances
+                )
             else:
                 result = brute_force(space, store.measured(guarded), start=start)
             confirm(result, confirmation, confirm_runs, top=CONFIRM_TOP, margin=margin)
@@ -393,15 +395,23 @@ def command(
         "from the record": resumed,
     }
     said, written = write_report(result, target, slo_ms, margin, spec, spec_path, requests, meta)
+    rows = point_rows(result)
+    varying = [knob for knob in start.knobs if len({row[knob] for row in rows}) > 1]
+    same = ", ".join(
+        f"{knob_label(knob)} {knob_text(rows[0][knob] if rows else start.value(knob))}"
+        for knob in start.knobs
+        if knob not in varying
+    )
     table = results_table(
-        f"{spec.name}: {len(result.points)} configurations, SLO p99 <= {slo_ms:g} ms",
-        ["#", *(knob_label(knob) for knob in start.knobs), "req/s", "p99 ms", "steps", "s", ""],
+        f"{spec.name}: {len(result.points)} configurations, SLO p99 <= {slo_ms:g} ms"
+        + (f"; in every one: {same}" if same else ""),
+        ["#", *(knob_label(knob) for knob in varying), "req/s", "p99 ms", "steps", "s", ""],
         left=1,
     )
-    for row in point_rows(result):
+    for row in rows:
         table.add_row(
             str(row["point"]),
-            *(knob_text(row[knob]) for knob in start.knobs),
+            *(knob_text(row[knob]) for knob in varying),
             fmt(row["requests_per_s"], 1) if row["meets_slo"] else "-",
             fmt(row["p99_ms"], 1),
             str(row["steps"]),

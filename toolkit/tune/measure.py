@@ -18,12 +18,14 @@ from toolkit.bench.load import (
     run_step,
 )
 from toolkit.data.requests import RequestSet
+from toolkit.errors import ServerError
 from toolkit.repository.plan import DeployOptions, plan_deploy
 from toolkit.repository.writer import write_repository
 from toolkit.serve import ServerOptions, TritonServer
+from toolkit.serve.metrics import router_tier_calls
 from toolkit.spec.schema import Spec
 from toolkit.tune.search import Measure, Point
-from toolkit.tune.space import ServingConfig
+from toolkit.tune.space import TIER_KNOB, ServingConfig
 
 
 @dataclass(frozen=True)
@@ -125,11 +127,37 @@ def server_measure(
                 results.append(result)
                 if result.failed or result.latency["p99_ms"] > slo_ms or flat >= 2:
                     break
+            try:
+                counted = router_tier_calls(server.metrics_url, router=spec.router_model)
+            except ServerError:
+                counted = {}
+        calls = tuple(sorted((tier, path, int(n)) for (tier, path), (n, _) in counted.items() if n > 0))
         best = highest_within_slo(results, slo_ms)
         seconds = time.perf_counter() - started
         curve = tuple((r.requests_per_s, r.latency["p99_ms"], r.failed) for r in results)
         if best is None:
-            return Point(config, 0.0, math.nan, sum(r.failed for r in results), seconds, curve)
-        return Point(config, best.requests_per_s, best.latency["p99_ms"], best.failed, seconds, curve)
+            return Point(config, 0.0, math.nan, sum(r.failed for r in results), seconds, curve, calls)
+        return Point(config, best.requests_per_s, best.latency["p99_ms"], best.failed, seconds, curve, calls)
 
     return measure
+
+
+def idle_instances(point: Point, knob: str) -> bool:
+    """Whether ``knob`` is a tier instance count whose models the router called not at all at ``point``.
+
+    The router runs the CPU tiers in its own process with ``local_tiers: inprocess``, and a policy
+    may send a tier no traffic: then that tier model's instances do no work, and measuring another
+    count of them would only measure noise. What the router called comes from the point's own
+    measurement (:attr:`Point.tier_calls`); a point without it leaves every knob to be searched.
+    ``tier_instances`` also sets the preprocess and gate models' instances, so it is idle only when
+    the router called no model at all (everything ran in its process). An :data:`Idle` for
+    :func:`~toolkit.tune.search.quick_search`.
+    """
+    if not point.tier_calls:
+        return False
+    called = {tier for tier, path, calls in point.tier_calls if path != "inprocess" and calls > 0}
+    if knob.startswith(TIER_KNOB):
+        return knob.removeprefix(TIER_KNOB) not in called
+    if knob == "tier_instances":
+        return not called
+    return False

@@ -99,7 +99,13 @@ def verdict(result: SearchResult, slo_ms: float, margin: float) -> Verdict:
             f"Against the starting configuration ({baseline.throughput:.1f} requests/s at p99 "
             f"{baseline.p99_ms:.1f} ms) it changes {_moves(changes)}: {gain:.2f}x the throughput."
         )
-    text = f"{head} {body} {how} Search: {len(result.points)} points; {why}."
+    idle = ""
+    if result.skipped:
+        idle = (
+            f" Not searched from where the router called none of their models, so that their "
+            f"instances did no work: {', '.join(result.skipped)}."
+        )
+    text = f"{head} {body} {how} Search: {len(result.points)} points; {why}.{idle}"
     return Verdict(chosen, baseline, gain, text)
 
 

@@ -26,6 +26,9 @@ class Point:
         failed: Failed requests at that load.
         seconds: How long the measurement took.
         curve: Every load step measured, in order: (requests/s, p99 ms, failed requests).
+        tier_calls: The router's tier calls during the load, as ``(tier, path, calls)`` with path
+            ``inprocess`` (in the router's own process) or ``bls`` (the tier model); empty when not
+            read.
     """
 
     config: ServingConfig
@@ -34,6 +37,7 @@ class Point:
     failed: int = 0
     seconds: float = 0.0
     curve: tuple[tuple[float, float, int], ...] = ()
+    tier_calls: tuple[tuple[str, str, int], ...] = ()
 
     @property
     def meets_slo(self) -> bool:
@@ -47,6 +51,9 @@ class Point:
 
 
 Measure = Callable[[ServingConfig], Point]
+
+Idle = Callable[[Point, str], bool]
+"""Whether moving a knob away from a measured point cannot change anything (the search skips it)."""
 
 
 class SearchStopError(Exception):
@@ -73,6 +80,8 @@ class SearchResult:
             ``max_points``), or None when it ran to its end.
         confirmed: Configurations measured again after the search (:func:`confirm`), each with
             its runs; their scores are then the medians of those runs.
+        skipped: Knobs quick search did not move because they were idle at the point it stood
+            at, with how many times.
     """
 
     points: list[Point] = field(default_factory=list)
@@ -80,6 +89,7 @@ class SearchResult:
     chosen: Point | None = None
     stopped: str | None = None
     confirmed: dict[ServingConfig, list[Point]] = field(default_factory=dict)
+    skipped: dict[str, int] = field(default_factory=dict)
 
     def score(self, config: ServingConfig) -> Point | None:
         """``config``'s point: the median of its confirmation runs when it has some, else its search point.
@@ -133,6 +143,7 @@ def quick_search(
     measure: Measure,
     margin: float = 0.05,
     max_points: int | None = None,
+    idle: Idle | None = None,
 ) -> SearchResult:
     """Coordinate descent from ``start``: move one knob a step at a time while throughput improves.
 
@@ -148,6 +159,8 @@ def quick_search(
         measure: Deploys, serves and loads one configuration.
         margin: Share of throughput a move must gain.
         max_points: Stop after this many measured points (None: no limit).
+        idle: Says when a knob cannot matter at the current point (tier instances the router
+            does not call); such a knob is not moved from there.
 
     A :class:`SearchStopError` from ``measure`` ends the search where it stands: the result holds every
     point measured so far and the best configuration coordinate descent had reached.
@@ -182,6 +195,9 @@ def quick_search(
         moved = False
         for knob in space.knobs:
             while True:
+                if idle is not None and idle(current, knob):
+                    result.skipped[knob] = result.skipped.get(knob, 0) + 1
+                    break
                 candidates = [p for c in space.neighbours(current.config, knob) if (p := take(c)) is not None]
                 better = [p for p in candidates if _better(p, current, margin)]
                 if not better:

@@ -51,6 +51,7 @@ class PointStore:
                             **row,
                             "config": ServingConfig.from_dict(row["config"]),
                             "curve": tuple(tuple(step) for step in row.get("curve", ())),
+                            "tier_calls": tuple(tuple(call) for call in row.get("tier_calls", ())),
                         }
                     )
                     self.points[_key(point.config, tag)] = point

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -9,6 +10,8 @@ import pytest
 
 from toolkit.errors import ToolkitError
 from toolkit.spec import spec_from_dict
+from toolkit.tune.measure import idle_instances
+from toolkit.tune.report import verdict
 from toolkit.tune.search import (
     Measure,
     Point,
@@ -315,3 +318,44 @@ def test_per_tier_counts_apply_to_the_spec_and_read_back_from_it(tiny_spec_dict)
     assert ServingConfig.from_spec(spec, ["xl"]).tier_counts == (("xl", spec.triton.tier_instances),)
     with pytest.raises(KeyError):
         ServingConfig(tier_counts=(("huge", 2),)).apply(spec)
+
+
+def test_quick_search_does_not_move_a_knob_that_is_idle_where_it_stands() -> None:
+    calls: list[ServingConfig] = []
+
+    def measure(config: ServingConfig) -> Point:
+        calls.append(config)
+        path = "bls" if config.local_tiers == "bls" else "inprocess"
+        return Point(config, 100.0, 10.0, tier_calls=(("lite", path, 7), ("xl", path, 3)))
+
+    space = dataclasses.replace(PER_TIER, local_tiers=("bls", "inprocess"))
+    start = dataclasses.replace(PER_TIER_START, local_tiers="inprocess")
+    result = quick_search(space, start, measure, idle=idle_instances)
+
+    assert {c.local_tiers for c in calls} == {"bls", "inprocess"}
+    assert all(c.tier_counts == start.tier_counts for c in calls)  # no instance count measured
+    assert result.skipped == {"tier_instances": 1, "instances.lite": 1, "instances.xl": 1}
+    assert (
+        "Not searched from where the router called none of their models" in verdict(result, 20.0, 0.05).text
+    )
+
+
+def test_tier_instance_knobs_are_idle_only_where_the_router_called_no_model_of_theirs() -> None:
+    idle = idle_instances
+    routed = Point(PER_TIER_START, 100.0, 10.0, tier_calls=(("lite", "inprocess", 9), ("xl", "bls", 4)))
+    local = Point(PER_TIER_START, 100.0, 10.0, tier_calls=(("lite", "inprocess", 9), ("xl", "inprocess", 4)))
+    unread = Point(PER_TIER_START, 100.0, 10.0)
+
+    assert idle(routed, "instances.lite") and not idle(routed, "instances.xl")
+    assert not idle(routed, "tier_instances")  # it also sets the preprocess and gate instances
+    assert idle(local, "tier_instances") and idle(local, "instances.xl")
+    assert not idle(local, "router_instances") and not idle(local, "queue_timeout_ms")
+    assert not any(idle(unread, knob) for knob in PER_TIER.knobs)  # nothing read: search it all
+
+
+def test_a_record_keeps_what_the_router_called(tmp_path: Path) -> None:
+    record = tmp_path / "tune.json"
+    point = Point(START, 100.0, 5.0, tier_calls=(("lite", "bls", 3), ("xl", "inprocess", 2)))
+    PointStore(record, {}).measured(lambda c: point)(START)
+
+    assert PointStore(record, {}).measured(Counting())(START) == point
