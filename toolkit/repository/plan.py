@@ -305,6 +305,8 @@ def router_settings(
         local_threads=spec.triton.tier_threads,
         tier_timeout_ms=spec.triton.tier_timeout_ms,
         remote_tiers=dict(remote_tiers or {}),
+        slo_ms=spec.routing.slo_ms,
+        stats_url=f"http://127.0.0.1:{spec.triton.http_port}",
     )
 
 

@@ -12,6 +12,7 @@ from .engine import (
     complete,
 )
 from .learned import calibrate_lambda, calibrate_lambda_to_cost, choose_tier, choose_tiers
+from .load import POLL_S, QueueWait, stats_reader
 from .local import LocalModel, NotServedError, newest_version, versions
 from .policy import (
     KNOWN_PARAMETERS,
@@ -41,6 +42,9 @@ __all__ = [
     "TierBackend",
     "TierError",
     "complete",
+    "POLL_S",
+    "QueueWait",
+    "stats_reader",
     "LocalModel",
     "NotServedError",
     "newest_version",

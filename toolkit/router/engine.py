@@ -20,6 +20,7 @@ from typing import Any, Protocol, TypeVar
 import numpy as np
 
 from .budget import LatencyTracker, cap
+from .load import QueueWait
 from .policy import (
     Decision,
     RequestContext,
@@ -117,6 +118,8 @@ class RoutingEngine:
         counts: Where events are counted (``tier:<t>``, ``reason:<r>``, ``error:<t>``,
             ``fallback:<t>``, ``timeout:<t>``, ``slow:<t>``, ``rescored:<t>``, ``error:gate``,
             ``folded_ids``, ``truncated_history``); a fresh Counter if None.
+        queue: The router's queue wait (online): budgets count it, and with ``slo_ms`` its tier
+            ceiling caps the policy's choice; None (offline): neither.
     """
 
     def __init__(
@@ -125,10 +128,12 @@ class RoutingEngine:
         backend: TierBackend,
         latency: LatencyTracker | None = None,
         counts: MutableMapping[str, int] | None = None,
+        queue: QueueWait | None = None,
     ) -> None:
         self.config = config
         self.backend = backend
         self.latency = latency
+        self.queue = queue
         self.counts: MutableMapping[str, int] = Counter() if counts is None else counts
         self.schema = InputSchema.from_dict(config.inputs) if config.inputs else None
         self.history_length = int(config.inputs.get("history_length", 0)) or None
@@ -175,7 +180,10 @@ class RoutingEngine:
         return decide(self.config, context)
 
     async def route(self, tensors: Tensors, context: RequestContext) -> Routed:
-        """Decide, cap by the budget, score (stepping down when a tier fails), cascade.
+        """Decide, cap by the load and the budget, score (stepping down when a tier fails), cascade.
+
+        The budget is the request's ``latency_budget_ms`` (else ``default_budget_ms``, else
+        ``slo_ms``) less the time requests now wait in the router's queue.
 
         Raises:
             NoTierError: Not even the cheapest tier could answer.
@@ -186,8 +194,12 @@ class RoutingEngine:
             cheapest = await self._cheapest(tensors)
         decision = await self._decide(tensors, context, cheapest, fetch_cheapest=False)
         n = int(context.features["num_candidates"])
+        if self.queue is not None:
+            decision = self.queue.limit(decision, config.tiers)
         if self.latency is not None:
             budget = context.latency_budget_ms or (config.default_budget_ms or None)
+            if self.queue is not None:
+                budget = self.queue.budget(budget)
             decision = cap(config, decision, budget, n, self.latency)
         scores, served = await self._score_or_fall_back(decision.index, tensors, n, cheapest)
         tiers = np.full(scores.shape, served, dtype=np.int32)

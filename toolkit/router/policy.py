@@ -101,6 +101,11 @@ class RouterConfig:
         remote_tiers: Tiers served by another pool, called over gRPC instead of BLS: per tier its
             ``pool``, the ``addresses`` of the pool's servers, the call's ``timeout_ms`` and how long
             a failed address is left alone, ``retry_after_ms`` (see :class:`~.remote.RemoteTier`).
+        slo_ms: The p99 latency the router protects (0: none): the budget of requests that give
+            none, less the queue wait, and the target its load ceiling keeps the queue wait under
+            (see :mod:`~.load`).
+        stats_url: Triton's HTTP address, where the router reads its queue statistics (the
+            ``TOOLKIT_TRITON_HTTP_URL`` environment variable of the server, when set, wins).
     """
 
     tiers: tuple[str, ...]
@@ -127,6 +132,8 @@ class RouterConfig:
     local_threads: int = 1
     tier_timeout_ms: float = 0.0
     remote_tiers: dict[str, dict[str, Any]] = field(default_factory=dict)
+    slo_ms: float = 0.0
+    stats_url: str = ""
 
     def __post_init__(self) -> None:
         if self.policy not in POLICIES:
@@ -150,10 +157,11 @@ class RouterConfig:
             or not 0 < self.budget_percentile <= 100
             or self.budget_window < 1
             or not self.budget_max_age_s > 0
+            or not self.slo_ms >= 0
         ):
             raise ValueError(
                 "default_budget_ms must be >= 0, budget_percentile in (0, 100], budget_window >= 1, "
-                "budget_max_age_s > 0"
+                "budget_max_age_s > 0, slo_ms >= 0"
             )
         if self.local_tiers not in LOCAL_TIERS:
             raise ValueError(f"local_tiers must be one of {', '.join(LOCAL_TIERS)}, got {self.local_tiers!r}")
@@ -194,6 +202,8 @@ class RouterConfig:
             "local_threads": self.local_threads,
             "tier_timeout_ms": self.tier_timeout_ms,
             "remote_tiers": self.remote_tiers,
+            "slo_ms": self.slo_ms,
+            "stats_url": self.stats_url,
         }
         return json.dumps(data, indent=2) + "\n"
 

@@ -41,6 +41,11 @@ from toolkit.serve.ports import check_ports_free
 
 logger = logging.getLogger(__name__)
 
+ROUTER_STATS_ENV = "TOOLKIT_TRITON_HTTP_URL"
+"""The server's HTTP address, given to the python backend's models: the router reads its queue
+statistics there (a deployed ``router.json`` names the spec's port, which a server on other ports
+would not answer on)."""
+
 _KILL_GRACE_S = 5.0
 _POLL_INTERVAL_S = 0.1
 _PROBE_TIMEOUT_S = 1.0
@@ -110,6 +115,7 @@ class TritonServer:
         backend_dir = prepare_backend_dir(install)
         argv = build_argv(opts, install, backend_dir)
         env = build_env(install, python.parent, python_lib_dir=python_library_dir())
+        env[ROUTER_STATS_ENV] = f"http://{self.http_url}"  # where the router reads its queue wait
         log_path, log_handle = _open_log(opts.log_file)
         logger.info("starting %s tritonserver: %s", install.kind, shlex.join(argv))
         logger.info("tritonserver log: %s", log_path)

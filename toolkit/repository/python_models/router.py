@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 import threading
 import time
@@ -32,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from toolkit_router import (  # noqa: E402
     DEADLINE_EXCEEDED,
+    POLL_S,
     REQUEST_INPUTS,
     RETRYABLE,
     AddressBook,
@@ -39,6 +41,7 @@ from toolkit_router import (  # noqa: E402
     LocalModel,
     NoTierError,
     NotServedError,
+    QueueWait,
     RemoteTier,
     RouterConfig,
     RoutingEngine,
@@ -47,6 +50,7 @@ from toolkit_router import (  # noqa: E402
     complete,
     grpc_status,
     newest_version,
+    stats_reader,
 )
 
 CHEAPEST_SCORE = "cheapest_score"
@@ -56,6 +60,11 @@ _LOG_EVERY = 1000
 _EVENTS_METRIC = "toolkit_router_events_total"
 _CALLS_METRIC = "toolkit_router_tier_calls_total"
 _SECONDS_METRIC = "toolkit_router_tier_seconds_total"
+_WAIT_METRIC = "toolkit_router_queue_wait_ms"
+_CEILING_METRIC = "toolkit_router_tier_ceiling"
+_STATS_URL_ENV = "TOOLKIT_TRITON_HTTP_URL"
+_STATS_WARN_AFTER = 200
+"""Failed reads of the queue statistics (at POLL_S apart) before the router says so in the log."""
 FLUSH_S = 0.2
 """How often counted events reach the Prometheus counters."""
 _CHANNEL_ARGS = [
@@ -142,6 +151,30 @@ class _Events:
     def items(self) -> object:
         return self.counts.items()
 
+    def gauges(self) -> list | None:
+        """This instance's queue-wait and tier-ceiling gauges (None without metrics support)."""
+        family = getattr(pb_utils, "MetricFamily", None)
+        if family is None or not self._families:
+            return None
+        if _WAIT_METRIC not in self._families:
+            self._families[_WAIT_METRIC] = family(
+                name=_WAIT_METRIC,
+                description="Mean wait (ms) in the router's queue of the requests it started lately",
+                kind=family.GAUGE,
+            )
+            self._families[_CEILING_METRIC] = family(
+                name=_CEILING_METRIC,
+                description="The most expensive tier index the router's load ceiling allows now "
+                "(fractional: that share of requests may go one tier up)",
+                kind=family.GAUGE,
+            )
+        made = []
+        for name in (_WAIT_METRIC, _CEILING_METRIC):
+            metric = self._families[name].Metric(labels=self._labels)
+            self._metrics[(name, "")] = metric
+            made.append(metric)
+        return made
+
     def flush(self) -> None:
         """Hand what was counted since the last flush to the backend's metrics."""
         with self._flushing:
@@ -202,7 +235,13 @@ class TritonPythonModel:
             str(args.get("model_version", "")),
             args.get("model_instance_name", ""),
         )
-        self.engine = RoutingEngine(self.config, self, self.latency, self.counts)
+        self.queue = QueueWait(len(self.config.tiers), self.config.slo_ms)
+        self.engine = RoutingEngine(self.config, self, self.latency, self.counts, self.queue)
+        self.model_name = args.get("model_name", "router")
+        self._watcher: threading.Thread | None = None
+        self._watching = threading.Event()
+        if self.config.slo_ms > 0 or self.config.default_budget_ms > 0:
+            self._watch_queue()
         self.served = 0
         self.batched = json.loads(args.get("model_config") or "{}").get("max_batch_size", 0) > 0
         self.remote = {t: RemoteTier.from_dict(t, d) for t, d in self.config.remote_tiers.items()}
@@ -305,9 +344,49 @@ class TritonPythonModel:
                 )
         return responses
 
+    def _watch_queue(self) -> None:
+        """Read the router model's queue statistics every POLL_S seconds, in a thread of its own.
+
+        Started at load with ``slo_ms`` or a default budget, else by the first request that brings
+        a budget. The reads fail until the server's HTTP endpoint is up, after the models load; if
+        they keep failing, the log says so once and budgets go on without the queue wait.
+        """
+        if self._watcher is not None:
+            return
+        url = os.environ.get(_STATS_URL_ENV) or self.config.stats_url
+        read = stats_reader(url, self.model_name)
+
+        def watch(gauges: list | None) -> None:
+            failed = 0
+            while not self._watching.wait(POLL_S):
+                got = read()
+                if got is None:
+                    failed += 1
+                    if failed == _STATS_WARN_AFTER:
+                        pb_utils.Logger.log_warn(
+                            f"router: cannot read its queue statistics at {url} (set {_STATS_URL_ENV} "
+                            "to the server's HTTP address); budgets do not count the queue wait"
+                        )
+                    continue
+                failed = 0
+                self.queue.observe(*got)
+                if gauges:
+                    try:
+                        gauges[0].set(self.queue.wait_ms)
+                        gauges[1].set(self.queue.level)
+                    except Exception:
+                        gauges = None
+
+        self._watcher = threading.Thread(
+            target=watch, args=(self.counts.gauges(),), name="router-queue", daemon=True
+        )
+        self._watcher.start()
+
     async def _route(self, request: object) -> object:
         try:
             tensors, context = self._parse(request)
+            if self._watcher is None and context.latency_budget_ms is not None:
+                self._watch_queue()
             routed = await self.engine.route(tensors, context)
         except RoutingError as exc:
             return self._refuse("rejected", exc, pb_utils.TritonError.INVALID_ARG)
@@ -517,6 +596,9 @@ class TritonPythonModel:
 
     def finalize(self) -> None:
         """Log the decision counts once more at unload."""
+        self._watching.set()
+        if self._watcher is not None:
+            self._watcher.join(timeout=2.0)
         pb_utils.Logger.log_info(f"router decisions: {dict(sorted(self.counts.items()))}")
         self.counts.close()
         if self._opener is not None:

@@ -160,6 +160,11 @@ class RoutingSpec:
         cascade: Settings of the ``cascade`` policy.
         budget: Latency budgets, applied on top of any policy.
         learned: Settings of the ``learned`` policy.
+        slo_ms: The p99 latency (ms) the router protects under load; 0: none. Requests without a
+            budget of their own get this one, less the time requests now wait in the router's queue
+            (read from Triton's statistics); and while that wait exceeds a fifth of it, the router
+            steps traffic down to cheaper tiers, a fraction of a tier at a time, and back up once the
+            wait has fallen.
     """
 
     policy: Literal["static", "rules", "cascade", "learned"] = "rules"
@@ -168,3 +173,8 @@ class RoutingSpec:
     cascade: CascadeSpec = field(default_factory=CascadeSpec)
     budget: BudgetSpec = field(default_factory=BudgetSpec)
     learned: LearnedSpec = field(default_factory=LearnedSpec)
+    slo_ms: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not math.isfinite(self.slo_ms) or self.slo_ms < 0:
+            raise KeyedValueError("slo_ms", f"must be a number of milliseconds >= 0, got {self.slo_ms}")

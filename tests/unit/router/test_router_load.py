@@ -1,0 +1,174 @@
+"""Load awareness: the queue wait read from Triton's statistics, the budget it leaves, the tier ceiling."""
+
+from __future__ import annotations
+
+import json
+import random
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import numpy as np
+import pytest
+
+from toolkit.router import Decision, LatencyTracker, QueueWait, RouterConfig, RoutingEngine, stats_reader
+from toolkit.router.budget import MIN_SAMPLES
+from toolkit.router.engine import complete
+from toolkit.router.load import STEP_DOWN, STEP_UP, TARGET_WAIT_SHARE
+from toolkit.router.policy import RequestContext
+
+TIERS = ("small", "medium", "large")
+WISH = Decision("large", 2, "static")
+
+
+class Feed:
+    """Triton's cumulative queue counters, fed to a QueueWait read by read."""
+
+    def __init__(self, queue: QueueWait) -> None:
+        self.queue, self.started, self.waited_ms = queue, 0, 0.0
+        queue.observe(0, 0.0)
+
+    def reads(self, count: int, wait_ms: float, every: int = 10) -> None:
+        """``count`` reads in each of which ``every`` requests started, each having waited ``wait_ms``."""
+        for _ in range(count):
+            self.started += every
+            self.waited_ms += every * wait_ms
+            self.queue.observe(self.started, self.waited_ms)
+
+
+def test_the_wait_is_the_mean_of_the_requests_started_since_the_last_read() -> None:
+    queue = QueueWait(3, slo_ms=50.0)
+    queue.observe(100, 500.0)  # the first read only sets the baseline
+    assert queue.wait_ms == 0.0 and queue.level == 2.0
+    queue.observe(110, 500.0 + 10 * 7.0)
+    assert queue.wait_ms == pytest.approx(7.0)
+    queue.observe(110, 570.0)  # nobody started: the wait halves rather than stays
+    assert queue.wait_ms == pytest.approx(3.5)
+    queue.observe(5, 10.0)  # the counters went back (a reloaded model): a new baseline
+    assert queue.wait_ms == pytest.approx(3.5)
+
+
+def test_the_ceiling_steps_down_while_the_wait_exceeds_its_target_and_back_up_once_it_falls() -> None:
+    slo = 50.0
+    queue = QueueWait(3, slo_ms=slo)
+    feed = Feed(queue)
+    feed.reads(2, wait_ms=TARGET_WAIT_SHARE * slo * 2)
+    assert queue.level == pytest.approx(2.0 - 2 * STEP_DOWN)
+    feed.reads(10, wait_ms=30.0)
+    assert queue.level == 0.0  # never below the cheapest tier
+    feed.reads(3, wait_ms=TARGET_WAIT_SHARE * slo * 0.75)
+    assert queue.level == 0.0  # between half the target and the target: it holds
+    feed.reads(4, wait_ms=0.5)
+    assert queue.level == pytest.approx(4 * STEP_UP)
+    feed.reads(200, wait_ms=0.5)
+    assert queue.level == 2.0  # never above the most expensive tier
+
+
+def test_a_fractional_ceiling_sends_that_share_of_the_requests_one_tier_up() -> None:
+    queue = QueueWait(3, slo_ms=50.0, rng=random.Random(7))
+    queue.level = 0.25
+    served = [queue.limit(WISH, TIERS).index for _ in range(4000)]
+    assert set(served) == {0, 1}
+    assert np.mean(served) == pytest.approx(0.25, abs=0.03)
+    assert queue.limit(Decision("large", 2, "forced"), TIERS).index == 2  # a forced tier stays
+    stepped = next(d for d in (queue.limit(WISH, TIERS) for _ in range(50)) if d.index < 2)
+    assert stepped.reason == "load:static"
+
+
+def test_without_an_slo_there_is_no_ceiling_but_budgets_still_lose_the_wait() -> None:
+    queue = QueueWait(3)
+    Feed(queue).reads(20, wait_ms=40.0)
+    assert queue.level == 2.0 and queue.limit(WISH, TIERS) == WISH
+    assert queue.budget(None) is None
+    assert queue.budget(50.0) == pytest.approx(10.0)
+    assert queue.budget(30.0) == 0.0
+    assert QueueWait(3, slo_ms=50.0).budget(None) == 50.0
+
+
+class _Backend:
+    async def score(self, tier: str, tensors: dict) -> np.ndarray:
+        return np.zeros(tensors["ad_dense"].shape[0], dtype=np.float32)
+
+    async def gains(self, tensors: dict, cheapest: np.ndarray | None) -> tuple[float, ...]:
+        return ()
+
+
+def _route(engine: RoutingEngine, n: int = 16) -> Decision:
+    tensors = {"ad_dense": np.zeros((n, 2), dtype=np.float32)}
+    context = RequestContext(features={"num_candidates": float(n), "history_length": 0.0})
+    return complete(engine.route(tensors, context)).decision
+
+
+def test_the_engine_routes_under_the_ceiling_and_within_the_budget_left_after_the_wait() -> None:
+    config = RouterConfig(tiers=TIERS, policy="static", default_tier="large", slo_ms=50.0)
+    tracker = LatencyTracker(TIERS)
+    for _ in range(MIN_SAMPLES):
+        for tier, ms in zip(TIERS, (1.0, 5.0, 20.0), strict=True):
+            tracker.observe(tier, 16, ms)
+    queue = QueueWait(len(TIERS), config.slo_ms)
+    engine = RoutingEngine(config, _Backend(), tracker, queue=queue)
+
+    assert _route(engine).tier == "large"  # no wait: the SLO leaves room for large's 20 ms
+    feed = Feed(queue)
+    feed.reads(1, wait_ms=8.0)  # 42 ms left; 8 ms is under the 10 ms target: the ceiling stays
+    assert queue.level == 2.0 and _route(engine).tier == "large"
+    feed.reads(1, wait_ms=35.0)  # 15 ms left: large's 20 ms does not fit, medium's 5 ms does
+    assert {_route(engine).tier for _ in range(20)} == {"medium"}
+    feed.reads(3, wait_ms=35.0)  # four reads above the target: the ceiling is at the cheapest
+    assert queue.level == 0.0
+    assert {_route(engine).tier for _ in range(20)} == {"small"}
+    assert engine.counts["reason:load"] > 0
+
+
+class _Stats(BaseHTTPRequestHandler):
+    body: bytes = b""
+    status = 200
+
+    def do_GET(self) -> None:  # noqa: N802 (the http.server API)
+        type(self).paths.append(self.path)
+        self.send_response(self.status)
+        self.send_header("Content-Length", str(len(self.body)))
+        self.end_headers()
+        self.wfile.write(self.body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def stats_server() -> Iterator[tuple[str, type[_Stats]]]:
+    handler = type("Handler", (_Stats,), {"paths": []})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", handler
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_stats_reader_sums_the_queue_of_every_version_of_the_model(stats_server) -> None:
+    url, handler = stats_server
+    handler.body = json.dumps(
+        {
+            "model_stats": [
+                {"name": "r", "version": "1", "inference_stats": {"queue": {"count": 3, "ns": 6_000_000}}},
+                {"name": "r", "version": "2", "inference_stats": {"queue": {"count": 1, "ns": 500_000}}},
+            ]
+        }
+    ).encode()
+    read = stats_reader(url, "ads router")
+
+    assert read() == (4, pytest.approx(6.5))
+    assert read() == (4, pytest.approx(6.5))  # the kept connection answers again
+    assert handler.paths == ["/v2/models/ads%20router/stats"] * 2
+
+
+def test_stats_reader_answers_none_for_an_error_a_bad_body_or_no_server(stats_server) -> None:
+    url, handler = stats_server
+    handler.body, handler.status = b"{}", 400
+    assert stats_reader(url, "r")() is None
+    handler.body, handler.status = b"not json", 200
+    assert stats_reader(url, "r")() is None
+    assert stats_reader("http://127.0.0.1:9", "r", timeout_s=0.5)() is None

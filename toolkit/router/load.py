@@ -1,0 +1,148 @@
+"""Load awareness: how long requests waited in the router's queue, and how far to step traffic down.
+
+Triton queues every request of the ensemble in front of the router (its only queue) and hands it
+over when a router instance is free; the router cannot see that wait per request. It reads it from
+Triton's own statistics of the router model instead (``GET /v2/models/<router>/stats``, the
+cumulative queue time and count), every :data:`POLL_S` seconds, as the mean wait of the requests
+that started since the last read. With it:
+
+- a request's latency budget is what is left of it after the wait (a budget the request gives, or
+  ``routing.slo_ms`` for one that gives none), so the tier the router picks is one expected to answer
+  within the rest;
+- with ``routing.slo_ms``, a *ceiling* on the tier the policy may pick moves with the wait: while
+  requests wait longer than a share of the SLO (:data:`TARGET_WAIT_SHARE`) it steps down a fraction
+  of a tier per read, sending more traffic to cheaper tiers, so that the queue drains before it
+  reaches the admission timeout; once the wait is well under the target it steps back up, a little
+  per read. A fractional ceiling sends that share of the requests above it one tier up.
+
+Plain Python (``http.client``, ``json``): it runs inside the router model.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import math
+import random
+import urllib.parse
+from collections.abc import Callable
+
+from .policy import Decision
+
+POLL_S = 0.05
+"""How often the router reads its queue statistics."""
+
+TARGET_WAIT_SHARE = 0.2
+"""The queue wait, as a share of the SLO, above which the ceiling steps down."""
+
+STEP_DOWN = 0.5
+"""Tiers the ceiling falls per read while the wait is above the target."""
+
+STEP_UP = 0.05
+"""Tiers the ceiling rises per read while the wait is under half the target."""
+
+Reader = Callable[[], tuple[int, float] | None]
+"""Returns the router model's cumulative (requests started, ms they waited in the queue), or None."""
+
+
+class QueueWait:
+    """The router model's recent queue wait and the tier ceiling it sets.
+
+    Args:
+        tiers: How many tiers there are (the ceiling starts at the most expensive, ``tiers - 1``).
+        slo_ms: The p99 latency the router protects (0: no ceiling; the wait still shortens budgets).
+        rng: Draws which requests go one tier above a fractional ceiling.
+    """
+
+    def __init__(self, tiers: int, slo_ms: float = 0.0, rng: random.Random | None = None) -> None:
+        self.top = float(max(tiers - 1, 0))
+        self.slo_ms = slo_ms
+        self.level = self.top
+        self.wait_ms = 0.0
+        self.reads = 0
+        self._last: tuple[int, float] | None = None
+        self._rng = rng or random.Random(0)
+
+    def observe(self, started: int, waited_ms: float) -> None:
+        """Take a read of the cumulative counters and move the ceiling.
+
+        Args:
+            started: Requests the router model has started, in all.
+            waited_ms: Milliseconds they waited in its queue, in all.
+        """
+        last, self._last = self._last, (started, waited_ms)
+        self.reads += 1
+        if last is None or started < last[0] or waited_ms < last[1]:
+            return
+        count = started - last[0]
+        self.wait_ms = (waited_ms - last[1]) / count if count else self.wait_ms / 2.0
+        if self.slo_ms <= 0:
+            return
+        target = TARGET_WAIT_SHARE * self.slo_ms
+        if self.wait_ms > target:
+            self.level = max(0.0, self.level - STEP_DOWN)
+        elif self.wait_ms < target / 2.0:
+            self.level = min(self.top, self.level + STEP_UP)
+
+    def budget(self, requested_ms: float | None) -> float | None:
+        """What is left of a request's budget after the wait (``requested_ms``, else the SLO).
+
+        None when neither is given: the request has no budget.
+        """
+        budget = requested_ms or self.slo_ms or None
+        if budget is None:
+            return None
+        return max(budget - self.wait_ms, 0.0)
+
+    def ceiling(self) -> int:
+        """The most expensive tier index this request may be served by."""
+        whole = math.floor(self.level)
+        return whole + (1 if self._rng.random() < self.level - whole else 0)
+
+    def limit(self, decision: Decision, tiers: tuple[str, ...]) -> Decision:
+        """``decision`` stepped down to the ceiling (a forced tier is left alone)."""
+        if decision.reason == "forced" or self.level >= self.top:
+            return decision
+        index = min(decision.index, self.ceiling())
+        if index == decision.index:
+            return decision
+        return Decision(tiers[index], index, f"load:{decision.reason}")
+
+
+def stats_reader(url: str, model: str, timeout_s: float = 1.0) -> Reader:
+    """Reads ``model``'s cumulative queue statistics from Triton's HTTP endpoint at ``url``.
+
+    One connection is kept and reopened after an error; a read that fails returns None.
+
+    Args:
+        url: Triton's HTTP address, ``http://host:port``.
+        model: The model whose queue is read (the router).
+        timeout_s: Seconds a read may take.
+    """
+    parts = urllib.parse.urlsplit(url if "//" in url else f"http://{url}")
+    path = f"/v2/models/{urllib.parse.quote(model)}/stats"
+    connection: list[http.client.HTTPConnection] = []
+
+    def read() -> tuple[int, float] | None:
+        try:
+            if not connection:
+                host = parts.hostname or "127.0.0.1"
+                connection.append(http.client.HTTPConnection(host, parts.port or 8000, timeout=timeout_s))
+            connection[0].request("GET", path)
+            response = connection[0].getresponse()
+            body = response.read()
+            if response.status != 200:
+                return None
+            stats = json.loads(body)
+        except (OSError, http.client.HTTPException, ValueError):
+            if connection:
+                connection.pop().close()
+            return None
+        started, waited_ns = 0, 0
+        for version in stats.get("model_stats", []):
+            queue = version.get("inference_stats", {}).get("queue", {})
+            started += int(queue.get("count", 0))
+            waited_ns += int(queue.get("ns", 0))
+        return started, waited_ns / 1e6
+
+    return read
