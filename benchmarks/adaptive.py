@@ -1,35 +1,45 @@
 """Adaptive against one-size-fits-all: the routed ensemble against always serving the largest tier.
 
-Both sides run on the same embedded Triton, the same deployed repository and the same requests; the
-one-size-fits-all side sets the request parameter ``tier`` to the largest tier on every request
-(the router then calls that tier and nothing else); each adaptive side lets the router choose (the
-spec's policy) and gives every request one latency budget (``latency_budget_ms``, one side per
-budget in ``--budgets``), which caps the router's choice at the tiers it expects to answer in time:
-a tight budget sheds load to cheaper tiers sooner, a roomy one keeps more quality.
+The repository is the demo's, deployed with ``routing.slo_ms`` set to the SLO: the router then gives
+every request that brings no budget the SLO as its budget, less the time requests now wait in its
+queue (read from Triton's statistics), and steps traffic down to cheaper tiers while that wait
+exceeds a fifth of the SLO. Both sides run on the same embedded Triton, the same repository and
+the same requests: always-largest sets the request parameter ``tier`` to the largest tier on every
+request (a forced tier is never stepped down); adaptive sends the requests as they are;
+always-cheapest forces the cheapest tier, the bound of what any routing can answer. Optional extra
+sides (``--budgets``) send every request with a ``latency_budget_ms`` of their own.
 
-1. The largest tier's capacity within the SLO: always-largest's closed-loop throughput at
-   concurrency 4, then open-loop Poisson arrivals at fractions of it (default 0.5, 0.75, 1); the
-   highest rate whose p99 met the SLO with no failed request is the capacity.
-2. The adaptive sides at the same rates, then every side at twice the capacity. Each step reports
-   requests/s answered, latency percentiles from each request's scheduled arrival (no coordinated
-   omission), failed requests, the tier mix, and the NE of the scores served (against the
-   generated labels).
-3. Per side, the throughput at the SLO, and the behaviour at twice the capacity (target: an
-   adaptive side holds p99 under the SLO with zero failed requests while always-largest does not).
+Each of ``--rounds`` rounds (3 by default) starts a fresh server and:
+
+1. measures the largest tier's capacity within the SLO: always-largest's closed-loop throughput at
+   concurrency 4, then open-loop Poisson arrivals at fractions of it (0.5, 0.75, 1); the highest
+   rate whose p99 met the SLO with no failed request is the round's capacity;
+2. measures the adaptive sides at the same rates, then every side at twice the capacity, the order
+   of the sides alternating from round to round (always-largest first in odd rounds, last in even
+   ones), so that a slower or faster spell of the machine does not favour one side.
+
+Each step reports requests/s answered, latency percentiles from each request's scheduled arrival
+(no coordinated omission), failed requests, the tier mix and the NE of the scores served (against
+the generated labels). The verdict counts the rounds in which adaptive held p99 under the SLO with
+no failed request at twice the capacity while always-largest did not, and gives every round and
+the medians.
 
 Requests carry 512 to 1024 candidates by default (production ads ranking scores hundreds per
 request; the demo data's 8 to 48 would make the largest tier's cost vanish beside the fixed cost of
 a request). Writes ``benchmarks/results/adaptive.md``, ``adaptive.json`` and ``adaptive.png``.
-Trains, exports and deploys the demo first where their outputs are missing.
+Trains and exports the demo first where their outputs are missing.
 
-Usage: ``python benchmarks/adaptive.py [--spec ensembles/ads_ranking.yaml] [--slo-ms 50] [--budgets 5,8]``
+Usage: ``python benchmarks/adaptive.py [--spec ensembles/ads_ranking.yaml] [--slo-ms 50] [--rounds 3]
+[--budgets 5,8]``
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import datetime as dt
+import statistics
 import sys
 from pathlib import Path
 from typing import Any
@@ -39,13 +49,19 @@ from common import RESULTS, ROOT, held_out_requests, prepare, write_report
 from toolkit.bench.load import StabilityPolicy, StepSpec, run_step
 from toolkit.data.requests import RequestSet
 from toolkit.machine import machine_facts
+from toolkit.repository.plan import DeployOptions, plan_deploy
+from toolkit.repository.writer import write_repository
 from toolkit.serve import ServerOptions, TritonServer
+from toolkit.serve.backends import resolve_backend
 from toolkit.spec import load_spec
 
 LARGEST = "always-largest"
+ADAPTIVE = "adaptive"
+CHEAPEST = "always-cheapest"
+SCRATCH = ROOT / "benchmarks" / "scratch" / "adaptive"
 
 
-def _side(budget_ms: float) -> str:
+def _budget_side(budget_ms: float) -> str:
     return f"adaptive, budget {budget_ms:g} ms"
 
 
@@ -55,16 +71,16 @@ def _step(
     requests: RequestSet,
     step: StepSpec,
     tiers: tuple[str, ...],
-    budget_ms: float | None,
+    plan: tuple[str | None, float | None],
     policy: StabilityPolicy,
+    label: str,
 ) -> dict[str, Any]:
-    """One load step; ``budget_ms`` None means always-largest (the largest tier forced)."""
-    tier = tiers[-1] if budget_ms is None else None
-    result = asyncio.run(run_step(url, model, requests, step, tiers, tier, budget_ms, policy))
-    side = LARGEST if budget_ms is None else _side(budget_ms)
+    """One load step of one side; ``plan`` is the side's (forced tier, request budget)."""
+    tier, budget = plan
+    result = asyncio.run(run_step(url, model, requests, step, tiers, tier, budget, policy))
     mix = ", ".join(f"{t} {s:.0%}" for t, s in result.tier_mix.items())
     print(
-        f"{side}, {step.mode} {step.level:.0f}: {result.requests_per_s:.1f} req/s, "
+        f"{label}, {step.mode} {step.level:.0f}: {result.requests_per_s:.1f} req/s, "
         f"p99 {result.latency['p99_ms']:.1f} ms, failed {result.failed}, {mix}",
         file=sys.stderr,
         flush=True,
@@ -76,10 +92,62 @@ def _meets(row: dict[str, Any], slo_ms: float) -> bool:
     return row["failed"] == 0 and row["requests"] > 0 and row["p99_ms"] <= slo_ms
 
 
+def _round(
+    number: int,
+    repository: Path,
+    spec_name: str,
+    requests: RequestSet,
+    tiers: tuple[str, ...],
+    plans: dict[str, tuple[str | None, float | None]],
+    slo_ms: float,
+    fractions: tuple[float, ...],
+    window_s: float,
+) -> dict[str, Any]:
+    """One round on a fresh server: the capacity, every side at its fractions, every side at twice it."""
+    steady = StabilityPolicy(window_s=window_s, max_windows=5)
+    warm = StabilityPolicy(window_s=0.5, max_windows=3)
+    order = list(plans) if number % 2 else list(reversed(plans))
+    sides: dict[str, list[dict[str, Any]]] = {side: [] for side in plans}
+    with TritonServer(
+        ServerOptions.on_free_ports(repository, log_file=SCRATCH / "tritonserver.log")
+    ) as server:
+        url = server.grpc_url
+
+        def measure(side: str, rate: float) -> dict[str, Any]:
+            step = StepSpec("rate", round(rate, 1), "poisson")
+            label = f"round {number}, {side}"
+            sides[side].append(_step(url, spec_name, requests, step, tiers, plans[side], steady, label))
+            return sides[side][-1]
+
+        for side in order:
+            _step(url, spec_name, requests, StepSpec("concurrency", 2), tiers, plans[side], warm, "warm-up")
+        closed = _step(
+            url, spec_name, requests, StepSpec("concurrency", 4), tiers, plans[LARGEST], steady, "closed loop"
+        )
+        rates = [f * closed["requests_per_s"] for f in fractions]
+        within = [row for row in (measure(LARGEST, rate) for rate in rates) if _meets(row, slo_ms)]
+        capacity = max((row["requests_per_s"] for row in within), default=rates[0])
+        for side in order:
+            if side != LARGEST:
+                for rate in rates:
+                    measure(side, rate)
+        for side in order:
+            measure(side, 2 * capacity)
+    return {
+        "round": number,
+        "order": order,
+        "closed_loop": closed,
+        "capacity_per_s": capacity,
+        "capacity_within_slo": bool(within),
+        "sides": sides,
+    }
+
+
 def run(
     spec_path: Path,
     out: Path,
     slo_ms: float,
+    rounds: int,
     budgets: tuple[float, ...],
     fractions: tuple[float, ...],
     candidates: tuple[int, int],
@@ -87,156 +155,179 @@ def run(
 ) -> dict[str, Any]:
     """Run the benchmark and return what was written to ``out``/adaptive.json."""
     spec = load_spec(spec_path)
-    prepare(spec_path, spec, deploy=True)
+    prepare(spec_path, spec)
+    tuned = dataclasses.replace(spec, routing=dataclasses.replace(spec.routing, slo_ms=slo_ms))
+    repository = SCRATCH / "repository"
+    options = DeployOptions(resolve_backend(spec.triton.backend, None))
+    write_repository(plan_deploy(tuned, ROOT / spec.paths.artifacts, options), repository)
     requests = held_out_requests(spec, 200, candidates)
-    options = ServerOptions.on_free_ports(ROOT / spec.paths.repository)
     tiers = spec.tier_names
-    steady = StabilityPolicy(window_s=window_s, max_windows=5)
-    warm = StabilityPolicy(window_s=0.5, max_windows=3)
-    plans: dict[str, float | None] = {LARGEST: None, **{_side(b): b for b in budgets}}
-    sides: dict[str, list[dict[str, Any]]] = {side: [] for side in plans}
-
-    with TritonServer(options) as server:
-        url = server.grpc_url
-
-        def measure(side: str, rate: float) -> dict[str, Any]:
-            step = StepSpec("rate", round(rate, 1), "poisson")
-            sides[side].append(_step(url, spec.name, requests, step, tiers, plans[side], steady))
-            return sides[side][-1]
-
-        for budget in plans.values():
-            _step(url, spec.name, requests, StepSpec("concurrency", 2), tiers, budget, warm)
-        closed = _step(url, spec.name, requests, StepSpec("concurrency", 4), tiers, None, steady)
-        rates = [f * closed["requests_per_s"] for f in fractions]
-        within = [row for row in (measure(LARGEST, rate) for rate in rates) if _meets(row, slo_ms)]
-        capacity = max((row["requests_per_s"] for row in within), default=rates[0])
-        for side in list(plans)[1:]:
-            for rate in rates:
-                measure(side, rate)
-        for side in plans:
-            measure(side, 2 * capacity)
+    plans: dict[str, tuple[str | None, float | None]] = {
+        LARGEST: (tiers[-1], None),
+        ADAPTIVE: (None, None),
+        **{_budget_side(b): (None, b) for b in budgets},
+        CHEAPEST: (tiers[0], None),
+    }
+    done = [
+        _round(r, repository, spec.name, requests, tiers, plans, slo_ms, fractions, window_s)
+        for r in range(1, rounds + 1)
+    ]
     result = {
         "benchmark": "adaptive",
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "machine": machine_facts(),
         "spec": str(spec_path),
         "largest_tier": tiers[-1],
+        "tiers": list(tiers),
         "policy": spec.routing.policy,
         "slo_ms": slo_ms,
         "budgets_ms": list(budgets),
         "candidates": list(candidates),
         "window_s": window_s,
-        "closed_loop": closed,
-        "capacity_per_s": capacity,
-        "capacity_within_slo": bool(within),
-        "sides": sides,
-        "best_within_slo": {
-            side: max((r for r in rows if _meets(r, slo_ms)), key=lambda r: r["requests_per_s"], default=None)
-            for side, rows in sides.items()
-        },
+        "rounds": done,
     }
+    result["summary"] = summary(result)
     write_report(out, "adaptive", result, render(result))
     plot(result, out / "adaptive.png")
     return result
 
 
-def verdict(result: dict[str, Any]) -> tuple[bool, str]:
-    """Whether the target is met at twice the largest tier's capacity, and the sentences that say so."""
+def summary(result: dict[str, Any]) -> dict[str, Any]:
+    """Per side, at twice each round's capacity: every round's row, the medians, the rounds held."""
     slo = result["slo_ms"]
-    at_twice = {side: rows[-1] for side, rows in result["sides"].items()}
-    largest = at_twice.pop(LARGEST)
-    parts = [
-        f"{side}: p99 {row['p99_ms']:.1f} ms, {row['failed']} failed, NE {row['ne']:.4f}"
-        for side, row in at_twice.items()
-    ]
-    met = any(_meets(row, slo) for row in at_twice.values()) and not _meets(largest, slo)
-    text = (
-        f"At twice the largest tier's capacity ({largest['offered_per_s']:.0f} requests/s offered, "
-        f"SLO p99 <= {slo:g} ms): always-{result['largest_tier']}: p99 {largest['p99_ms']:.1f} ms, "
-        f"{largest['failed']} failed, answered {largest['requests_per_s']:.1f} requests/s; "
-        + "; ".join(parts)
-        + f". Target (budget-aware routing holds p99 under the SLO with 0 failed while always-largest "
-        f"does not): **{'met' if met else 'missed'}**."
+    sides: dict[str, Any] = {}
+    for side in result["rounds"][0]["sides"]:
+        rows = [r["sides"][side][-1] for r in result["rounds"]]
+        sides[side] = {
+            "held": sum(_meets(row, slo) for row in rows),
+            "median_p99_ms": statistics.median(row["p99_ms"] for row in rows),
+            "median_failed": statistics.median(row["failed"] for row in rows),
+            "median_ne": statistics.median(row["ne"] for row in rows),
+            "median_answered_per_s": statistics.median(row["requests_per_s"] for row in rows),
+        }
+    rounds = len(result["rounds"])
+    largest = [r["sides"][LARGEST][-1] for r in result["rounds"]]
+    adaptive = [r["sides"][ADAPTIVE][-1] for r in result["rounds"]]
+    won = sum(_meets(a, slo) and not _meets(b, slo) for a, b in zip(adaptive, largest, strict=True))
+    cheapest = [r["sides"][CHEAPEST][-1] for r in result["rounds"]]
+    beyond = [r["round"] for r, row in zip(result["rounds"], cheapest, strict=True) if not _meets(row, slo)]
+    return {"rounds": rounds, "won": won, "met": won == rounds, "sides": sides, "beyond_cheapest": beyond}
+
+
+def verdict(result: dict[str, Any]) -> str:
+    """The sentence that says in how many rounds adaptive held the SLO while always-largest did not."""
+    s, slo = result["summary"], result["slo_ms"]
+    held, largest = s["sides"][ADAPTIVE], s["sides"][LARGEST]
+    tiers = result["tiers"]
+    return (
+        f"At twice the largest tier's capacity (SLO p99 <= {slo:g} ms, no failed request), adaptive "
+        f"held in {held['held']} of {s['rounds']} rounds (median p99 {held['median_p99_ms']:.1f} ms, "
+        f"median NE {held['median_ne']:.4f}); always-{result['largest_tier']} held in "
+        f"{largest['held']} of {s['rounds']} (median p99 {largest['median_p99_ms']:.1f} ms, median "
+        f"failed {largest['median_failed']:g}). Adaptive held while always-largest missed in "
+        f"{s['won']} of {s['rounds']} rounds. Target (in every round): **{'met' if s['met'] else 'missed'}**."
+        + (
+            f" In round{'s' if len(s['beyond_cheapest']) > 1 else ''} "
+            f"{', '.join(map(str, s['beyond_cheapest']))}, always-{tiers[0]} missed the SLO at that load "
+            "too: the cheapest tier alone could not answer it through the router, so no routing could."
+            if s["beyond_cheapest"]
+            else ""
+        )
     )
-    return met, text
 
 
 def render(result: dict[str, Any]) -> str:
     """The markdown report of a result."""
-    m, closed, capacity = result["machine"], result["closed_loop"], result["capacity_per_s"]
-    largest, slo = result["largest_tier"], result["slo_ms"]
+    m, largest, slo = result["machine"], result["largest_tier"], result["slo_ms"]
+    budgets = ", ".join(f"{b:g}" for b in result["budgets_ms"])
+    extra = f" Extra sides send every request with `latency_budget_ms` {budgets}." if budgets else ""
     lines = [
         "# Adaptive routing against always serving the largest tier",
         "",
         f"Run {result['created']} on {m['cpu']} ({m['cores']} cores usable), onnxruntime {m['onnxruntime']}, "
         f"toolkit {m['toolkit']}; the embedded tritonserver and the load generator share the machine. "
-        f"Spec `{result['spec']}` (policy `{result['policy']}`); requests with "
-        f"{result['candidates'][0]} to {result['candidates'][1]} candidates.",
+        f"Spec `{result['spec']}` (policy `{result['policy']}`) deployed with `routing.slo_ms: {slo:g}`; "
+        f"requests with {result['candidates'][0]} to {result['candidates'][1]} candidates.",
         "",
         f"Always-{largest}: request parameter `tier={largest}` on every request. Adaptive: the router's "
-        "policy, every request with the side's `latency_budget_ms`. Open-loop Poisson arrivals; latency "
+        f"policy under `routing.slo_ms`, no request parameter. Always-cheapest: `tier={result['tiers'][0]}`, "
+        f"what no routing can beat.{extra} Open-loop Poisson arrivals; latency "
         f"counts from each request's scheduled arrival; {result['window_s']:g} s windows until three "
         "agree within 10% (at most five), figures over the last three; NE of the scores served, against "
-        "the generated labels (lower is better).",
+        "the generated labels (lower is better). Each round starts a fresh server; the order of the "
+        "sides alternates between rounds.",
         "",
-        f"Always-{largest} closed loop at concurrency 4: {closed['requests_per_s']:.1f} requests/s "
-        f"(p99 {closed['p99_ms']:.1f} ms). Its capacity within the SLO (p99 <= {slo:g} ms, no failed "
-        f"request), the highest open-loop rate below that which met it: **{capacity:.1f} requests/s**"
-        + ("" if result["capacity_within_slo"] else " (no rate met the SLO; the lowest rate stands in)")
-        + f". The last row of each side is at twice that, {2 * capacity:.0f} requests/s.",
+        verdict(result),
         "",
-        "| side | offered req/s | x capacity | answered req/s | p50 ms | p99 ms | failed | NE | tier mix |",
-        "|---|---|---|---|---|---|---|---|---|",
+        f"At twice each round's capacity (SLO p99 <= {slo:g} ms):",
+        "",
+        "| side | " + " | ".join(f"round {r['round']}" for r in result["rounds"]) + " | median p99 | held |",
+        "|---|" + "---|" * len(result["rounds"]) + "---|---|",
     ]
-    for side, rows in result["sides"].items():
-        for r in rows:
-            mix = ", ".join(f"{t} {s:.0%}" for t, s in r["tier_mix"].items())
-            lines.append(
-                f"| {side} | {r['offered_per_s']:.0f} | {r['offered_per_s'] / capacity:.2f} | "
-                f"{r['requests_per_s']:.1f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['failed']} | "
-                f"{r['ne']:.4f} | {mix} |"
-            )
-    lines += [
-        "",
-        f"Throughput at the SLO (highest answered rate with p99 <= {slo:g} ms, no failed request):",
-        "",
-    ]
-    for side, b in result["best_within_slo"].items():
+    for side, s in result["summary"]["sides"].items():
+        cells = []
+        for r in result["rounds"]:
+            row = r["sides"][side][-1]
+            cells.append(f"p99 {row['p99_ms']:.1f} ms, {row['failed']} failed, NE {row['ne']:.4f}")
         lines.append(
-            f"- {side}: "
-            + (
-                f"{b['requests_per_s']:.1f} requests/s (p99 {b['p99_ms']:.1f} ms, NE {b['ne']:.4f})"
-                if b
-                else "none of the measured loads"
-            )
+            f"| {side} | " + " | ".join(cells) + f" | {s['median_p99_ms']:.1f} ms | {s['held']} of "
+            f"{result['summary']['rounds']} |"
         )
-    lines += ["", verdict(result)[1], "", "![p99 and tier mix against load](adaptive.png)"]
+    for r in result["rounds"]:
+        closed, capacity = r["closed_loop"], r["capacity_per_s"]
+        lines += [
+            "",
+            f"## Round {r['round']} (order: {', '.join(r['order'])})",
+            "",
+            f"Always-{largest} closed loop at concurrency 4: {closed['requests_per_s']:.1f} requests/s "
+            f"(p99 {closed['p99_ms']:.1f} ms). Its capacity within the SLO: **{capacity:.1f} requests/s**"
+            + ("" if r["capacity_within_slo"] else " (no rate met the SLO; the lowest rate stands in)")
+            + f"; the last row of each side is at twice that, {2 * capacity:.0f} requests/s.",
+            "",
+            "| side | offered req/s | x capacity | answered req/s | p50 ms | p99 ms | failed | NE "
+            "| tier mix |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for side, rows in r["sides"].items():
+            for row in rows:
+                mix = ", ".join(f"{t} {s:.0%}" for t, s in row["tier_mix"].items())
+                lines.append(
+                    f"| {side} | {row['offered_per_s']:.0f} | {row['offered_per_s'] / capacity:.2f} | "
+                    f"{row['requests_per_s']:.1f} | {row['p50_ms']:.1f} | {row['p99_ms']:.1f} | "
+                    f"{row['failed']} | {row['ne']:.4f} | {mix} |"
+                )
+    lines += ["", "![p99 and tier mix against load, every round](adaptive.png)"]
     return "\n".join(lines) + "\n"
 
 
 def plot(result: dict[str, Any], path: Path) -> None:
-    """p99 latency of every side, and the largest tier's share of each adaptive side, against load."""
+    """p99 of every side, and the largest tier's share of each adaptive side, against load; every round."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
-    for side, rows in result["sides"].items():
-        rows = sorted(rows, key=lambda r: r["offered_per_s"])
-        offered = [r["offered_per_s"] for r in rows]
-        left.plot(offered, [r["p99_ms"] for r in rows], marker="o", label=side)
-        if side != LARGEST:
-            share = [r["tier_mix"].get(result["largest_tier"], 0.0) for r in rows]
-            right.plot(offered, share, marker="o", label=side)
+    colours = {side: f"C{i}" for i, side in enumerate(result["rounds"][0]["sides"])}
+    for r in result["rounds"]:
+        capacity = r["capacity_per_s"]
+        for side, rows in r["sides"].items():
+            rows = sorted(rows, key=lambda row: row["offered_per_s"])
+            load = [row["offered_per_s"] / capacity for row in rows]
+            label = side if r["round"] == 1 else None
+            left.plot(load, [row["p99_ms"] for row in rows], marker="o", color=colours[side], label=label)
+            if side != LARGEST:
+                share = [row["tier_mix"].get(result["largest_tier"], 0.0) for row in rows]
+                right.plot(load, share, marker="o", color=colours[side], label=label)
     left.axhline(result["slo_ms"], color="grey", linestyle="--", label=f"SLO {result['slo_ms']:g} ms")
-    left.set_xlabel("offered requests/s")
+    left.set_xlabel("offered load (x the round's capacity of the largest tier)")
     left.set_ylabel("p99 latency (ms)")
     left.set_yscale("log")
     left.legend(fontsize=8)
-    right.set_xlabel("offered requests/s")
+    right.set_xlabel("offered load (x the round's capacity of the largest tier)")
     right.set_ylabel(f"share of requests on {result['largest_tier']}")
     right.legend(fontsize=8)
+    fig.suptitle(f"{len(result['rounds'])} rounds, one line each")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -246,11 +337,14 @@ def main() -> None:
     """Command-line entry point."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--spec", type=Path, default=Path("ensembles/ads_ranking.yaml"))
-    parser.add_argument("--slo-ms", type=float, default=50.0, help="p99 SLO in ms (default 50)")
+    parser.add_argument(
+        "--slo-ms", type=float, default=50.0, help="p99 SLO in ms, and routing.slo_ms (default 50)"
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="rounds, each on a fresh server (default 3)")
     parser.add_argument(
         "--budgets",
-        default="5,8",
-        help="latency_budget_ms of the adaptive sides, one side each (default 5,8)",
+        default="",
+        help="latency_budget_ms of extra adaptive sides, one side each (default: none)",
     )
     parser.add_argument(
         "--fractions",
@@ -262,11 +356,13 @@ def main() -> None:
     parser.add_argument("--window-s", type=float, default=2.0, help="measurement window (default 2 s)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
+    if args.rounds < 1:
+        parser.error("--rounds: at least 1")
     low, _, high = args.candidates.partition(":")
-    budgets = tuple(float(x) for x in args.budgets.split(","))
+    budgets = tuple(float(x) for x in args.budgets.split(",") if x.strip())
     fractions = tuple(float(x) for x in args.fractions.split(","))
     bounds = (int(low), int(high or low))
-    run(args.spec, args.out, args.slo_ms, budgets, fractions, bounds, args.window_s)
+    run(args.spec, args.out, args.slo_ms, args.rounds, budgets, fractions, bounds, args.window_s)
     print((args.out / "adaptive.md").read_text(encoding="utf-8"))
 
 

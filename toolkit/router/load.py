@@ -9,11 +9,14 @@ that started since the last read. With it:
 - a request's latency budget is what is left of it after the wait (a budget the request gives, or
   ``routing.slo_ms`` for one that gives none), so the tier the router picks is one expected to answer
   within the rest;
-- with ``routing.slo_ms``, a *ceiling* on the tier the policy may pick moves with the wait: while
-  requests wait longer than a share of the SLO (:data:`TARGET_WAIT_SHARE`) it steps down a fraction
-  of a tier per read, sending more traffic to cheaper tiers, so that the queue drains before it
-  reaches the admission timeout; once the wait is well under the target it steps back up, a little
-  per read. A fractional ceiling sends that share of the requests above it one tier up.
+- with ``routing.slo_ms``, a *ceiling* on the tier the policy may pick moves with the load: while
+  requests wait longer than a share of the SLO (:data:`TARGET_WAIT_SHARE`) it steps down half a tier
+  per read, sending more traffic to cheaper tiers, so that the queue drains before it reaches the
+  admission timeout; while the router's instances are busy nearly all the time (:data:`BUSY_HIGH`,
+  their own share of time spent on requests, which moves at once where the wait lags) it steps down
+  a little, before a queue forms; and only while they have room (:data:`BUSY_LOW`) and the wait is
+  well under the target does it step back up, a little per read. A fractional ceiling sends that
+  share of the requests above it one tier up.
 
 Plain Python (``http.client``, ``json``): it runs inside the router model.
 """
@@ -38,8 +41,17 @@ TARGET_WAIT_SHARE = 0.2
 STEP_DOWN = 0.5
 """Tiers the ceiling falls per read while the wait is above the target."""
 
-STEP_UP = 0.05
-"""Tiers the ceiling rises per read while the wait is under half the target."""
+STEP_UP = 0.025
+"""Tiers the ceiling rises per read while the wait is under half the target and the router has room."""
+
+BUSY_HIGH = 0.9
+"""The router instance's busy share above which the ceiling steps down (by :data:`STEP_DOWN_BUSY`)."""
+
+BUSY_LOW = 0.75
+"""The busy share under which the ceiling may step up."""
+
+STEP_DOWN_BUSY = 0.1
+"""Tiers the ceiling falls per read while the router is busier than :data:`BUSY_HIGH`."""
 
 Reader = Callable[[], tuple[int, float] | None]
 """Returns the router model's cumulative (requests started, ms they waited in the queue), or None."""
@@ -59,17 +71,22 @@ class QueueWait:
         self.slo_ms = slo_ms
         self.level = self.top
         self.wait_ms = 0.0
+        self.busy = 0.0
         self.reads = 0
         self._last: tuple[int, float] | None = None
         self._rng = rng or random.Random(0)
 
-    def observe(self, started: int, waited_ms: float) -> None:
+    def observe(self, started: int, waited_ms: float, busy: float | None = None) -> None:
         """Take a read of the cumulative counters and move the ceiling.
 
         Args:
             started: Requests the router model has started, in all.
             waited_ms: Milliseconds they waited in its queue, in all.
+            busy: The share of the time since the last read this router instance spent on requests
+                (None: not known; the wait alone moves the ceiling).
         """
+        if busy is not None:
+            self.busy = busy
         last, self._last = self._last, (started, waited_ms)
         self.reads += 1
         if last is None or started < last[0] or waited_ms < last[1]:
@@ -81,7 +98,9 @@ class QueueWait:
         target = TARGET_WAIT_SHARE * self.slo_ms
         if self.wait_ms > target:
             self.level = max(0.0, self.level - STEP_DOWN)
-        elif self.wait_ms < target / 2.0:
+        elif busy is not None and busy > BUSY_HIGH:
+            self.level = max(0.0, self.level - STEP_DOWN_BUSY)
+        elif self.wait_ms < target / 2.0 and (busy is None or busy < BUSY_LOW):
             self.level = min(self.top, self.level + STEP_UP)
 
     def budget(self, requested_ms: float | None) -> float | None:

@@ -14,7 +14,7 @@ import pytest
 from toolkit.router import Decision, LatencyTracker, QueueWait, RouterConfig, RoutingEngine, stats_reader
 from toolkit.router.budget import MIN_SAMPLES
 from toolkit.router.engine import complete
-from toolkit.router.load import STEP_DOWN, STEP_UP, TARGET_WAIT_SHARE
+from toolkit.router.load import STEP_DOWN, STEP_DOWN_BUSY, STEP_UP, TARGET_WAIT_SHARE
 from toolkit.router.policy import RequestContext
 
 TIERS = ("small", "medium", "large")
@@ -172,3 +172,16 @@ def test_stats_reader_answers_none_for_an_error_a_bad_body_or_no_server(stats_se
     handler.body, handler.status = b"not json", 200
     assert stats_reader(url, "r")() is None
     assert stats_reader("http://127.0.0.1:9", "r", timeout_s=0.5)() is None
+
+
+def test_a_busy_router_steps_down_before_a_queue_forms_and_steps_up_only_with_room() -> None:
+    queue = QueueWait(3, slo_ms=50.0)
+    queue.observe(0, 0.0, busy=0.5)
+    queue.observe(10, 10.0, busy=0.95)  # 1 ms waited: no queue yet, but the router is nearly full
+    assert queue.level == pytest.approx(2.0 - STEP_DOWN_BUSY) and queue.busy == 0.95
+    queue.observe(20, 20.0, busy=0.8)  # neither full nor with room: it holds
+    assert queue.level == pytest.approx(2.0 - STEP_DOWN_BUSY)
+    queue.observe(30, 30.0, busy=0.5)  # room and no wait: up
+    assert queue.level == pytest.approx(2.0 - STEP_DOWN_BUSY + STEP_UP)
+    queue.observe(40, 40.0 + 10 * 30.0, busy=0.5)  # a long wait wins over the room
+    assert queue.level == pytest.approx(2.0 - STEP_DOWN_BUSY + STEP_UP - STEP_DOWN)

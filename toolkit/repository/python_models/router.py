@@ -238,6 +238,7 @@ class TritonPythonModel:
         self.queue = QueueWait(len(self.config.tiers), self.config.slo_ms)
         self.engine = RoutingEngine(self.config, self, self.latency, self.counts, self.queue)
         self.model_name = args.get("model_name", "router")
+        self.busy_s = 0.0
         self._watcher: threading.Thread | None = None
         self._watching = threading.Event()
         if self.config.slo_ms > 0 or self.config.default_budget_ms > 0:
@@ -330,6 +331,7 @@ class TritonPythonModel:
         return complete(coroutine) if self.inline else coroutine
 
     async def _execute(self, requests: list) -> list:
+        started = time.perf_counter()
         responses = []
         for request in requests:
             try:
@@ -342,6 +344,7 @@ class TritonPythonModel:
                         error=pb_utils.TritonError(message, pb_utils.TritonError.INTERNAL)
                     )
                 )
+        self.busy_s += time.perf_counter() - started
         return responses
 
     def _watch_queue(self) -> None:
@@ -358,8 +361,12 @@ class TritonPythonModel:
 
         def watch(gauges: list | None) -> None:
             failed = 0
+            last_busy, last_at = self.busy_s, time.perf_counter()
             while not self._watching.wait(POLL_S):
                 got = read()
+                busy, now = self.busy_s, time.perf_counter()
+                share = min((busy - last_busy) / max(now - last_at, 1e-9), 1.0)
+                last_busy, last_at = busy, now
                 if got is None:
                     failed += 1
                     if failed == _STATS_WARN_AFTER:
@@ -369,7 +376,7 @@ class TritonPythonModel:
                         )
                     continue
                 failed = 0
-                self.queue.observe(*got)
+                self.queue.observe(*got, busy=share)
                 if gauges:
                     try:
                         gauges[0].set(self.queue.wait_ms)

@@ -162,9 +162,9 @@ class RoutingSpec:
         learned: Settings of the ``learned`` policy.
         slo_ms: The p99 latency (ms) the router protects under load; 0: none. Requests without a
             budget of their own get this one, less the time requests now wait in the router's queue
-            (read from Triton's statistics); and while that wait exceeds a fifth of it, the router
-            steps traffic down to cheaper tiers, a fraction of a tier at a time, and back up once the
-            wait has fallen.
+            (read from Triton's statistics); and while that wait exceeds a fifth of it, or the
+            router is busy more than 90% of the time, the router steps traffic down to cheaper tiers,
+            a fraction of a tier at a time, and back up once the wait has fallen and it has room.
     """
 
     policy: Literal["static", "rules", "cascade", "learned"] = "rules"
