@@ -9,7 +9,7 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -258,3 +258,32 @@ def onnx_graph_name(path: Path) -> str:
     import onnx
 
     return onnx.load(str(path), load_external_data=False).graph.name
+
+
+@contextlib.contextmanager
+def http_endpoint(answer: Callable[[str], tuple[int, bytes]]) -> Iterator[str]:
+    """A local HTTP server whose every GET is answered by ``answer(path) -> (status, body)``.
+
+    Yields its address, ``http://127.0.0.1:PORT``; it stops when the block ends.
+    """
+    import http.server
+    import threading
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+            status, body = answer(self.path)
+            self.send_response(status)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import json
 import random
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pytest
+from helpers import http_endpoint
 
 from toolkit.router import Decision, LatencyTracker, QueueWait, RouterConfig, RoutingEngine, stats_reader
 from toolkit.router.budget import MIN_SAMPLES
@@ -120,32 +119,22 @@ def test_the_engine_routes_under_the_ceiling_and_within_the_budget_left_after_th
     assert engine.counts["reason:load"] > 0
 
 
-class _Stats(BaseHTTPRequestHandler):
-    body: bytes = b""
-    status = 200
+class _Stats:
+    """What the fake stats endpoint answers, and the paths it was asked for."""
 
-    def do_GET(self) -> None:  # noqa: N802 (the http.server API)
-        type(self).paths.append(self.path)
-        self.send_response(self.status)
-        self.send_header("Content-Length", str(len(self.body)))
-        self.end_headers()
-        self.wfile.write(self.body)
+    def __init__(self) -> None:
+        self.status, self.body, self.paths = 200, b"", []
 
-    def log_message(self, *args: object) -> None:
-        pass
+    def __call__(self, path: str) -> tuple[int, bytes]:
+        self.paths.append(path)
+        return self.status, self.body
 
 
 @pytest.fixture
-def stats_server() -> Iterator[tuple[str, type[_Stats]]]:
-    handler = type("Handler", (_Stats,), {"paths": []})
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", handler
-    finally:
-        server.shutdown()
-        server.server_close()
+def stats_server() -> Iterator[tuple[str, _Stats]]:
+    stats = _Stats()
+    with http_endpoint(stats) as url:
+        yield url, stats
 
 
 def test_stats_reader_sums_the_queue_of_every_version_of_the_model(stats_server) -> None:

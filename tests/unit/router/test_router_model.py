@@ -12,17 +12,16 @@ import dataclasses
 import importlib.util
 import json
 import sys
-import threading
 import time
 import types
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from helpers import http_endpoint
 
 from toolkit.repository.plan import router_settings
 from toolkit.repository.writer import write_router
@@ -520,39 +519,30 @@ def test_router_gives_up_on_a_tier_that_misses_the_deadline_and_falls_back(
     assert router.model.counts["timeout:xl"] == 1 and router.model.counts["fallback:xl"] == 1
 
 
-class _RisingQueue(BaseHTTPRequestHandler):
-    """Triton's stats endpoint for a router whose requests wait ``wait_ms`` each, 10 per read."""
+class _RisingQueue:
+    """Triton's stats endpoint for a router whose requests wait 40 ms each, 10 started per read."""
 
-    wait_ms = 40.0
-    reads = 0
-    paths: list[str] = []
+    def __init__(self) -> None:
+        self.reads, self.paths = 0, []
 
-    def do_GET(self) -> None:  # noqa: N802 (the http.server API)
-        cls = type(self)
-        cls.reads += 1
-        cls.paths.append(self.path)
-        started = 10 * cls.reads
-        queue = {"count": started, "ns": int(started * cls.wait_ms * 1e6)}
-        body = json.dumps({"model_stats": [{"version": "1", "inference_stats": {"queue": queue}}]}).encode()
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: object) -> None:
-        pass
+    def __call__(self, path: str) -> tuple[int, bytes]:
+        self.reads += 1
+        self.paths.append(path)
+        started = 10 * self.reads
+        queue = {"count": started, "ns": int(started * 40.0 * 1e6)}
+        return 200, json.dumps(
+            {"model_stats": [{"version": "1", "inference_stats": {"queue": queue}}]}
+        ).encode()
 
 
 def test_router_with_an_slo_reads_its_queue_and_steps_down_while_requests_wait(
     tmp_path: Path, tiny_spec: Spec, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    handler = type("Handler", (_RisingQueue,), {"paths": [], "reads": 0})
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    monkeypatch.setenv("TOOLKIT_TRITON_HTTP_URL", f"http://127.0.0.1:{server.server_address[1]}")
+    stats = _RisingQueue()
     spec = dataclasses.replace(tiny_spec, routing=dataclasses.replace(tiny_spec.routing, slo_ms=50.0))
     rule = spec.routing.rules[0]
-    try:
+    with http_endpoint(stats) as url:
+        monkeypatch.setenv("TOOLKIT_TRITON_HTTP_URL", url)
         with deployed_router(tmp_path, spec) as router:
             try:
                 deadline = time.monotonic() + 10.0
@@ -568,12 +558,9 @@ def test_router_with_an_slo_reads_its_queue_and_steps_down_while_requests_wait(
                 forced = make_request(spec, history_items=0, params={"tier": rule.tier})
                 (response,) = router.execute(forced)
                 assert_served_by(router, forced, response, rule.tier)  # a forced tier stays
-                assert set(handler.paths) == {f"/v2/models/{spec.router_model}/stats"}
+                assert set(stats.paths) == {f"/v2/models/{spec.router_model}/stats"}
             finally:
                 router.model.finalize()
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def test_router_without_slo_or_budget_reads_no_statistics(router: Router, tiny_spec: Spec) -> None:

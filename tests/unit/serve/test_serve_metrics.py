@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import http.server
-import threading
 from collections.abc import Iterator
 
 import pytest
+from helpers import http_endpoint
 
 from toolkit.errors import ServerError
 from toolkit.serve.metrics import router_events, router_tier_calls
@@ -34,24 +33,13 @@ class Endpoint:
 def endpoint() -> Iterator[tuple[str, Endpoint]]:
     state = Endpoint(["\n".join(LINES)])
 
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 (http.server's name)
-            page = state.pages[min(state.reads, len(state.pages) - 1)]
-            state.reads += 1
-            body = page.encode()
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+    def answer(path: str) -> tuple[int, bytes]:
+        page = state.pages[min(state.reads, len(state.pages) - 1)]
+        state.reads += 1
+        return 200, page.encode()
 
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/metrics", state
-    server.shutdown()
+    with http_endpoint(answer) as url:
+        yield f"{url}/metrics", state
 
 
 def test_router_events_are_summed_over_instances_by_event_and_subject(endpoint) -> None:
