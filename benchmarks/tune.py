@@ -107,13 +107,9 @@ def _outcome(run: dict[str, Any]) -> str:
     )
 
 
-_MEASURED = {"point", "requests_per_s", "p99_ms", "meets_slo", "steps", "seconds", "role"}
-"""The columns of a report row that are not knobs."""
-
-
 def _section(run: dict[str, Any], title: str, png: str) -> list[str]:
     search = run["search"]
-    knobs = [k for k in search["points"][0] if k not in _MEASURED] if search["points"] else []
+    knobs = search["knobs"]
     lines = [
         f"## {title}",
         "",

@@ -347,6 +347,7 @@ def write_report(
         "start_requests_per_s": said.baseline.throughput if said.baseline else None,
         "start_p99_ms": said.baseline.p99_ms if said.baseline else None,
         "confirmed": {c.key: len(runs) for c, runs in result.confirmed.items()},
+        "knobs": list(result.start.knobs) if result.start else [],
         "verdict": said.text,
         "points": point_rows(result),
         "curves": {p.config.key: [list(step) for step in p.curve] for p in result.points},

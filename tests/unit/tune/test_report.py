@@ -137,8 +137,9 @@ def test_per_tier_counts_go_into_the_spec_the_overlay_comments_and_the_table(
         line for line in (tmp_path / "out" / "tune.md").read_text().splitlines() if line.startswith("|")
     )
     assert "| instances.lite | instances.xl |" in header
-    rows = json.loads((tmp_path / "out" / "tune-points.json").read_text())["points"]
-    assert [row["instances.xl"] for row in rows] == [1, 3]
+    summary = json.loads((tmp_path / "out" / "tune-points.json").read_text())
+    assert summary["knobs"] == list(start.knobs)  # the rows' knob columns, in the search's order
+    assert [row["instances.xl"] for row in summary["points"]] == [1, 3]
 
 
 def test_no_chosen_configuration_writes_the_report_but_no_spec(tiny_spec_dict, tmp_path: Path) -> None:
