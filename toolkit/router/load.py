@@ -10,13 +10,14 @@ that started since the last read. With it:
   ``routing.slo_ms`` for one that gives none), so the tier the router picks is one expected to answer
   within the rest;
 - with ``routing.slo_ms``, a *ceiling* on the tier the policy may pick moves with the load: while
-  requests wait longer than a share of the SLO (:data:`TARGET_WAIT_SHARE`) it steps down half a tier
-  per read, sending more traffic to cheaper tiers, so that the queue drains before it reaches the
-  admission timeout; while the router's instances are busy nearly all the time (:data:`BUSY_HIGH`,
-  their own share of time spent on requests, which moves at once where the wait lags) it steps down
-  a little, before a queue forms; and only while they have room (:data:`BUSY_LOW`) and the wait is
-  well under the target does it step back up, a little per read. A fractional ceiling sends that
-  share of the requests above it one tier up.
+  requests wait longer than a share of the SLO (:data:`TARGET_WAIT_SHARE`) it steps down, half a
+  tier per read at the target and more in proportion above it, sending more traffic to cheaper
+  tiers, so that the queue drains before it reaches the admission timeout; while the router's
+  instances are busy nearly all the time (:data:`BUSY_HIGH`, their own share of time spent on
+  requests, which moves at once where the wait lags) it steps down a little, before a queue forms;
+  and only once they have had room (:data:`BUSY_LOW`) with the wait well under the target for
+  :data:`HOLD_READS` reads in a row does it step back up, a little per read. A fractional ceiling
+  sends that share of the requests above it one tier up.
 
 Plain Python (``http.client``, ``json``): it runs inside the router model.
 """
@@ -39,7 +40,7 @@ TARGET_WAIT_SHARE = 0.2
 """The queue wait, as a share of the SLO, above which the ceiling steps down."""
 
 STEP_DOWN = 0.5
-"""Tiers the ceiling falls per read while the wait is above the target."""
+"""Tiers the ceiling falls per read while the wait is at the target; in proportion to the wait above it."""
 
 STEP_UP = 0.025
 """Tiers the ceiling rises per read while the wait is under half the target and the router has room."""
@@ -52,6 +53,11 @@ BUSY_LOW = 0.75
 
 STEP_DOWN_BUSY = 0.1
 """Tiers the ceiling falls per read while the router is busier than :data:`BUSY_HIGH`."""
+
+HOLD_READS = 10
+"""Reads in a row with room and a low wait before the ceiling steps up: the wait of the requests that
+started lags the queue behind them, and a ceiling that rose at the first low read would climb back
+into the overload it had just left."""
 
 Reader = Callable[[], tuple[int, float] | None]
 """Returns the router model's cumulative (requests started, ms they waited in the queue), or None."""
@@ -73,6 +79,7 @@ class QueueWait:
         self.wait_ms = 0.0
         self.busy = 0.0
         self.reads = 0
+        self._calm = 0
         self._last: tuple[int, float] | None = None
         self._rng = rng or random.Random(0)
 
@@ -96,11 +103,13 @@ class QueueWait:
         if self.slo_ms <= 0:
             return
         target = TARGET_WAIT_SHARE * self.slo_ms
+        calm = self.wait_ms < target / 2.0 and (busy is None or busy < BUSY_LOW)
+        self._calm = self._calm + 1 if calm else 0
         if self.wait_ms > target:
-            self.level = max(0.0, self.level - STEP_DOWN)
+            self.level = max(0.0, self.level - STEP_DOWN * self.wait_ms / target)
         elif busy is not None and busy > BUSY_HIGH:
             self.level = max(0.0, self.level - STEP_DOWN_BUSY)
-        elif self.wait_ms < target / 2.0 and (busy is None or busy < BUSY_LOW):
+        elif self._calm >= HOLD_READS:
             self.level = min(self.top, self.level + STEP_UP)
 
     def budget(self, requested_ms: float | None) -> float | None:

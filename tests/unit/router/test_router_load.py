@@ -13,7 +13,7 @@ from helpers import http_endpoint
 from toolkit.router import Decision, LatencyTracker, QueueWait, RouterConfig, RoutingEngine, stats_reader
 from toolkit.router.budget import MIN_SAMPLES
 from toolkit.router.engine import complete
-from toolkit.router.load import STEP_DOWN, STEP_DOWN_BUSY, STEP_UP, TARGET_WAIT_SHARE
+from toolkit.router.load import HOLD_READS, STEP_DOWN, STEP_DOWN_BUSY, STEP_UP, TARGET_WAIT_SHARE
 from toolkit.router.policy import RequestContext
 
 TIERS = ("small", "medium", "large")
@@ -49,16 +49,24 @@ def test_the_wait_is_the_mean_of_the_requests_started_since_the_last_read() -> N
 
 def test_the_ceiling_steps_down_while_the_wait_exceeds_its_target_and_back_up_once_it_falls() -> None:
     slo = 50.0
+    target = TARGET_WAIT_SHARE * slo
     queue = QueueWait(3, slo_ms=slo)
     feed = Feed(queue)
-    feed.reads(2, wait_ms=TARGET_WAIT_SHARE * slo * 2)
-    assert queue.level == pytest.approx(2.0 - 2 * STEP_DOWN)
+    feed.reads(1, wait_ms=target * 1.2)
+    assert queue.level == pytest.approx(2.0 - 1.2 * STEP_DOWN)
+    feed.reads(1, wait_ms=target * 1.6)  # further above the target: a longer step
+    assert queue.level == pytest.approx(2.0 - 2.8 * STEP_DOWN)
     feed.reads(10, wait_ms=30.0)
     assert queue.level == 0.0  # never below the cheapest tier
-    feed.reads(3, wait_ms=TARGET_WAIT_SHARE * slo * 0.75)
+    feed.reads(3, wait_ms=target * 0.75)
     assert queue.level == 0.0  # between half the target and the target: it holds
+    feed.reads(HOLD_READS - 1, wait_ms=0.5)
+    assert queue.level == 0.0  # not at the first low reads
     feed.reads(4, wait_ms=0.5)
     assert queue.level == pytest.approx(4 * STEP_UP)
+    feed.reads(1, wait_ms=target * 0.75)
+    feed.reads(HOLD_READS - 1, wait_ms=0.5)
+    assert queue.level == pytest.approx(4 * STEP_UP)  # one read in between starts the hold again
     feed.reads(200, wait_ms=0.5)
     assert queue.level == 2.0  # never above the most expensive tier
 
@@ -102,18 +110,19 @@ def test_the_engine_routes_under_the_ceiling_and_within_the_budget_left_after_th
     config = RouterConfig(tiers=TIERS, policy="static", default_tier="large", slo_ms=50.0)
     tracker = LatencyTracker(TIERS)
     for _ in range(MIN_SAMPLES):
-        for tier, ms in zip(TIERS, (1.0, 5.0, 20.0), strict=True):
+        for tier, ms in zip(TIERS, (1.0, 5.0, 40.0), strict=True):
             tracker.observe(tier, 16, ms)
     queue = QueueWait(len(TIERS), config.slo_ms)
     engine = RoutingEngine(config, _Backend(), tracker, queue=queue)
 
-    assert _route(engine).tier == "large"  # no wait: the SLO leaves room for large's 20 ms
+    assert _route(engine).tier == "large"  # no wait: the SLO leaves room for large's 40 ms
     feed = Feed(queue)
     feed.reads(1, wait_ms=8.0)  # 42 ms left; 8 ms is under the 10 ms target: the ceiling stays
     assert queue.level == 2.0 and _route(engine).tier == "large"
-    feed.reads(1, wait_ms=35.0)  # 15 ms left: large's 20 ms does not fit, medium's 5 ms does
+    feed.reads(1, wait_ms=12.0)  # 38 ms left: large's 40 ms does not fit, medium's 5 ms does
+    assert queue.level == pytest.approx(2.0 - 1.2 * STEP_DOWN)  # and the ceiling allows medium
     assert {_route(engine).tier for _ in range(20)} == {"medium"}
-    feed.reads(3, wait_ms=35.0)  # four reads above the target: the ceiling is at the cheapest
+    feed.reads(3, wait_ms=35.0)  # far above the target: the ceiling is at the cheapest
     assert queue.level == 0.0
     assert {_route(engine).tier for _ in range(20)} == {"small"}
     assert engine.counts["reason:load"] > 0
@@ -170,7 +179,10 @@ def test_a_busy_router_steps_down_before_a_queue_forms_and_steps_up_only_with_ro
     assert queue.level == pytest.approx(2.0 - STEP_DOWN_BUSY) and queue.busy == 0.95
     queue.observe(20, 20.0, busy=0.8)  # neither full nor with room: it holds
     assert queue.level == pytest.approx(2.0 - STEP_DOWN_BUSY)
-    queue.observe(30, 30.0, busy=0.5)  # room and no wait: up
+    for read in range(HOLD_READS):  # room and no wait, read after read: up
+        queue.observe(30 + 10 * read, 30.0 + 10 * read, busy=0.5)
     assert queue.level == pytest.approx(2.0 - STEP_DOWN_BUSY + STEP_UP)
-    queue.observe(40, 40.0 + 10 * 30.0, busy=0.5)  # a long wait wins over the room
-    assert queue.level == pytest.approx(2.0 - STEP_DOWN_BUSY + STEP_UP - STEP_DOWN)
+    started, waited = 30 + 10 * HOLD_READS, 30.0 + 10 * HOLD_READS
+    queue.observe(started, waited - 10.0 + 10 * 20.0, busy=0.5)  # a long wait wins over the room
+    assert queue.wait_ms == pytest.approx(20.0)  # twice the target: twice the step
+    assert queue.level == pytest.approx(2.0 - STEP_DOWN_BUSY + STEP_UP - 2 * STEP_DOWN)
