@@ -56,7 +56,8 @@ if TYPE_CHECKING:
     help="Hardware the tiers run on: cpu (ONNX variants on CPU instances) or gpu (TensorRT engines, "
     "or ONNX Runtime with the TensorRT accelerator, on GPU instances of an NGC tritonserver; needs "
     "--backend onnxruntime). Default: the spec's triton.target; with pools, each pool's hardware "
-    "(--target cpu deploys every pool for CPU, to try a GPU pool's split on a machine without one).",
+    "(--target cpu deploys every pool for CPU, to try a GPU pool's split on a machine without one). "
+    "A tier's tiers[].instance_kind beats it for that tier.",
 )
 @click.option(
     "--pin",
@@ -126,7 +127,8 @@ def command(
         parse_s3_url(out, "--out", s3_endpoint)
     if not spec.pools:
         target = target or spec.triton.target
-    chosen = "onnxruntime" if target == "gpu" and backend is None else None
+    on_gpu = target == "gpu" or any(t.instance_kind == "gpu" for t in spec.tiers)
+    chosen = "onnxruntime" if on_gpu and backend is None else None
     chosen = chosen or resolve_backend(backend or spec.triton.backend, tritonserver)
     addresses = _addresses(pool_addresses)
     with (

@@ -35,17 +35,18 @@ def _values(value: str | None, flag: str, kind: type) -> tuple[Any, ...] | None:
     return tuple(sorted(set(values)))
 
 
-def _per_tier(entries: tuple[str, ...], tiers: tuple[str, ...]) -> tuple[tuple[str, tuple[int, ...]], ...]:
-    """``--per-tier-instances`` entries (``1,2`` for every tier, ``xl=1,2,4`` for one) per tier."""
-    flag = "--per-tier-instances"
-    every: tuple[int, ...] | None = None
-    named: dict[str, tuple[int, ...]] = {}
+def _per_tier(
+    entries: tuple[str, ...], tiers: tuple[str, ...], flag: str, kind: type = int
+) -> tuple[tuple[str, tuple[Any, ...]], ...]:
+    """Per-tier flag entries (``1,2`` for every tier, ``xl=1,2,4`` for one) per tier."""
+    every: tuple[Any, ...] | None = None
+    named: dict[str, tuple[Any, ...]] = {}
     for entry in entries:
         tier, sep, values = entry.rpartition("=")
         if not sep:
             if every is not None:
                 raise click.BadParameter(f"{entry!r}: a list for every tier is given twice", param_hint=flag)
-            every = _values(values, flag, int)
+            every = _values(values, flag, kind)
             continue
         tier = tier.strip()
         if tier not in tiers:
@@ -54,7 +55,7 @@ def _per_tier(entries: tuple[str, ...], tiers: tuple[str, ...]) -> tuple[tuple[s
             )
         if tier in named:
             raise click.BadParameter(f"{entry!r}: tier {tier!r} was already given", param_hint=flag)
-        named[tier] = _values(values, flag, int)
+        named[tier] = _values(values, flag, kind)
     return tuple((t, named.get(t, every)) for t in tiers if t in named or every is not None)
 
 
@@ -128,6 +129,15 @@ def _minutes(seconds: float) -> str:
     help="Also search each tier's own instance count (tiers[].instances) over these values: "
     "'1,2' for every tier, 'xl=1,2,4' for one tier (repeatable). Off by default.",
 )
+@click.option(
+    "--per-tier-kind",
+    "per_tier_kind",
+    multiple=True,
+    metavar="[TIER=]KIND,...",
+    help="GPU targets: also search where each tier's instances run (tiers[].instance_kind): "
+    "'cpu,gpu' for every tier, 'lite=cpu,gpu' for one (repeatable). A tier on cpu runs its fastest "
+    "passing ONNX variant on the server's CPU cores. Off by default.",
+)
 @click.option("--queue-timeout-ms", metavar="MS1,MS2,...", help="Router queue timeouts [50,100,200].")
 @click.option(
     "--concurrency",
@@ -197,6 +207,7 @@ def command(
     tier_threads: str | None,
     tier_instances: str | None,
     per_tier: tuple[str, ...],
+    per_tier_kind: tuple[str, ...],
     queue_timeout_ms: str | None,
     concurrency: str,
     window_s: float,
@@ -214,7 +225,8 @@ def command(
 
     Each configuration (router instances, how the router calls its CPU tiers, ONNX Runtime threads,
     tier instances, queue timeout: the spec's triton keys; with --per-tier-instances each tier's own
-    instance count too) is deployed from the export's artifacts
+    instance count too, and on a GPU target with --per-tier-kind where each tier's instances run) is
+    deployed from the export's artifacts
     into a scratch repository, served by a fresh tritonserver and loaded with toolkit bench's
     closed-loop steps on the spec's traffic, rising until a step misses the SLO or fails a request.
     A configuration scores the highest throughput of a step that met it.
@@ -231,7 +243,7 @@ def command(
     from rich.console import Console
 
     from toolkit.bench.load import bench_requests
-    from toolkit.errors import ToolkitError
+    from toolkit.errors import RepositoryError, ToolkitError
     from toolkit.repository.plan import DeployOptions, plan_deploy
     from toolkit.serve.backends import resolve_backend
     from toolkit.tune.measure import LoadPlan, idle_instances, server_measure
@@ -261,7 +273,14 @@ def command(
         "tier_instances": _values(tier_instances, "--tier-instances", int),
         "queue_timeout_ms": _values(queue_timeout_ms, "--queue-timeout-ms", float),
     }
-    counts = _per_tier(per_tier, spec.tier_names)
+    counts = _per_tier(per_tier, spec.tier_names, "--per-tier-instances")
+    kinds = _per_tier(per_tier_kind, spec.tier_names, "--per-tier-kind", str)
+    if kinds and spec.triton.target != "gpu":
+        raise click.BadParameter(
+            f"{spec_path}: triton.target is {spec.triton.target}: every tier runs on CPU instances; "
+            "the instance kind is searched on GPU targets",
+            param_hint="--per-tier-kind",
+        )
     searched = {tier for tier, _ in counts}
     if not [t for t in spec.tier_names if t not in searched and not spec.tier(t).instances]:
         if given["tier_instances"] is not None:
@@ -273,11 +292,15 @@ def command(
         given["tier_instances"] = (spec.triton.tier_instances,)
     try:
         space = SearchSpace(
-            **{knob: values for knob, values in given.items() if values is not None}, tier_counts=counts
+            **{knob: values for knob, values in given.items() if values is not None},
+            tier_counts=counts,
+            tier_kinds=kinds,
         )
     except ValueError as exc:
         knob = str(exc).partition(":")[0]
-        hint = "--per-tier-instances" if knob.startswith("instances.") else "--" + knob.replace("_", "-")
+        hint = {"instances.": "--per-tier-instances", "kind.": "--per-tier-kind"}.get(
+            knob.partition(".")[0] + ".", "--" + knob.replace("_", "-")
+        )
         raise click.BadParameter(str(exc), param_hint=hint) from None
     levels = _values(concurrency, "--concurrency", int)
     if levels[0] < 1:
@@ -290,8 +313,15 @@ def command(
     chosen_backend = resolve_backend(backend or spec.triton.backend, tritonserver)
     options = DeployOptions(chosen_backend, pins=parse_pins(pins))
     plan_deploy(spec, artifacts_dir, options)  # the export, the pins and the backend, before any server
+    for tier, values in kinds:
+        for kind in values:
+            one = ServingConfig.from_spec(spec, kinds=[tier]).with_value(f"kind.{tier}", kind)
+            try:
+                plan_deploy(one.apply(spec), artifacts_dir, options)
+            except RepositoryError as exc:
+                raise click.BadParameter(f"{tier}={kind}: {exc}", param_hint="--per-tier-kind") from None
     target = folder(out, str(artifacts_dir / "tune"))
-    start = ServingConfig.from_spec(spec, [tier for tier, _ in counts])
+    start = ServingConfig.from_spec(spec, [tier for tier, _ in counts], [tier for tier, _ in kinds])
     space = space.with_start(start)
     context = {
         "spec": _digest(spec_path),

@@ -38,7 +38,7 @@ class DeployOptions:
             target needs ``onnxruntime``).
         target: ``cpu`` or ``gpu``; None: the spec's ``triton.target``, or with pools each pool's
             ``hardware`` (a target given applies to every pool, for example to try GPU pools on a
-            CPU machine).
+            CPU machine). A tier's ``instance_kind`` beats it for that tier.
         pins: Variant per tier, beating the spec's ``triton.pin`` and the choice by speed.
         pool_addresses: With pools, gRPC addresses per pool that beat the spec's.
     """
@@ -111,7 +111,8 @@ class DeployPlan:
         spec: The ensemble spec.
         artifacts: The export output the files come from.
         backend: Backend of the CPU tiers and the preprocess step.
-        target: The target of every tier without pools; "" with pools (each pool has its own).
+        target: The deployment's target without pools (tiers with an ``instance_kind`` of their
+            own may differ: see each tier's); "" with pools (each pool has its own).
         tiers: Each tier's plan, cheapest first.
         preprocess: The preprocess step's manifest entry.
         learned: With the learned policy, the gate's calibration (``calibration.json``).
@@ -188,7 +189,8 @@ def plan_deploy(spec: Spec, artifacts: Path, options: DeployOptions) -> DeployPl
         hardware = {pool.name: options.target or pool.hardware for pool in spec.pools}
         targets = {tier: hardware[spec.tier_pool(tier)] for tier in spec.tier_names}
     else:
-        targets = dict.fromkeys(spec.tier_names, options.target or spec.triton.target)
+        everywhere = options.target or spec.triton.target
+        targets = {tier.name: tier.instance_kind or everywhere for tier in spec.tiers}
     if (
         GPU in (options.target, *([] if spec.pools else targets.values()))
         and options.backend != "onnxruntime"
@@ -248,7 +250,7 @@ def plan_deploy(spec: Spec, artifacts: Path, options: DeployOptions) -> DeployPl
         spec,
         artifacts,
         options.backend,
-        "" if spec.pools else targets[spec.tier_names[0]],
+        "" if spec.pools else everywhere,
         tiers,
         preprocess,
         learned,

@@ -215,6 +215,11 @@ class Spec:
         if dupes:
             raise KeyedValueError("pools", f"pool names must be unique, repeated: {', '.join(dupes)}")
         for i, tier in enumerate(self.tiers):
+            if tier.instance_kind and pools:
+                raise KeyedValueError(
+                    f"tiers[{i}].instance_kind",
+                    "with pools, a pool's hardware sets its tiers' instance kind; place the tier in a pool",
+                )
             if tier.pool and not pools:
                 raise KeyedValueError(f"tiers[{i}].pool", "names a pool, but the spec has no pools section")
             if tier.pool and tier.pool not in pools:

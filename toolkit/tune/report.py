@@ -162,28 +162,43 @@ def point_rows(result: SearchResult) -> list[dict[str, Any]]:
 def overlay_text(config: ServingConfig, header: str) -> str:
     """The ``triton:`` section that deploys ``config``, with a comment saying where it came from.
 
-    Per-tier instance counts belong in the spec's ``tiers:`` list, so they follow as comment lines
-    naming the tier and the ``instances`` value to set there (``spec.yaml`` has them set).
+    Per-tier instance counts and kinds belong in the spec's ``tiers:`` list, so they follow as comment
+    lines naming the tier and the ``instances`` and ``instance_kind`` values to set there
+    (``spec.yaml`` has them set).
     """
     text = _commented(header, config.overlay())
-    if config.tier_counts:
-        text += "# and in the spec's tiers: list, each tier's own instance count (tiers[].instances):\n"
-        text += "".join(f"#   {tier}: instances: {count}\n" for tier, count in config.tier_counts)
+    per_tier = _per_tier_keys(config)
+    if per_tier:
+        text += "# and in the spec's tiers: list (tiers[].instances, tiers[].instance_kind):\n"
+        text += "".join(
+            f"#   {tier}: " + ", ".join(f"{key}: {value}" for key, value in keys.items()) + "\n"
+            for tier, keys in per_tier.items()
+        )
     return text
 
 
+def _per_tier_keys(config: ServingConfig) -> dict[str, dict[str, Any]]:
+    """Per tier, the ``tiers[]`` keys ``config`` sets: ``instances`` and ``instance_kind``."""
+    keys: dict[str, dict[str, Any]] = {}
+    for tier, count in config.tier_counts:
+        keys.setdefault(tier, {})["instances"] = count
+    for tier, kind in config.tier_kinds:
+        keys.setdefault(tier, {})["instance_kind"] = kind
+    return keys
+
+
 def merged_spec_text(spec_path: Path, config: ServingConfig, header: str) -> str:
-    """The spec file with ``config``'s ``triton`` keys and per-tier ``instances`` set: deployable as it is.
+    """The spec file with ``config``'s ``triton`` keys and per-tier keys set: deployable as it is.
 
     Raises:
         OSError: The spec file cannot be read.
     """
     data = yaml.safe_load(spec_path.read_text(encoding="utf-8")) or {}
     data["triton"] = {**(data.get("triton") or {}), **config.overlay()["triton"]}
-    counts = dict(config.tier_counts)
+    per_tier = _per_tier_keys(config)
     for tier in data.get("tiers") or []:
-        if isinstance(tier, dict) and tier.get("name") in counts:
-            tier["instances"] = counts[tier["name"]]
+        if isinstance(tier, dict) and tier.get("name") in per_tier:
+            tier.update(per_tier[tier["name"]])
     return _commented(header, data)
 
 

@@ -10,6 +10,7 @@ from typing import Any
 
 from toolkit.router.policy import LOCAL_TIERS
 from toolkit.spec.schema import Spec
+from toolkit.spec.variants import TARGETS
 
 KNOBS = ("router_instances", "local_tiers", "tier_threads", "tier_instances", "queue_timeout_ms")
 """The ``triton`` keys a configuration sets, in the order coordinate descent visits them (the ones
@@ -21,6 +22,10 @@ KNOB_LABELS = dict(zip(KNOBS, ("routers", "local", "threads", "tier inst", "queu
 TIER_KNOB = "instances."
 """The prefix of a per-tier knob: ``instances.xl`` is tier ``xl``'s own instance count."""
 
+KIND_KNOB = "kind."
+"""The prefix of a per-tier kind knob: ``kind.lite`` is where tier ``lite``'s instances run (``cpu`` or
+``gpu``, ``tiers[].instance_kind``)."""
+
 _LOCAL_TIERS_SORTED = tuple(sorted(LOCAL_TIERS))
 
 Value = float | int | str
@@ -30,13 +35,20 @@ def knob_label(knob: str) -> str:
     """A knob's short name: ``routers`` for ``router_instances``, ``xl inst`` for ``instances.xl``."""
     if knob.startswith(TIER_KNOB):
         return f"{knob.removeprefix(TIER_KNOB)} inst"
+    if knob.startswith(KIND_KNOB):
+        return f"{knob.removeprefix(KIND_KNOB)} kind"
     return KNOB_LABELS[knob]
 
 
-def _ordered(per_tier: Sequence[str]) -> tuple[str, ...]:
-    """The knobs in the order coordinate descent visits them, per-tier counts after ``tier_instances``."""
+def _ordered(per_tier: Sequence[str], kinds: Sequence[str] = ()) -> tuple[str, ...]:
+    """The knobs in the order coordinate descent visits them, per-tier ones after ``tier_instances``."""
     at = KNOBS.index("tier_instances") + 1
-    return (*KNOBS[:at], *(TIER_KNOB + tier for tier in per_tier), *KNOBS[at:])
+    return (
+        *KNOBS[:at],
+        *(TIER_KNOB + tier for tier in per_tier),
+        *(KIND_KNOB + tier for tier in kinds),
+        *KNOBS[at:],
+    )
 
 
 @dataclass(frozen=True)
@@ -54,6 +66,8 @@ class ServingConfig:
         queue_timeout_ms: How long a request may wait in the router's queue before it is rejected.
         tier_counts: Tiers with their own instance count (``tiers[].instances``), as
             ``((tier, count), ...)``; the other tiers take ``tier_instances``.
+        tier_kinds: Tiers whose instance kind is set (``tiers[].instance_kind``), as
+            ``((tier, "cpu"), ...)``; the other tiers run on the target's.
     """
 
     router_instances: int = 2
@@ -62,36 +76,48 @@ class ServingConfig:
     tier_instances: int = 1
     queue_timeout_ms: float = 100.0
     tier_counts: tuple[tuple[str, int], ...] = ()
+    tier_kinds: tuple[tuple[str, str], ...] = ()
 
     @classmethod
-    def from_spec(cls, spec: Spec, tiers: Sequence[str] = ()) -> ServingConfig:
+    def from_spec(cls, spec: Spec, tiers: Sequence[str] = (), kinds: Sequence[str] = ()) -> ServingConfig:
         """The configuration the spec deploys as it is (the search's starting point).
 
         Args:
             spec: The spec.
             tiers: Tiers whose instance counts are searched on their own; each gets the count the
                 spec gives it (``Spec.tier_instances``).
+            kinds: Tiers whose instance kind is searched; each gets the kind the spec gives it (its
+                ``instance_kind``, else ``triton.target``).
         """
         counts = tuple((tier, spec.tier_instances(tier)) for tier in tiers)
-        return cls(**{knob: getattr(spec.triton, knob) for knob in KNOBS}, tier_counts=counts)
+        placed = tuple((tier, spec.tier(tier).instance_kind or spec.triton.target) for tier in kinds)
+        return cls(
+            **{knob: getattr(spec.triton, knob) for knob in KNOBS}, tier_counts=counts, tier_kinds=placed
+        )
 
     @classmethod
     def from_values(cls, values: Mapping[str, Value]) -> ServingConfig:
-        """The configuration with these knob values (``instances.<tier>`` for per-tier counts)."""
-        fixed = {k: v for k, v in values.items() if not k.startswith(TIER_KNOB)}
-        counts = tuple((k.removeprefix(TIER_KNOB), int(v)) for k, v in values.items() if k not in fixed)
-        return cls(**fixed, tier_counts=counts)
+        """The configuration with these knob values (``instances.<tier>`` and ``kind.<tier>`` per tier)."""
+        fixed = {k: v for k, v in values.items() if not k.startswith((TIER_KNOB, KIND_KNOB))}
+        counts = tuple(
+            (k.removeprefix(TIER_KNOB), int(v)) for k, v in values.items() if k.startswith(TIER_KNOB)
+        )
+        kinds = tuple(
+            (k.removeprefix(KIND_KNOB), str(v)) for k, v in values.items() if k.startswith(KIND_KNOB)
+        )
+        return cls(**fixed, tier_counts=counts, tier_kinds=kinds)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ServingConfig:
         """The configuration from its ``dataclasses.asdict`` form read back from JSON."""
         counts = tuple((str(tier), int(count)) for tier, count in data.get("tier_counts", ()))
-        return cls(**{**data, "tier_counts": counts})
+        kinds = tuple((str(tier), str(kind)) for tier, kind in data.get("tier_kinds", ()))
+        return cls(**{**data, "tier_counts": counts, "tier_kinds": kinds})
 
     @property
     def knobs(self) -> tuple[str, ...]:
-        """This configuration's knobs: the ``triton`` keys, then ``instances.<tier>`` for each own count."""
-        return _ordered([tier for tier, _ in self.tier_counts])
+        """This configuration's knobs: the ``triton`` keys, then ``instances.<tier>``, ``kind.<tier>``."""
+        return _ordered([tier for tier, _ in self.tier_counts], [tier for tier, _ in self.tier_kinds])
 
     def value(self, knob: str) -> Value:
         """The value of ``knob``.
@@ -101,6 +127,8 @@ class ServingConfig:
         """
         if knob.startswith(TIER_KNOB):
             return dict(self.tier_counts)[knob.removeprefix(TIER_KNOB)]
+        if knob.startswith(KIND_KNOB):
+            return dict(self.tier_kinds)[knob.removeprefix(KIND_KNOB)]
         if knob not in KNOBS:
             raise KeyError(knob)
         return getattr(self, knob)
@@ -112,31 +140,47 @@ class ServingConfig:
             return dataclasses.replace(
                 self, tier_counts=tuple((t, int(value) if t == tier else n) for t, n in self.tier_counts)
             )
+        if knob.startswith(KIND_KNOB):
+            tier = knob.removeprefix(KIND_KNOB)
+            return dataclasses.replace(
+                self, tier_kinds=tuple((t, str(value) if t == tier else k) for t, k in self.tier_kinds)
+            )
         return dataclasses.replace(self, **{knob: value})
 
     @property
     def key(self) -> str:
         """A stable name, ``router_instances=2,local_tiers=inprocess,...,queue_timeout_ms=100``.
 
-        Per-tier counts follow, ``...,instances.xl=2``.
+        Per-tier counts and kinds follow, ``...,instances.xl=2,kind.lite=cpu``.
         """
-        names = (*KNOBS, *(TIER_KNOB + tier for tier, _ in self.tier_counts))
+        names = (
+            *KNOBS,
+            *(TIER_KNOB + tier for tier, _ in self.tier_counts),
+            *(KIND_KNOB + tier for tier, _ in self.tier_kinds),
+        )
         return ",".join(f"{knob}={knob_text(self.value(knob))}" for knob in names)
 
     def overlay(self) -> dict[str, dict[str, Value]]:
-        """The ``triton:`` section that deploys this configuration (per-tier counts: :attr:`tier_counts`)."""
+        """The ``triton:`` section that deploys this configuration (per tier: see :meth:`apply`)."""
         return {"triton": {knob: getattr(self, knob) for knob in KNOBS}}
 
     def apply(self, spec: Spec) -> Spec:
-        """``spec`` with this configuration's ``triton`` keys and tier counts (validated as the loader would).
+        """``spec`` with this configuration's ``triton`` keys, tier counts and kinds (validated as loaded).
 
         Raises:
-            KeyError: A per-tier count names a tier the spec does not have.
+            KeyError: A per-tier count or kind names a tier the spec does not have.
         """
-        counts = dict(self.tier_counts)
-        for tier in counts:
+        counts, kinds = dict(self.tier_counts), dict(self.tier_kinds)
+        for tier in (*counts, *kinds):
             spec.tier(tier)
-        tiers = [dataclasses.replace(t, instances=counts.get(t.name, t.instances)) for t in spec.tiers]
+        tiers = [
+            dataclasses.replace(
+                t,
+                instances=counts.get(t.name, t.instances),
+                instance_kind=kinds.get(t.name, t.instance_kind),
+            )
+            for t in spec.tiers
+        ]
         triton = dataclasses.replace(spec.triton, **self.overlay()["triton"])
         return dataclasses.replace(spec, triton=triton, tiers=tuple(tiers))
 
@@ -181,6 +225,8 @@ class SearchSpace:
         queue_timeout_ms: Queue timeouts to try.
         tier_counts: Tiers whose own instance counts are searched, with the counts to try:
             ``((tier, (1, 2)), ...)``, in the order the search visits them.
+        tier_kinds: Tiers whose instance kind is searched (GPU targets), with the kinds to try:
+            ``((tier, ("cpu", "gpu")), ...)``.
     """
 
     router_instances: tuple[int, ...] = (2, 3, 4)
@@ -189,6 +235,7 @@ class SearchSpace:
     tier_instances: tuple[int, ...] = (1, 2)
     queue_timeout_ms: tuple[float, ...] = (50.0, 100.0, 200.0)
     tier_counts: tuple[tuple[str, tuple[int, ...]], ...] = ()
+    tier_kinds: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
     def __post_init__(self) -> None:
         for knob in self.knobs:
@@ -205,19 +252,26 @@ class SearchSpace:
         unknown = sorted(set(self.local_tiers) - set(LOCAL_TIERS))
         if unknown:
             raise ValueError(f"local_tiers: {unknown[0]!r} is not one of {', '.join(LOCAL_TIERS)}")
-        tiers = [tier for tier, _ in self.tier_counts]
-        if len(set(tiers)) != len(tiers):
-            raise ValueError(f"tier_counts: a tier is given twice in {tiers!r}")
+        for tier, kinds in self.tier_kinds:
+            unknown = sorted(set(kinds) - set(TARGETS))
+            if unknown:
+                raise ValueError(f"{KIND_KNOB}{tier}: {unknown[0]!r} is not one of {', '.join(TARGETS)}")
+        for field_name, per_tier in (("tier_counts", self.tier_counts), ("tier_kinds", self.tier_kinds)):
+            tiers = [tier for tier, _ in per_tier]
+            if len(set(tiers)) != len(tiers):
+                raise ValueError(f"{field_name}: a tier is given twice in {tiers!r}")
 
     @property
     def knobs(self) -> tuple[str, ...]:
         """The knobs, in the order coordinate descent visits them."""
-        return _ordered([tier for tier, _ in self.tier_counts])
+        return _ordered([tier for tier, _ in self.tier_counts], [tier for tier, _ in self.tier_kinds])
 
     def values(self, knob: str) -> tuple[Value, ...]:
         """The values ``knob`` may take."""
         if knob.startswith(TIER_KNOB):
             return dict(self.tier_counts)[knob.removeprefix(TIER_KNOB)]
+        if knob.startswith(KIND_KNOB):
+            return dict(self.tier_kinds)[knob.removeprefix(KIND_KNOB)]
         return getattr(self, knob)
 
     @property
@@ -245,6 +299,7 @@ class SearchSpace:
         return SearchSpace(
             **{knob: merged[knob] for knob in KNOBS},
             tier_counts=tuple((tier, merged[TIER_KNOB + tier]) for tier, _ in self.tier_counts),
+            tier_kinds=tuple((tier, merged[KIND_KNOB + tier]) for tier, _ in self.tier_kinds),
         )
 
     def neighbours(self, config: ServingConfig, knob: str) -> list[ServingConfig]:

@@ -1,4 +1,5 @@
-"""Unit tests of ``toolkit.repository.deploy`` for a spec with tier pools, on a fake artifacts folder.
+"""Unit tests of ``toolkit.repository.deploy`` for a spec with tier pools (or tiers of both instance
+kinds in one repository), on a fake artifacts folder.
 
 The artifacts folder holds a few small dummy files and a ``manifest.json`` that records their
 sizes and sha256, as export would: deploy checks them and copies them, so nothing here needs
@@ -586,3 +587,74 @@ def test_the_plan_decides_every_placement_and_writes_nothing(
     assert result.variants == {tier: s.variant for tier, s in plan.selections.items()}
     assert models_in(tmp_path / "repos" / "big") == {"xl"}
     assert set(router_json(spec, tmp_path / "repos")["remote_tiers"]) == {"xl"}
+
+
+# --- instance kind: one repository whose tiers run on both kinds ---
+
+
+@pytest.fixture
+def mixed(tiny_spec_dict: dict[str, Any]) -> Spec:
+    """The tiny spec on a GPU target, its cheapest tier on CPU instances (no pools)."""
+    data = copy.deepcopy(tiny_spec_dict)
+    data["triton"]["target"] = "gpu"
+    data["tiers"][0]["instance_kind"] = "cpu"
+    return spec_from_dict(data, source="mixed.yaml")
+
+
+def test_a_cpu_tier_on_a_gpu_target_is_fused_on_cpu_instances_beside_the_gpu_tiers(
+    tmp_path: Path, mixed: Spec
+) -> None:
+    artifacts = fake_artifacts(mixed, tmp_path / "artifacts")
+    out = tmp_path / "repo"
+
+    result = deploy(mixed, artifacts, out, "onnxruntime")
+
+    assert result.target == "gpu" and not result.pools
+    assert result.variants == {"lite": "onnx-fp32", "standard": "onnx-fp32", "xl": "trt-fp16"}
+    lite = read_config(out / "lite")
+    assert lite == configs.tier_config(mixed, "lite", "onnxruntime")
+    assert [g.kind for g in lite.instance_group] == [mc.ModelInstanceGroup.KIND_CPU]
+    assert result.unfused == {}  # the preprocess step fused in front: lite takes the raw request
+    for tier, variant in (("standard", "onnx-fp32"), ("xl", "trt-fp16")):
+        digest = sha256_of(artifacts, tier, variant)
+        assert read_config(out / tier) == configs.gpu_tier_config(mixed, tier, variant, model_sha256=digest)
+    router = read_json(out / mixed.router_model / "1" / "router.json")
+    assert router["preprocessed_tiers"] == ["standard", "xl"]
+
+
+def test_a_gpu_tier_on_a_cpu_target_needs_the_onnxruntime_backend(
+    tmp_path: Path, tiny_spec_dict: dict[str, Any]
+) -> None:
+    data = copy.deepcopy(tiny_spec_dict)
+    data["tiers"][2]["instance_kind"] = "gpu"
+    spec = spec_from_dict(data, source="xl-on-gpu.yaml")
+    artifacts = fake_artifacts(spec, tmp_path / "artifacts")
+
+    with pytest.raises(RepositoryError, match="gpu needs the onnxruntime backend") as caught:
+        plan_deploy(spec, artifacts, DeployOptions("python"))
+    assert caught.value.option == "target"
+    plan = plan_deploy(spec, artifacts, DeployOptions("onnxruntime"))
+    assert {name: (t.target, t.selection.variant) for name, t in plan.tiers.items()} == {
+        "lite": ("cpu", "onnx-fp32"),
+        "standard": ("cpu", "onnx-fp32"),
+        "xl": ("gpu", "trt-fp16"),
+    }
+    assert plan.target == "cpu" and plan.preprocessed_tiers == ("xl",)
+
+
+def test_a_cpu_tier_pinned_to_a_tensorrt_plan_is_refused_naming_the_tier(
+    tmp_path: Path, tiny_spec_dict: dict[str, Any]
+) -> None:
+    data = copy.deepcopy(tiny_spec_dict)
+    data["triton"]["target"] = "gpu"
+    data["tiers"][2]["instance_kind"] = "cpu"
+    spec = spec_from_dict(data, source="xl-on-cpu.yaml")
+    artifacts = fake_artifacts(spec, tmp_path / "artifacts")
+
+    with pytest.raises(RepositoryError, match="xl") as caught:
+        plan_deploy(spec, artifacts, DeployOptions("onnxruntime", pins={"xl": "trt-fp16"}))
+    assert "trt-fp16" in str(caught.value)
+    assert (
+        plan_deploy(spec, artifacts, DeployOptions("onnxruntime")).tiers["xl"].selection.variant
+        == "onnx-fp32"
+    )

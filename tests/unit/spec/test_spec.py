@@ -169,6 +169,7 @@ INVALID = {
     "one_router_instance": (_set("triton.router_instances", 1), "triton.router_instances", "at least 2"),
     "no_tier_threads": (_set("triton.tier_threads", 0), "triton.tier_threads", "positive"),
     "negative_tier_instances": (_set("tiers[1].instances", -1), "tiers[1].instances", ">= 0"),
+    "bad_instance_kind": (_set("tiers[2].instance_kind", "tpu"), "tiers[2].instance_kind", "'tpu'"),
     "vocab_too_small": (_set("features.ad_sparse[2].vocab", 1), "features.ad_sparse[2].vocab", "at least 2"),
     "tier_not_mapping": (_set("tiers[0]", "lite"), "tiers[0]", "mapping"),
     "learning_rate_nan": (_set("training.learning_rate", float("nan")), "training.learning_rate", "positive"),

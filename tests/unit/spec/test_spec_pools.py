@@ -129,6 +129,12 @@ def test_spec_refuses_a_gpu_triton_target_with_pools(pools_dict: dict[str, Any])
     assert_key_error(pools_dict, "triton.target", "each pool's hardware is its target")
 
 
+def test_spec_refuses_a_tier_instance_kind_with_pools(pools_dict: dict[str, Any]) -> None:
+    pools_dict["tiers"][1]["instance_kind"] = "cpu"
+
+    assert_key_error(pools_dict, "tiers[1].instance_kind", "a pool's hardware sets")
+
+
 def test_spec_accepts_triton_target_cpu_given_explicitly_with_pools(pools_dict: dict[str, Any]) -> None:
     pools_dict["triton"]["target"] = "cpu"
 

@@ -142,6 +142,27 @@ def test_per_tier_counts_go_into_the_spec_the_overlay_comments_and_the_table(
     assert [row["instances.xl"] for row in summary["points"]] == [1, 3]
 
 
+def test_per_tier_kinds_go_into_the_spec_and_the_overlay_comments(
+    tiny_spec_dict: dict[str, Any], tmp_path: Path
+) -> None:
+    tiny_spec_dict["triton"]["target"] = "gpu"
+    spec_path = write_spec(tmp_path / "gpu.yaml", tiny_spec_dict)
+    spec = load_spec(spec_path)
+    start = ServingConfig.from_spec(spec, ["xl"], kinds=["lite"])
+    faster = start.with_value("kind.lite", "cpu")
+    result = SearchResult([Point(start, 200.0, 18.0), Point(faster, 300.0, 19.0)], start, None)
+
+    said, _ = write_report(result, tmp_path / "out", 20.0, 0.05, spec, spec_path, bench_requests(spec, 2), {})
+
+    tuned = load_spec(tmp_path / "out" / "spec.yaml")
+    assert [t.instance_kind for t in tuned.tiers] == ["cpu", "", ""]
+    assert ServingConfig.from_spec(tuned, ["xl"], kinds=["lite"]) == faster
+    assert "kind.lite gpu -> cpu" in said.text
+    overlay = (tmp_path / "out" / "triton.yaml").read_text()
+    assert "#   lite: instance_kind: cpu\n" in overlay
+    assert "#   xl: instances: 1\n" in overlay
+
+
 def test_no_chosen_configuration_writes_the_report_but_no_spec(tiny_spec_dict, tmp_path: Path) -> None:
     spec_path = write_spec(tmp_path / "tiny.yaml", tiny_spec_dict)
     spec = load_spec(spec_path)
@@ -198,6 +219,26 @@ def test_the_cli_names_the_flag_at_fault(
 
     assert result.returncode != 0 and named in result.stderr
     assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("target", "flags", "named"),
+    [
+        ("cpu", ["--per-tier-kind", "cpu,gpu"], "searched on GPU targets"),
+        ("gpu", ["--per-tier-kind", "lite=cpu,tpu"], "kind.lite: 'tpu' is not one of cpu, gpu"),
+        ("gpu", ["--per-tier-kind", "gold=cpu"], "'gold' is not a tier of the spec"),
+    ],
+    ids=["cpu_target", "unknown_kind", "unknown_tier"],
+)
+def test_the_cli_names_the_kind_flag_at_fault(
+    tiny_spec_dict, tmp_path: Path, target: str, flags: list[str], named: str
+) -> None:
+    tiny_spec_dict["triton"]["target"] = target
+    spec_path = write_spec(tmp_path / "tiny.yaml", tiny_spec_dict)
+
+    result = run_cli("tune", "--spec", str(spec_path), "--slo-ms", "20", *flags, check=False)
+
+    assert result.returncode != 0 and "--per-tier-kind" in result.stderr and named in result.stderr
 
 
 def test_the_cli_needs_an_slo_and_refuses_a_spec_with_pools(tiny_spec_dict, tmp_path: Path) -> None:

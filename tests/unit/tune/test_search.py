@@ -359,3 +359,54 @@ def test_a_record_keeps_what_the_router_called(tmp_path: Path) -> None:
     PointStore(record, {}).measured(lambda c: point)(START)
 
     assert PointStore(record, {}).measured(Counting())(START) == point
+
+
+KINDS = dataclasses.replace(PER_TIER, tier_kinds=(("lite", ("cpu", "gpu")), ("standard", ("cpu", "gpu"))))
+KINDS_START = dataclasses.replace(PER_TIER_START, tier_kinds=(("lite", "gpu"), ("standard", "gpu")))
+
+
+def test_per_tier_kinds_are_knobs_after_the_per_tier_counts() -> None:
+    assert KINDS.knobs[3:7] == ("tier_instances", "instances.lite", "instances.xl", "kind.lite")
+    assert KINDS.knobs[7:] == ("kind.standard", "queue_timeout_ms")
+    assert KINDS.size == 4 * PER_TIER.size == len(set(KINDS))
+    assert KINDS_START.key.endswith(",instances.xl=1,kind.lite=gpu,kind.standard=gpu")
+    on_cpu = KINDS_START.with_value("kind.lite", "cpu")
+    assert KINDS.neighbours(KINDS_START, "kind.lite") == [on_cpu]
+    assert on_cpu.changes(KINDS_START) == {"kind.lite": ("gpu", "cpu")}
+    assert ServingConfig.from_values({k: on_cpu.value(k) for k in on_cpu.knobs}) == on_cpu
+    with pytest.raises(ValueError, match="kind.lite: 'tpu' is not one of cpu, gpu"):
+        SearchSpace(tier_kinds=(("lite", ("gpu", "tpu")),))
+    with pytest.raises(ValueError, match="tier_kinds: a tier is given twice"):
+        SearchSpace(tier_kinds=(("lite", ("cpu",)), ("lite", ("gpu",))))
+
+
+def test_per_tier_kinds_apply_to_the_spec_read_back_from_it_and_from_the_record(
+    tiny_spec_dict, tmp_path: Path
+) -> None:
+    tiny_spec_dict["triton"]["target"] = "gpu"
+    spec = spec_from_dict(tiny_spec_dict)
+    start = ServingConfig.from_spec(spec, kinds=["lite", "xl"])
+    assert start.tier_kinds == (("lite", "gpu"), ("xl", "gpu"))  # the target's, where the spec sets none
+    config = start.with_value("kind.lite", "cpu")
+
+    tuned = config.apply(spec)
+
+    assert [t.instance_kind for t in tuned.tiers] == ["cpu", "", "gpu"]
+    assert ServingConfig.from_spec(tuned, kinds=["lite", "xl"]) == config
+    record = tmp_path / "tune.json"
+    PointStore(record, {}).measured(lambda c: Point(c, 100.0, 5.0))(config)
+    assert PointStore(record, {}).points[config.key].config == config
+    with pytest.raises(KeyError):
+        ServingConfig(tier_kinds=(("huge", "cpu"),)).apply(spec)
+
+
+def test_quick_search_moves_a_tier_to_the_kind_that_pays() -> None:
+    def measure(config: ServingConfig) -> Point:
+        lite_on_cpu = config.value("kind.lite") == "cpu"
+        standard_on_cpu = config.value("kind.standard") == "cpu"
+        return Point(config, 400.0 + 150.0 * lite_on_cpu - 100.0 * standard_on_cpu, 10.0)
+
+    result = quick_search(KINDS, KINDS_START, measure)
+
+    assert result.best is not None and result.best.config == KINDS_START.with_value("kind.lite", "cpu")
+    assert idle_instances(Point(KINDS_START, 1.0, 1.0, tier_calls=(("xl", "bls", 1),)), "kind.lite") is False

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from toolkit.spec.sections.common import KeyedValueError, check_name
+from toolkit.spec.variants import TARGETS
 
 USER_TENSORS = ("user_dense", "user_sparse", "user_history")
 """Request tensors with one row per request."""
@@ -140,6 +141,11 @@ class TierSpec:
         instances: Instances of this tier's model (0: ``triton.tier_instances``). They do the
             tier's work when the router calls it through BLS or over gRPC (``local_tiers: bls``,
             GPU tiers, other pools); a CPU tier the router runs in its own process only loads them.
+        instance_kind: ``cpu`` or ``gpu``: where this tier's instances run, whatever the deployment's
+            target (``triton.target`` or deploy's ``--target``); a ``cpu`` tier on a GPU server runs
+            an ONNX variant on the server's CPU cores, which leaves the GPU to the larger tiers and
+            saves the small ones the copy to the device. Empty (the default): the target. Not
+            with ``pools`` (a pool's ``hardware`` sets its tiers').
     """
 
     name: str
@@ -148,6 +154,7 @@ class TierSpec:
     model: UserModelSpec | None = None
     pool: str = ""
     instances: int = 0
+    instance_kind: str = ""
 
     def __post_init__(self) -> None:
         check_name(self.name, "tier name")
@@ -161,6 +168,11 @@ class TierSpec:
         if not isinstance(self.instances, int) or self.instances < 0:
             raise KeyedValueError(
                 "instances", f"must be a count >= 0 (0: triton.tier_instances), got {self.instances!r}"
+            )
+        if self.instance_kind and self.instance_kind not in TARGETS:
+            raise KeyedValueError(
+                "instance_kind",
+                f"expected one of {', '.join(TARGETS)} (or none: the target's), got {self.instance_kind!r}",
             )
 
     @property
