@@ -1,10 +1,11 @@
 """Router overhead: what a routed request costs over calling its tier directly, and where it goes.
 
-Starts the embedded Triton on a copy of the deployed demo repository to which two variants of the
-router are added: ``<router>_bls`` (``local_tiers: bls``: tiers called through BLS) and
+Starts the embedded Triton on a copy of the deployed demo repository to which three variants of the
+router are added: ``<router>_bls`` (``local_tiers: bls``: tiers called through BLS),
 ``<router>_loop`` (the same router, its ``execute`` always handed to the python backend's event
-loop, as an ``async def execute`` is). Then, over gRPC from the same
-machine:
+loop, as an ``async def execute`` is) and ``<router>_slo`` (the same router with ``routing.slo_ms``
+set, so that each of its instances reads Triton's statistics of its model every 50 ms for the queue
+wait). Then, over gRPC from the same machine:
 
 1. **Latency**, one request at a time, with the tier forced (request parameter ``tier``), the paths
    alternating request by request: the ensemble (the entry point), the router called directly (what
@@ -14,6 +15,8 @@ machine:
    routers, and direct tier calls where each request goes to the tier the router chose for it.
 3. **Where the time goes**: Triton's statistics per model over the latency run (queue, input,
    compute, output per request).
+4. **The statistics reads** of load-aware routing: the read ``<router>_slo`` makes, timed one at a
+   time, and what they add up to at the rate its instances read.
 
 Target: overhead at p50 <= 0.5 ms or <= 15% for every tier, and throughput at concurrency 4 >= 85%
 of the direct calls'. Writes ``benchmarks/results/router_overhead.md`` and ``router_overhead.json``;
@@ -45,12 +48,16 @@ from tritonclient.grpc import model_config_pb2 as mc
 from toolkit.bench.load import STATS_FIELDS, server_split, statistics_by_model
 from toolkit.data import REQUEST_TENSORS, demo_holdout_set
 from toolkit.machine import machine_facts
+from toolkit.router.load import POLL_S, stats_reader
 from toolkit.serve import ServerOptions, TritonServer
 from toolkit.serve.metrics import router_tier_calls
 from toolkit.spec import load_spec
 
 OVERHEAD_MS, OVERHEAD_SHARE, THROUGHPUT_SHARE = 0.5, 0.15, 0.85
 CONCURRENCY = 4
+SLO_MS = 50.0
+"""``routing.slo_ms`` of the ``_slo`` variant (the adaptive benchmark's SLO)."""
+STATS_READS = 500
 
 _ASYNC_MODEL = '''"""Benchmark variant of the router: its execute always run on the event loop."""
 
@@ -71,7 +78,9 @@ class TritonPythonModel(_module.TritonPythonModel):
 '''
 
 
-def _variant(repository: Path, router: str, suffix: str, local_tiers: str, loop: bool) -> str:
+def _variant(
+    repository: Path, router: str, suffix: str, local_tiers: str, loop: bool, slo_ms: float = 0.0
+) -> str:
     """Add a copy of the router model named ``<router>_<suffix>`` to ``repository``."""
     name = f"{router}_{suffix}"
     folder = repository / name
@@ -81,6 +90,7 @@ def _variant(repository: Path, router: str, suffix: str, local_tiers: str, loop:
     (folder / "config.pbtxt").write_text(text_format.MessageToString(config), encoding="utf-8")
     settings = json.loads((folder / "1" / "router.json").read_text(encoding="utf-8"))
     settings["local_tiers"] = local_tiers
+    settings["slo_ms"] = slo_ms
     (folder / "1" / "router.json").write_text(json.dumps(settings, indent=2), encoding="utf-8")
     if loop:
         (folder / "1" / "model.py").rename(folder / "1" / "router_model.py")
@@ -177,11 +187,12 @@ def run(spec_path: Path, count: int, seconds: float, out: Path) -> dict[str, Any
     shutil.rmtree(repository, ignore_errors=True)
     shutil.copytree(ROOT / spec.paths.repository, repository)
     router = spec.router_model
-    bls = _variant(repository, router, "bls", "bls", loop=False)
-    looped = _variant(repository, router, "loop", "inprocess", loop=True)
     local_tiers = json.loads((repository / router / "1" / "router.json").read_text(encoding="utf-8"))[
         "local_tiers"
     ]
+    bls = _variant(repository, router, "bls", "bls", loop=False)
+    looped = _variant(repository, router, "loop", "inprocess", loop=True)
+    slo = _variant(repository, router, "slo", local_tiers, loop=False, slo_ms=SLO_MS)
     requests = demo_holdout_set(spec, count)
     raws = [requests.request(r) for r in range(count)]
     options = ServerOptions.on_free_ports(repository)
@@ -190,6 +201,7 @@ def run(spec_path: Path, count: int, seconds: float, out: Path) -> dict[str, Any
         "router": (router, True),
         "router_bls": (bls, True),
         "router_loop": (looped, True),
+        "router_slo": (slo, True),
     }
     latency: dict[str, Any] = {}
     with TritonServer(options) as server:
@@ -229,6 +241,7 @@ def run(spec_path: Path, count: int, seconds: float, out: Path) -> dict[str, Any
             print(
                 f"throughput {path}: {throughput[path]['requests_per_s']:.0f}/s", file=sys.stderr, flush=True
             )
+        reads = _stats_reads(server.http_url, slo)
     shutil.rmtree(repository, ignore_errors=True)
     result = {
         "benchmark": "router_overhead",
@@ -243,10 +256,34 @@ def run(spec_path: Path, count: int, seconds: float, out: Path) -> dict[str, Any
         "split": split,
         "mix": mix,
         "throughput": throughput,
-        "models": {"ensemble": spec.name, "router": router, "router_bls": bls, "router_loop": looped},
+        "stats_reads": reads,
+        "router_instances": spec.triton.router_instances,
+        "models": {
+            "ensemble": spec.name,
+            "router": router,
+            "router_bls": bls,
+            "router_loop": looped,
+            "router_slo": slo,
+        },
     }
     write_report(out, "router_overhead", result, render(result))
     return result
+
+
+def _stats_reads(http_url: str, model: str) -> dict[str, float]:
+    """:data:`STATS_READS` reads of ``model``'s statistics as the router makes them, one at a time."""
+    read = stats_reader(f"http://{http_url}", model)
+    times, failed = [], 0
+    for _ in range(STATS_READS):
+        started = time.perf_counter()
+        failed += read() is None
+        times.append((time.perf_counter() - started) * 1000.0)
+    return {
+        "reads": STATS_READS,
+        "failed": failed,
+        "mean_ms": float(np.mean(times)),
+        "p99_ms": float(np.percentile(times, 99)),
+    }
 
 
 def _met(overhead_ms: float, share: float) -> bool:
@@ -272,8 +309,8 @@ def render(result: dict[str, Any]) -> str:
         f"<= {OVERHEAD_SHARE:.0%} at p50.",
         "",
         "| tier | direct p50 / p99 ms | ensemble p50 / p99 ms | overhead p50 | target | router called "
-        "directly p50 | BLS router p50 | router on the event loop p50 |",
-        "|---|---|---|---|---|---|---|---|",
+        "directly p50 | BLS router p50 | router on the event loop p50 | router with routing.slo_ms p50 |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for tier, t in result["latency"].items():
         direct, ensemble = t["direct"], t["ensemble"]
@@ -283,7 +320,8 @@ def render(result: dict[str, Any]) -> str:
             f"| {tier} | {direct['p50_ms']:.2f} / {direct['p99_ms']:.2f} | "
             f"{ensemble['p50_ms']:.2f} / {ensemble['p99_ms']:.2f} | {overhead:+.2f} ms ({share:+.0%}) | "
             f"{'met' if _met(overhead, share) else 'missed'} | {t['router']['p50_ms']:.2f} | "
-            f"{t['router_bls']['p50_ms']:.2f} | {t['router_loop']['p50_ms']:.2f} |"
+            f"{t['router_bls']['p50_ms']:.2f} | {t['router_loop']['p50_ms']:.2f} | "
+            f"{t['router_slo']['p50_ms']:.2f} |"
         )
     direct = result["throughput"]["direct"]["requests_per_s"]
     mix = ", ".join(f"{tier} {share:.0%}" for tier, share in result["mix"].items())
@@ -302,6 +340,7 @@ def render(result: dict[str, Any]) -> str:
         "router": f"router `{models['router']}` called directly",
         "router_bls": f"router with BLS tier calls `{models['router_bls']}`",
         "router_loop": f"router with its execute on the event loop `{models['router_loop']}`",
+        "router_slo": f"router with routing.slo_ms {SLO_MS:g} `{models['router_slo']}`",
         "direct": "tier called directly",
     }
     for path, t in result["throughput"].items():
@@ -339,6 +378,23 @@ def render(result: dict[str, Any]) -> str:
             f"| {tier} | {overhead:.2f} | {wrapper:.2f} | {queue:.2f} | {io_in:.2f} | {io_out:.2f} | "
             f"{own:.2f} | {tier_gap:.2f} | {rest:.2f} |"
         )
+    reads, instances = result["stats_reads"], result["router_instances"]
+    per_s = instances / POLL_S
+    plain, polled = result["throughput"]["router"], result["throughput"]["router_slo"]
+    lines += [
+        "",
+        "## The statistics reads of load-aware routing (`routing.slo_ms`)",
+        "",
+        f"{reads['reads']} reads of `/v2/models/{models['router_slo']}/stats` as the router makes them, one "
+        f"at a time from this process: mean {reads['mean_ms']:.3f} ms, p99 {reads['p99_ms']:.3f} ms, "
+        f"{reads['failed']} failed (the time covers the client and the server on the same cores). Each "
+        f"router instance reads every {POLL_S * 1000:g} ms: with {instances} instances, {per_s:g} reads a "
+        f"second, about {per_s * reads['mean_ms']:.1f} ms of work a second "
+        f"({per_s * reads['mean_ms'] / 10:.1f}% of one core). The `_slo` router's reads ran during every "
+        f"path of this run; at concurrency {result['concurrency']} it answered "
+        f"{polled['requests_per_s']:.0f} requests/s against {plain['requests_per_s']:.0f} for the router "
+        f"without (p50 {polled['p50_ms']:.2f} against {plain['p50_ms']:.2f} ms).",
+    ]
     return "\n".join(lines) + "\n"
 
 
