@@ -257,7 +257,7 @@ def command(
         confirm,
         quick_search,
     )
-    from toolkit.tune.space import SearchSpace, ServingConfig, knob_label, knob_text
+    from toolkit.tune.space import KIND_KNOB, TIER_KNOB, SearchSpace, ServingConfig, knob_label, knob_text
     from toolkit.tune.store import PointStore
 
     spec = load(spec_path)
@@ -298,8 +298,12 @@ def command(
         )
     except ValueError as exc:
         knob = str(exc).partition(":")[0]
-        hint = {"instances.": "--per-tier-instances", "kind.": "--per-tier-kind"}.get(
-            knob.partition(".")[0] + ".", "--" + knob.replace("_", "-")
+        hint = (
+            "--per-tier-instances"
+            if knob.startswith(TIER_KNOB)
+            else "--per-tier-kind"
+            if knob.startswith(KIND_KNOB)
+            else "--" + knob.replace("_", "-")
         )
         raise click.BadParameter(str(exc), param_hint=hint) from None
     levels = _values(concurrency, "--concurrency", int)
@@ -313,15 +317,16 @@ def command(
     chosen_backend = resolve_backend(backend or spec.triton.backend, tritonserver)
     options = DeployOptions(chosen_backend, pins=parse_pins(pins))
     plan_deploy(spec, artifacts_dir, options)  # the export, the pins and the backend, before any server
+    start = ServingConfig.from_spec(spec, [tier for tier, _ in counts], [tier for tier, _ in kinds])
     for tier, values in kinds:
         for kind in values:
-            one = ServingConfig.from_spec(spec, kinds=[tier]).with_value(f"kind.{tier}", kind)
+            if kind == start.value(KIND_KNOB + tier):
+                continue  # planned just above
             try:
-                plan_deploy(one.apply(spec), artifacts_dir, options)
+                plan_deploy(start.with_value(KIND_KNOB + tier, kind).apply(spec), artifacts_dir, options)
             except RepositoryError as exc:
                 raise click.BadParameter(f"{tier}={kind}: {exc}", param_hint="--per-tier-kind") from None
     target = folder(out, str(artifacts_dir / "tune"))
-    start = ServingConfig.from_spec(spec, [tier for tier, _ in counts], [tier for tier, _ in kinds])
     space = space.with_start(start)
     context = {
         "spec": _digest(spec_path),

@@ -190,7 +190,7 @@ def plan_deploy(spec: Spec, artifacts: Path, options: DeployOptions) -> DeployPl
         targets = {tier: hardware[spec.tier_pool(tier)] for tier in spec.tier_names}
     else:
         everywhere = options.target or spec.triton.target
-        targets = {tier.name: tier.instance_kind or everywhere for tier in spec.tiers}
+        targets = {tier: spec.tier_kind(tier, everywhere) for tier in spec.tier_names}
     if (
         GPU in (options.target, *([] if spec.pools else targets.values()))
         and options.backend != "onnxruntime"

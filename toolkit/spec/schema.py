@@ -315,6 +315,10 @@ class Spec:
         """Instances of tier ``name``'s model: its own ``instances``, else ``triton.tier_instances``."""
         return self.tier(name).instances or self.triton.tier_instances
 
+    def tier_kind(self, name: str, target: str | None = None) -> str:
+        """Where tier ``name`` runs: its ``instance_kind``, else ``target``, else ``triton.target``."""
+        return self.tier(name).instance_kind or target or self.triton.target
+
     def tier(self, name: str) -> TierSpec:
         """Return the tier called ``name``.
 

@@ -90,7 +90,7 @@ class ServingConfig:
                 ``instance_kind``, else ``triton.target``).
         """
         counts = tuple((tier, spec.tier_instances(tier)) for tier in tiers)
-        placed = tuple((tier, spec.tier(tier).instance_kind or spec.triton.target) for tier in kinds)
+        placed = tuple((tier, spec.tier_kind(tier)) for tier in kinds)
         return cls(
             **{knob: getattr(spec.triton, knob) for knob in KNOBS}, tier_counts=counts, tier_kinds=placed
         )
