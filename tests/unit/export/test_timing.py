@@ -63,5 +63,13 @@ def test_measure_interleaved_ranks_calls_by_duration_and_runs_them_window_for_wi
     assert timed["fast"].median_ms < timed["slow"].median_ms
     assert timed["fast"].stable and timed["slow"].stable
     assert timed["fast"].windows == timed["slow"].windows >= FAST.stable_windows
-    switches = sum(1 for a, b in zip(order, order[1:], strict=False) if a != b)
-    assert switches >= 2 * timed["fast"].windows - 1
+    calibration = 2 * (FAST.warmup + 1)
+    windowed = order[calibration:]
+    assert len(windowed) == timed["fast"].windows * (timed["fast"].calls + timed["slow"].calls)
+    names = ["slow", "fast"]
+    at = 0
+    for w in range(timed["fast"].windows):
+        for name in names[w % 2 :] + names[: w % 2]:
+            block = windowed[at : at + timed[name].calls]
+            assert block == [name] * timed[name].calls, f"window {w} of {name} was not run whole"
+            at += timed[name].calls
