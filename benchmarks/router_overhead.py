@@ -1,7 +1,8 @@
 """Router overhead: what a routed request costs over calling its tier directly, and where it goes.
 
-Starts the embedded Triton on a copy of the deployed demo repository to which three variants of the
-router are added: ``<router>_bls`` (``local_tiers: bls``: tiers called through BLS),
+Starts the embedded Triton on a copy of the deployed demo repository to which four variants of the
+router are added: ``<router>_batcher`` (``triton.admission: batcher``: Triton's dynamic batcher and
+queue policy in front of it, called by a second ensemble ``<ensemble>_batcher``), ``<router>_bls`` (``local_tiers: bls``: tiers called through BLS),
 ``<router>_loop`` (the same router, its ``execute`` always handed to the python backend's event
 loop, as an ``async def execute`` is) and ``<router>_slo`` (the same router with ``routing.slo_ms``
 set, so that each of its instances reads Triton's statistics of its model every 50 ms for the queue
@@ -17,6 +18,9 @@ wait). Then, over gRPC from the same machine:
    compute, output per request).
 4. **The statistics reads** of load-aware routing: the read ``<router>_slo`` makes, timed one at a
    time, and what they add up to at the rate its instances read.
+5. **Overload**, on requests of 512 to 1024 candidates: each ensemble's capacity (closed loop), then
+   Poisson arrivals at 1.5 and 3 times the default's capacity: answered, shed, and their latency,
+   for each admission.
 
 Target: overhead at p50 <= 0.5 ms or <= 15% for every tier, and throughput at concurrency 4 >= 85%
 of the direct calls'. Writes ``benchmarks/results/router_overhead.md`` and ``router_overhead.json``;
@@ -30,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import datetime as dt
 import json
 import shutil
@@ -38,16 +43,19 @@ import time
 from pathlib import Path
 from typing import Any
 
+import grpc
 import numpy as np
 import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as grpcaio
-from common import RESULTS, ROOT, prepare, write_report
+from common import RESULTS, ROOT, held_out_requests, prepare, write_report
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
+from tritonclient.grpc import service_pb2
 
 from toolkit.bench.load import STATS_FIELDS, server_split, statistics_by_model
 from toolkit.data import REQUEST_TENSORS, demo_holdout_set
 from toolkit.machine import machine_facts
+from toolkit.repository.configs import router_config
 from toolkit.router.load import POLL_S, stats_reader
 from toolkit.serve import ServerOptions, TritonServer
 from toolkit.serve.metrics import router_tier_calls
@@ -58,6 +66,12 @@ CONCURRENCY = 4
 SLO_MS = 50.0
 """``routing.slo_ms`` of the ``_slo`` variant (the adaptive benchmark's SLO)."""
 STATS_READS = 500
+OVERLOAD_X = (1.5, 3.0)
+"""Offered load of the overload runs, as multiples of the ensemble's measured capacity."""
+OVERLOAD_S = 10.0
+OVERLOAD_CANDIDATES = (512, 1024)
+"""Candidates per request of the overload runs: large requests keep the offered rate within what the
+load generator can send from the server's own cores."""
 
 _ASYNC_MODEL = '''"""Benchmark variant of the router: its execute always run on the event loop."""
 
@@ -96,6 +110,39 @@ def _variant(
         (folder / "1" / "model.py").rename(folder / "1" / "router_model.py")
         (folder / "1" / "model.py").write_text(_ASYNC_MODEL, encoding="utf-8")
     return name
+
+
+def _batcher_variant(repository: Path, spec: Any, local_tiers: str) -> tuple[str, str]:
+    """Add ``<router>_batcher`` (``triton.admission: batcher``) and ``<ensemble>_batcher`` calling it.
+
+    The router's config is the one deploy writes for that admission; its ``router.json`` leaves the
+    queue timeout to Triton's queue policy, as deploy's does.
+    """
+    name = _variant(repository, spec.router_model, "batcher", local_tiers, loop=False)
+    batcher = dataclasses.replace(spec, triton=dataclasses.replace(spec.triton, admission="batcher"))
+    config = router_config(batcher)
+    config.name = name
+    (repository / name / "config.pbtxt").write_text(text_format.MessageToString(config), encoding="utf-8")
+    settings_path = repository / name / "1" / "router.json"
+    settings = json.loads(settings_path.read_text(encoding="utf-8"))
+    settings["queue_timeout_ms"] = 0.0
+    settings_path.write_text(json.dumps(settings, indent=2), encoding="utf-8")
+    ensemble = f"{spec.name}_batcher"
+    shutil.copytree(repository / spec.name, repository / ensemble)
+    path = repository / ensemble / "config.pbtxt"
+    ensemble_config = text_format.Parse(path.read_text(encoding="utf-8"), mc.ModelConfig())
+    ensemble_config.name = ensemble
+    ensemble_config.ensemble_scheduling.step[0].model_name = name
+    path.write_text(text_format.MessageToString(ensemble_config), encoding="utf-8")
+    return name, ensemble
+
+
+def _batched(repository: Path, model: str) -> bool:
+    """Whether ``model`` takes a leading batch dimension (``max_batch_size`` > 0)."""
+    config = text_format.Parse(
+        (repository / model / "config.pbtxt").read_text(encoding="utf-8"), mc.ModelConfig()
+    )
+    return config.max_batch_size > 0
 
 
 def _inputs(raw: dict[str, np.ndarray], batched: bool, module: Any = grpcclient) -> list[Any]:
@@ -193,16 +240,20 @@ def run(spec_path: Path, count: int, seconds: float, out: Path) -> dict[str, Any
     bls = _variant(repository, router, "bls", "bls", loop=False)
     looped = _variant(repository, router, "loop", "inprocess", loop=True)
     slo = _variant(repository, router, "slo", local_tiers, loop=False, slo_ms=SLO_MS)
+    batcher, ensemble_batcher = _batcher_variant(repository, spec, local_tiers)
     requests = demo_holdout_set(spec, count)
     raws = [requests.request(r) for r in range(count)]
+    large = held_out_requests(spec, 100, OVERLOAD_CANDIDATES)
     options = ServerOptions.on_free_ports(repository)
-    paths = {
-        "ensemble": (spec.name, False),
-        "router": (router, True),
-        "router_bls": (bls, True),
-        "router_loop": (looped, True),
-        "router_slo": (slo, True),
+    models = {
+        "ensemble": spec.name,
+        "ensemble_batcher": ensemble_batcher,
+        "router": router,
+        "router_bls": bls,
+        "router_loop": looped,
+        "router_slo": slo,
     }
+    paths = {path: (model, _batched(repository, model)) for path, model in models.items()}
     latency: dict[str, Any] = {}
     with TritonServer(options) as server:
         client = grpcclient.InferenceServerClient(server.grpc_url)
@@ -242,6 +293,7 @@ def run(spec_path: Path, count: int, seconds: float, out: Path) -> dict[str, Any
                 f"throughput {path}: {throughput[path]['requests_per_s']:.0f}/s", file=sys.stderr, flush=True
             )
         reads = _stats_reads(server.http_url, slo)
+        overload = _overload_runs(server.grpc_url, spec.name, ensemble_batcher, large)
     shutil.rmtree(repository, ignore_errors=True)
     result = {
         "benchmark": "router_overhead",
@@ -257,14 +309,10 @@ def run(spec_path: Path, count: int, seconds: float, out: Path) -> dict[str, Any
         "mix": mix,
         "throughput": throughput,
         "stats_reads": reads,
+        "overload": overload,
+        "queue_timeout_ms": spec.triton.queue_timeout_ms,
         "router_instances": spec.triton.router_instances,
-        "models": {
-            "ensemble": spec.name,
-            "router": router,
-            "router_bls": bls,
-            "router_loop": looped,
-            "router_slo": slo,
-        },
+        "models": models,
     }
     write_report(out, "router_overhead", result, render(result))
     return result
@@ -284,6 +332,103 @@ def _stats_reads(http_url: str, model: str) -> dict[str, float]:
         "mean_ms": float(np.mean(times)),
         "p99_ms": float(np.percentile(times, 99)),
     }
+
+
+def _payloads(requests: Any, model: str) -> list[bytes]:
+    """Each request as a serialized gRPC ModelInferRequest for ``model``."""
+    out = []
+    for r in range(requests.num_requests):
+        message = service_pb2.ModelInferRequest(model_name=model)
+        for name, value in requests.request(r).items():
+            kind = "FP32" if value.dtype == np.float32 else "INT64"
+            message.inputs.add(name=name, datatype=kind, shape=list(value.shape))
+            message.raw_input_contents.append(np.ascontiguousarray(value).tobytes())
+        out.append(message.SerializeToString())
+    return out
+
+
+async def _offer(url: str, payloads: list[bytes], rate: float | None, seconds: float) -> dict[str, Any]:
+    """Closed loop at :data:`CONCURRENCY` when ``rate`` is None, else Poisson arrivals at ``rate``/s.
+
+    Requests go pre-serialized over raw gRPC, so that one process can offer more than the server
+    takes on the same cores. Each request's outcome (OK or the status code) and milliseconds.
+    """
+    results: list[tuple[str, float]] = []
+    async with grpc.aio.insecure_channel(url, options=[("grpc.max_send_message_length", -1)]) as channel:
+        call = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
+
+        async def one(i: int, at: float) -> None:
+            try:
+                await call(payloads[i % len(payloads)], timeout=120)
+                status = "OK"
+            except grpc.aio.AioRpcError as exc:
+                status = exc.code().name
+            results.append((status, (time.perf_counter() - at) * 1000.0))
+
+        started, sent = time.perf_counter(), 0
+        if rate is None:
+
+            async def worker() -> None:
+                nonlocal sent
+                while time.perf_counter() - started < seconds:
+                    sent += 1
+                    await one(sent, time.perf_counter())
+
+            await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
+        else:
+            rng = np.random.default_rng(0)
+            tasks: set[asyncio.Task[None]] = set()
+            at = started
+            while at - started < seconds:
+                at += rng.exponential(1.0 / rate)
+                delay = at - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                task = asyncio.create_task(one(sent, at))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+                sent += 1
+            await asyncio.gather(*tasks)
+    ok = [ms for status, ms in results if status == "OK"]
+    shed = [ms for status, ms in results if status == "UNAVAILABLE"]
+    return {
+        "offered_per_s": sent / seconds,
+        "answered_per_s": len(ok) / seconds,
+        "answered": len(ok),
+        "shed": len(shed),
+        "other_failures": len(results) - len(ok) - len(shed),
+        "answered_p50_ms": float(np.percentile(ok, 50)) if ok else 0.0,
+        "answered_p99_ms": float(np.percentile(ok, 99)) if ok else 0.0,
+        "shed_p50_ms": float(np.percentile(shed, 50)) if shed else 0.0,
+    }
+
+
+def _overload_runs(url: str, ensemble: str, ensemble_batcher: str, requests: Any) -> dict[str, Any]:
+    """Capacity on large requests (closed loop), then :data:`OVERLOAD_X` times it, for both admissions.
+
+    The two ensembles alternate which goes first at each load.
+    """
+    payloads = {
+        path: _payloads(requests, model)
+        for path, model in (("router", ensemble), ("batcher", ensemble_batcher))
+    }
+    capacity = {
+        path: asyncio.run(_offer(url, payloads[path], None, 5.0))["answered_per_s"] for path in payloads
+    }
+    base = capacity["router"]
+    runs: dict[str, Any] = {"capacity_per_s": capacity, "candidates": list(OVERLOAD_CANDIDATES), "loads": []}
+    for k, multiple in enumerate(OVERLOAD_X):
+        order = ("router", "batcher") if k % 2 == 0 else ("batcher", "router")
+        load = {"multiple": multiple}
+        for path in order:
+            load[path] = asyncio.run(_offer(url, payloads[path], multiple * base, OVERLOAD_S))
+            print(
+                f"overload {multiple:g}x, admission {path}: {load[path]['answered_per_s']:.0f}/s answered",
+                file=sys.stderr,
+                flush=True,
+            )
+        runs["loads"].append(load)
+    return runs
 
 
 def _met(overhead_ms: float, share: float) -> bool:
@@ -309,8 +454,9 @@ def render(result: dict[str, Any]) -> str:
         f"<= {OVERHEAD_SHARE:.0%} at p50.",
         "",
         "| tier | direct p50 / p99 ms | ensemble p50 / p99 ms | overhead p50 | target | router called "
-        "directly p50 | BLS router p50 | router on the event loop p50 | router with routing.slo_ms p50 |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "directly p50 | BLS router p50 | router on the event loop p50 | router with routing.slo_ms p50 "
+        "| ensemble with admission: batcher p50 |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for tier, t in result["latency"].items():
         direct, ensemble = t["direct"], t["ensemble"]
@@ -321,7 +467,7 @@ def render(result: dict[str, Any]) -> str:
             f"{ensemble['p50_ms']:.2f} / {ensemble['p99_ms']:.2f} | {overhead:+.2f} ms ({share:+.0%}) | "
             f"{'met' if _met(overhead, share) else 'missed'} | {t['router']['p50_ms']:.2f} | "
             f"{t['router_bls']['p50_ms']:.2f} | {t['router_loop']['p50_ms']:.2f} | "
-            f"{t['router_slo']['p50_ms']:.2f} |"
+            f"{t['router_slo']['p50_ms']:.2f} | {t['ensemble_batcher']['p50_ms']:.2f} |"
         )
     direct = result["throughput"]["direct"]["requests_per_s"]
     mix = ", ".join(f"{tier} {share:.0%}" for tier, share in result["mix"].items())
@@ -337,6 +483,7 @@ def render(result: dict[str, Any]) -> str:
     ]
     names = {
         "ensemble": f"ensemble `{models['ensemble']}`",
+        "ensemble_batcher": f"ensemble with `triton.admission: batcher` `{models['ensemble_batcher']}`",
         "router": f"router `{models['router']}` called directly",
         "router_bls": f"router with BLS tier calls `{models['router_bls']}`",
         "router_loop": f"router with its execute on the event loop `{models['router_loop']}`",
@@ -395,6 +542,34 @@ def render(result: dict[str, Any]) -> str:
         f"{polled['requests_per_s']:.0f} requests/s against {plain['requests_per_s']:.0f} for the router "
         f"without (p50 {polled['p50_ms']:.2f} against {plain['p50_ms']:.2f} ms).",
     ]
+    overload = result["overload"]
+    capacity = overload["capacity_per_s"]
+    low, high = overload["candidates"]
+    lines += [
+        "",
+        "## Overload: who turns requests away (`triton.admission`)",
+        "",
+        f"Requests of {low} to {high} candidates through the ensemble, pre-serialized over raw gRPC. "
+        f"Capacity at concurrency {result['concurrency']} (closed loop, 5 s): "
+        f"{capacity['router']:.0f} requests/s with `admission: router` (the default: no dynamic "
+        f"batcher, the router sheds while requests wait past `queue_timeout_ms` "
+        f"{result['queue_timeout_ms']:g} ms), {capacity['batcher']:.0f} with `admission: batcher` "
+        f"(Triton's queue policy rejects them). Then Poisson arrivals at a multiple of the first "
+        f"capacity for {OVERLOAD_S:g} s each, the two ensembles alternating which goes first. Shed: "
+        "UNAVAILABLE.",
+        "",
+        "| offered | admission | offered requests/s | answered requests/s | answered p50 / p99 ms "
+        "| shed | shed p50 ms | other failures |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for load in overload["loads"]:
+        for path in ("router", "batcher"):
+            r = load[path]
+            lines.append(
+                f"| {load['multiple']:g}x | {path} | {r['offered_per_s']:.0f} | {r['answered_per_s']:.0f} | "
+                f"{r['answered_p50_ms']:.1f} / {r['answered_p99_ms']:.1f} | {r['shed']} | "
+                f"{r['shed_p50_ms']:.1f} | {r['other_failures']} |"
+            )
     return "\n".join(lines) + "\n"
 
 

@@ -30,7 +30,7 @@ OVERLOAD_S = 20.0
 OVERLOAD_X = 3.0
 """Offered load as a multiple of the measured capacity. The load generator shares the server's cores,
 so requests are large (768 to 1024 candidates) to keep the offered rate within what it can send."""
-SHED = "Request timeout expired"
+SHED = "Request shed"
 
 
 def _payloads(spec, count: int) -> list[bytes]:

@@ -31,5 +31,5 @@ class ServerOverloadedError(ServerUnavailableError):
     """
 
 
-OVERLOAD_MARKERS = ("Request timeout expired", "Exceeds maximum queue size")
-"""What Triton's message says when its queue policy rejects a request."""
+OVERLOAD_MARKERS = ("Request shed", "Request timeout expired", "Exceeds maximum queue size")
+"""What the message says when the router sheds a request, or Triton's queue policy rejects one."""

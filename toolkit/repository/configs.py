@@ -117,25 +117,31 @@ def router_config(spec: Spec) -> mc.ModelConfig:
     """Config of the router (python backend), the ensemble's only step and its admission point.
 
     It takes the raw request, validates it and scores it with a tier: in its own process, through
-    BLS, or over gRPC. ``max_batch_size`` is 1 only so that it can have a queue policy (Triton keeps queue
-    policies in the dynamic batcher): Triton adds a leading dimension of 1 to every tensor, which
-    the router drops, so clients still send [1, D] and [N, D] and get [N] back. A request that waited
-    ``triton.queue_timeout_ms`` in the queue is rejected with UNAVAILABLE instead of queueing without
-    bound; a client's request ``timeout`` may shorten the wait. No ``max_queue_size``: on the 2.51
-    server a full queue stalls the batcher for 0.5 s at a time. The response cache stays off: its key
-    ignores request parameters, so a cached answer for one ``tier`` would be returned for another.
+    BLS, or over gRPC. With ``triton.admission: router`` (the default) there is no dynamic batcher:
+    on the 2.51 server it costs a thread hop per request and, when a request arrives while no router
+    instance waits for work, leaves it queued until the next arrival or 0.5 s; the router sheds
+    requests itself while they wait past ``triton.queue_timeout_ms`` (see
+    :mod:`toolkit.router.load`). With ``batcher``, ``max_batch_size`` is 1 only so that the router
+    can have Triton's queue policy (kept in the dynamic batcher): Triton adds a leading dimension of
+    1 to every tensor, which the router drops, and rejects a request that waited
+    ``triton.queue_timeout_ms`` with UNAVAILABLE without running it; a client's request ``timeout``
+    may shorten the wait. No ``max_queue_size``: on the 2.51 server a full queue stalls the batcher
+    for 0.5 s at a time. The response cache stays off: its key ignores request parameters, so a
+    cached answer for one ``tier`` would be returned for another.
     """
-    config = mc.ModelConfig(name=spec.router_model, backend="python", max_batch_size=1)
+    batcher = spec.triton.admission == "batcher"
+    config = mc.ModelConfig(name=spec.router_model, backend="python", max_batch_size=int(batcher))
     _inputs(config, request_dims(spec.features, raw=True), {})
     config.output.add(name=SCORE, data_type=mc.TYPE_FP32, dims=[-1])
     config.output.add(name=TIER_OUTPUT, data_type=mc.TYPE_INT32, dims=[-1])
-    batching = config.dynamic_batching
-    batching.SetInParent()
-    if spec.triton.queue_timeout_ms > 0:
-        policy = batching.default_queue_policy
-        policy.timeout_action = mc.ModelQueuePolicy.REJECT
-        policy.default_timeout_microseconds = int(round(spec.triton.queue_timeout_ms * 1000))
-        policy.allow_timeout_override = True
+    if batcher:
+        batching = config.dynamic_batching
+        batching.SetInParent()
+        if spec.triton.queue_timeout_ms > 0:
+            policy = batching.default_queue_policy
+            policy.timeout_action = mc.ModelQueuePolicy.REJECT
+            policy.default_timeout_microseconds = int(round(spec.triton.queue_timeout_ms * 1000))
+            policy.allow_timeout_override = True
     _cpu_instances(config, spec.triton.router_instances)
     config.response_cache.enable = False
     return config

@@ -309,6 +309,7 @@ def router_settings(
         remote_tiers=dict(remote_tiers or {}),
         slo_ms=spec.routing.slo_ms,
         stats_url=f"http://127.0.0.1:{spec.triton.http_port}",
+        queue_timeout_ms=spec.triton.queue_timeout_ms if spec.triton.admission == "router" else 0.0,
     )
 
 

@@ -17,7 +17,11 @@ that started since the last read. With it:
   requests, which moves at once where the wait lags) it steps down a little, before a queue forms;
   and only once they have had room (:data:`BUSY_LOW`) with the wait well under the target for
   :data:`HOLD_READS` reads in a row does it step back up, a little per read. A fractional ceiling
-  sends that share of the requests above it one tier up.
+  sends that share of the requests above it one tier up;
+- with a queue timeout (``triton.queue_timeout_ms``), while the requests it starts have waited
+  longer than the timeout, the router sheds them (UNAVAILABLE) at once instead of scoring them, so
+  the queue drains at the speed of a refusal; Triton's own queue policy needs its dynamic batcher,
+  which the router does without (see :func:`toolkit.repository.configs.router_config`).
 
 Plain Python (``http.client``, ``json``): it runs inside the router model.
 """
@@ -111,6 +115,17 @@ class QueueWait:
             self.level = max(0.0, self.level - STEP_DOWN_BUSY)
         elif self._calm >= HOLD_READS:
             self.level = min(self.top, self.level + STEP_UP)
+
+    def drained(self) -> None:
+        """The queue was seen empty (a router instance waited for its next request): no wait now.
+
+        The next read sets the wait again; until then budgets count none and nothing is shed.
+        """
+        self.wait_ms = 0.0
+
+    def over(self, limit_ms: float) -> bool:
+        """Whether the requests started lately waited longer than ``limit_ms`` (0: never)."""
+        return 0.0 < limit_ms < self.wait_ms
 
     def budget(self, requested_ms: float | None) -> float | None:
         """What is left of a request's budget after the wait (``requested_ms``, else the SLO).

@@ -106,6 +106,8 @@ class RouterConfig:
             (see :mod:`~.load`).
         stats_url: Triton's HTTP address, where the router reads its queue statistics (the
             ``TOOLKIT_TRITON_HTTP_URL`` environment variable of the server, when set, wins).
+        queue_timeout_ms: The router sheds requests (UNAVAILABLE) while those it starts have waited
+            longer than this in its queue (0: never; see :mod:`~.load`).
     """
 
     tiers: tuple[str, ...]
@@ -134,6 +136,7 @@ class RouterConfig:
     remote_tiers: dict[str, dict[str, Any]] = field(default_factory=dict)
     slo_ms: float = 0.0
     stats_url: str = ""
+    queue_timeout_ms: float = 0.0
 
     def __post_init__(self) -> None:
         if self.policy not in POLICIES:
@@ -158,10 +161,11 @@ class RouterConfig:
             or self.budget_window < 1
             or not self.budget_max_age_s > 0
             or not self.slo_ms >= 0
+            or not self.queue_timeout_ms >= 0
         ):
             raise ValueError(
                 "default_budget_ms must be >= 0, budget_percentile in (0, 100], budget_window >= 1, "
-                "budget_max_age_s > 0, slo_ms >= 0"
+                "budget_max_age_s > 0, slo_ms >= 0, queue_timeout_ms >= 0"
             )
         if self.local_tiers not in LOCAL_TIERS:
             raise ValueError(f"local_tiers must be one of {', '.join(LOCAL_TIERS)}, got {self.local_tiers!r}")
@@ -204,6 +208,7 @@ class RouterConfig:
             "remote_tiers": self.remote_tiers,
             "slo_ms": self.slo_ms,
             "stats_url": self.stats_url,
+            "queue_timeout_ms": self.queue_timeout_ms,
         }
         return json.dumps(data, indent=2) + "\n"
 

@@ -6,6 +6,7 @@ against DESIGN.md; a change to any generated config must show up here as a faili
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,7 +15,9 @@ from google.protobuf import text_format
 from helpers import CONFIG_FEATURES, CONFIG_TIERS
 from tritonclient.grpc import model_config_pb2 as mc
 
+from toolkit.errors import SpecError
 from toolkit.repository import configs
+from toolkit.repository.plan import router_settings
 from toolkit.spec import Spec, spec_from_dict
 
 EXPECTED = Path(__file__).resolve().parent / "expected"
@@ -43,6 +46,9 @@ BUILDERS: dict[str, Callable[[Spec], mc.ModelConfig]] = {
     "preprocess_onnxruntime": lambda s: configs.preprocess_config(s, "onnxruntime"),
     "preprocess_python": lambda s: configs.preprocess_config(s, "python"),
     "router": configs.router_config,
+    "router_batcher": lambda s: configs.router_config(
+        dataclasses.replace(s, triton=dataclasses.replace(s.triton, admission="batcher"))
+    ),
     "ensemble": configs.ensemble_config,
 }
 
@@ -70,8 +76,8 @@ def test_expected_file_parses_back_into_the_same_model_config_when_read(spec: Sp
     message = parsed((EXPECTED / f"{name}.pbtxt").read_text(encoding="utf-8"))
 
     assert message == BUILDERS[name](spec)
-    # request-centric shapes pass as they are; the router's batch of 1 only buys it a queue policy
-    assert message.max_batch_size == (1 if name == "router" else 0)
+    # request-centric shapes pass as they are; the batch of 1 only buys the router Triton's queue policy
+    assert message.max_batch_size == (1 if name == "router_batcher" else 0)
 
 
 @pytest.mark.parametrize("backend", ["onnxruntime", "python"])
@@ -124,14 +130,32 @@ def test_router_config_disables_the_response_cache_when_built() -> None:
     assert {t.name: t.data_type for t in config.output} == {"score": mc.TYPE_FP32, "tier": mc.TYPE_INT32}
 
 
-def test_router_config_rejects_requests_that_waited_past_the_queue_timeout(spec: Spec) -> None:
-    policy = parsed((EXPECTED / "router.pbtxt").read_text(encoding="utf-8")).dynamic_batching
+def test_router_config_has_no_dynamic_batcher_and_the_router_sheds_by_default(spec: Spec) -> None:
+    config = parsed((EXPECTED / "router.pbtxt").read_text(encoding="utf-8"))
+    assert not config.HasField("dynamic_batching")
+    assert config.max_batch_size == 0
+    assert router_settings(spec).queue_timeout_ms == 100.0
+    batcher = dataclasses.replace(spec, triton=dataclasses.replace(spec.triton, admission="batcher"))
+    assert router_settings(batcher).queue_timeout_ms == 0.0  # Triton's queue policy rejects instead
+
+
+def test_router_config_with_the_batcher_rejects_requests_that_waited_past_the_queue_timeout(
+    spec: Spec,
+) -> None:
+    policy = parsed((EXPECTED / "router_batcher.pbtxt").read_text(encoding="utf-8")).dynamic_batching
     assert policy.default_queue_policy.timeout_action == mc.ModelQueuePolicy.REJECT
     assert policy.default_queue_policy.default_timeout_microseconds == 100_000
     assert policy.default_queue_policy.allow_timeout_override
     assert policy.default_queue_policy.max_queue_size == 0  # a full queue stalls the 2.51 batcher
-    unbounded = spec_from_dict({**CONFIG_SPEC, "triton": {**CONFIG_SPEC["triton"], "queue_timeout_ms": 0}})
+    unbounded = spec_from_dict(
+        {**CONFIG_SPEC, "triton": {**CONFIG_SPEC["triton"], "queue_timeout_ms": 0, "admission": "batcher"}}
+    )
     assert not configs.router_config(unbounded).dynamic_batching.HasField("default_queue_policy")
+
+
+def test_spec_refuses_an_unknown_admission_naming_the_key() -> None:
+    with pytest.raises(SpecError, match="triton.admission"):
+        spec_from_dict({**CONFIG_SPEC, "triton": {**CONFIG_SPEC["triton"], "admission": "nginx"}})
 
 
 def test_ensemble_config_runs_the_router_alone_on_the_raw_request_when_built() -> None:

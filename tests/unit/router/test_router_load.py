@@ -186,3 +186,26 @@ def test_a_busy_router_steps_down_before_a_queue_forms_and_steps_up_only_with_ro
     queue.observe(started, waited - 10.0 + 10 * 20.0, busy=0.5)  # a long wait wins over the room
     assert queue.wait_ms == pytest.approx(20.0)  # twice the target: twice the step
     assert queue.level == pytest.approx(2.0 - STEP_DOWN_BUSY + STEP_UP - 2 * STEP_DOWN)
+
+
+def test_the_wait_is_over_a_queue_timeout_only_when_one_is_set_and_passed() -> None:
+    queue = QueueWait(3)
+    queue.observe(0, 0.0)
+    queue.observe(10, 400.0)
+
+    assert queue.wait_ms == pytest.approx(40.0)
+    assert queue.over(30.0) and not queue.over(40.0) and not queue.over(100.0)
+    assert not queue.over(0.0)  # no timeout: never over
+
+
+def test_a_drained_queue_has_no_wait_until_the_next_read_says_otherwise() -> None:
+    queue = QueueWait(3, slo_ms=100.0)
+    queue.observe(0, 0.0)
+    queue.observe(10, 400.0)
+
+    queue.drained()
+
+    assert queue.wait_ms == 0.0 and not queue.over(30.0)
+    assert queue.budget(None) == 100.0
+    queue.observe(20, 800.0)
+    assert queue.wait_ms == pytest.approx(40.0)

@@ -563,12 +563,48 @@ def test_router_with_an_slo_reads_its_queue_and_steps_down_while_requests_wait(
                 router.model.finalize()
 
 
-def test_router_without_slo_or_budget_reads_no_statistics(router: Router, tiny_spec: Spec) -> None:
-    request = make_request(tiny_spec, history_items=0)
+def test_router_without_slo_budget_or_queue_timeout_reads_no_statistics(
+    tmp_path: Path, tiny_spec: Spec
+) -> None:
+    spec = dataclasses.replace(tiny_spec, triton=dataclasses.replace(tiny_spec.triton, queue_timeout_ms=0.0))
+    with deployed_router(tmp_path, spec) as router:
+        router.execute(make_request(spec, history_items=0))
 
-    router.execute(request)
+        assert router.model._watcher is None
+        router.execute(make_request(spec, history_items=0, params={"latency_budget_ms": 50.0}))
+        assert router.model._watcher is not None  # the first budget starts the reads
+        router.model.finalize()
 
-    assert router.model._watcher is None
-    router.execute(make_request(tiny_spec, history_items=0, params={"latency_budget_ms": 50.0}))
-    assert router.model._watcher is not None  # the first budget starts the reads
-    router.model.finalize()
+
+def test_router_sheds_requests_while_they_wait_past_the_queue_timeout_and_serves_once_idle(
+    tmp_path: Path, tiny_spec: Spec, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stats = _RisingQueue()  # every request waited 40 ms
+    spec = dataclasses.replace(tiny_spec, triton=dataclasses.replace(tiny_spec.triton, queue_timeout_ms=30.0))
+    with http_endpoint(stats) as url:
+        monkeypatch.setenv("TOOLKIT_TRITON_HTTP_URL", url)
+        with deployed_router(tmp_path, spec) as router:
+            try:
+                deadline = time.monotonic() + 10.0
+                while router.model.queue.wait_ms < 40.0 and time.monotonic() < deadline:
+                    time.sleep(0.01)
+                router.model._watching.set()
+                router.model._watcher.join(timeout=5.0)
+                module = type(router.model).execute.__globals__  # model.py, imported by the fixture
+                monkeypatch.setitem(module, "_IDLE_S", 3600.0)  # the instance went straight on
+                request = make_request(spec, history_items=0)
+
+                (response,) = router.execute(request)
+
+                assert_error(response, FakeTritonError.UNAVAILABLE, "Request shed", "40 ms", "30 ms")
+                assert router.model.counts["shed"] == 1 and not router.backend.calls
+                own = make_request(spec, history_items=0)
+                own.timeout = lambda: 20_000  # the request's own timeout, microseconds: 20 ms
+                (response,) = router.execute(own)
+                assert_error(response, FakeTritonError.UNAVAILABLE, "Request shed", "20 ms")
+                monkeypatch.setitem(module, "_IDLE_S", 0.0)  # the instance waited: no queue
+                (response,) = router.execute(request)
+                assert_served_by(router, request, response, spec.default_tier)
+                assert router.model.queue.wait_ms == 0.0 and router.model.counts["shed"] == 2
+            finally:
+                router.model.finalize()

@@ -540,6 +540,8 @@ def test_router_exports_every_count_as_the_events_counter_when_the_backend_has_m
         ("toolkit_router_events_total", "COUNTER"),
         ("toolkit_router_tier_calls_total", "COUNTER"),
         ("toolkit_router_tier_seconds_total", "COUNTER"),
+        ("toolkit_router_queue_wait_ms", "GAUGE"),  # the queue timeout reads the queue from the start
+        ("toolkit_router_tier_ceiling", "GAUGE"),
     ]
     assert counts[f"remote_ok:{A2}"] == 1 and counts[f"remote_unavailable:{A1}"] == 2
     assert counts["remote_resting:big"] == 1 and counts["fallback:xl"] == 2

@@ -67,6 +67,9 @@ _STATS_WARN_AFTER = 200
 """Failed reads of the queue statistics (at POLL_S apart) before the router says so in the log."""
 FLUSH_S = 0.2
 """How often counted events reach the Prometheus counters."""
+_IDLE_S = 0.002
+"""An instance that waited this long for its next request saw the queue empty: that request found no
+queue, whatever the last statistics read says (it lags the queue by up to a read)."""
 _CHANNEL_ARGS = [
     ("grpc.max_send_message_length", 2**31 - 1),
     ("grpc.max_receive_message_length", 2**31 - 1),
@@ -239,9 +242,10 @@ class TritonPythonModel:
         self.engine = RoutingEngine(self.config, self, self.latency, self.counts, self.queue)
         self.model_name = args.get("model_name", "router")
         self.busy_s = 0.0
+        self._free_since = time.perf_counter()
         self._watcher: threading.Thread | None = None
         self._watching = threading.Event()
-        if self.config.slo_ms > 0 or self.config.default_budget_ms > 0:
+        if self.config.slo_ms > 0 or self.config.default_budget_ms > 0 or self.config.queue_timeout_ms > 0:
             self._watch_queue()
         self.served = 0
         self.batched = json.loads(args.get("model_config") or "{}").get("max_batch_size", 0) > 0
@@ -332,6 +336,8 @@ class TritonPythonModel:
 
     async def _execute(self, requests: list) -> list:
         started = time.perf_counter()
+        if started - self._free_since > _IDLE_S:
+            self.queue.drained()
         responses = []
         for request in requests:
             try:
@@ -344,15 +350,17 @@ class TritonPythonModel:
                         error=pb_utils.TritonError(message, pb_utils.TritonError.INTERNAL)
                     )
                 )
-        self.busy_s += time.perf_counter() - started
+        self._free_since = time.perf_counter()
+        self.busy_s += self._free_since - started
         return responses
 
     def _watch_queue(self) -> None:
         """Read the router model's queue statistics every POLL_S seconds, in a thread of its own.
 
-        Started at load with ``slo_ms`` or a default budget, else by the first request that brings
-        a budget. The reads fail until the server's HTTP endpoint is up, after the models load; if
-        they keep failing, the log says so once and budgets go on without the queue wait.
+        Started at load with ``slo_ms``, a default budget or a queue timeout, else by the first
+        request that brings a budget. The reads fail until the server's HTTP endpoint is up, after
+        the models load; if they keep failing, the log says so once and the router goes on without
+        the queue wait (no budget counts it, nothing is shed).
         """
         if self._watcher is not None:
             return
@@ -372,7 +380,8 @@ class TritonPythonModel:
                     if failed == _STATS_WARN_AFTER:
                         pb_utils.Logger.log_warn(
                             f"router: cannot read its queue statistics at {url} (set {_STATS_URL_ENV} "
-                            "to the server's HTTP address); budgets do not count the queue wait"
+                            "to the server's HTTP address); budgets do not count the queue wait and "
+                            "no request is shed"
                         )
                     continue
                 failed = 0
@@ -390,6 +399,17 @@ class TritonPythonModel:
         self._watcher.start()
 
     async def _route(self, request: object) -> object:
+        limit = self._queue_limit_ms(request)
+        if self.queue.over(limit):
+            self.counts["shed"] += 1
+            return pb_utils.InferenceResponse(
+                error=pb_utils.TritonError(
+                    f"Request shed: requests wait {self.queue.wait_ms:.0f} ms in the router's queue, "
+                    f"more than the {limit:g} ms allowed (triton.queue_timeout_ms, or the request's "
+                    "timeout); retry with backoff",
+                    pb_utils.TritonError.UNAVAILABLE,
+                )
+            )
         try:
             tensors, context = self._parse(request)
             if self._watcher is None and context.latency_budget_ms is not None:
@@ -408,6 +428,18 @@ class TritonPythonModel:
         return pb_utils.InferenceResponse(
             output_tensors=[pb_utils.Tensor("score", score), pb_utils.Tensor("tier", tiers)]
         )
+
+    def _queue_limit_ms(self, request: object) -> float:
+        """The queue wait (ms) past which ``request`` is shed (0: none).
+
+        The queue timeout, or the request's own ``timeout`` (microseconds) where that is shorter.
+        """
+        limit = self.config.queue_timeout_ms
+        timeout = getattr(request, "timeout", None)
+        if limit <= 0 or timeout is None:
+            return limit
+        own_ms = timeout() / 1000.0
+        return own_ms if 0 < own_ms < limit else limit
 
     def _refuse(self, counter: str, exc: Exception, code: int) -> object:
         self.counts[counter] += 1

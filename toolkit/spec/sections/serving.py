@@ -10,6 +10,9 @@ from toolkit.router.policy import LOCAL_TIERS
 from toolkit.spec.sections.common import KeyedValueError
 from toolkit.spec.variants import TARGETS, check_variant
 
+ADMISSIONS = ("router", "batcher")
+"""Who turns away requests that waited past ``triton.queue_timeout_ms``."""
+
 
 @dataclass(frozen=True)
 class TritonSpec:
@@ -20,11 +23,18 @@ class TritonSpec:
             ``python`` (an ONNX Runtime runner in the python backend, for servers without the
             onnxruntime backend, such as the embedded one) or ``auto`` (pick by the server).
         max_candidates: Largest N a request may carry.
-        router_instances: Instances of the router model (>= 2: with one, a queue policy stalls bursts
-            on the 2.51 server; each runs one request at a time).
-        queue_timeout_ms: How long a request may wait in the router's queue (the ensemble's only
-            queue) before it is rejected with UNAVAILABLE; a client's request ``timeout`` can only
+        router_instances: Instances of the router model (>= 2; each runs one request at a time).
+        queue_timeout_ms: The queue wait past which requests are turned away with UNAVAILABLE (the
+            router's queue is the ensemble's only one); a client's request ``timeout`` can only
             shorten it; 0 means no bound.
+        admission: Who turns requests away: ``router`` (no dynamic batcher in front of the router;
+            it sheds, at the cost of a refusal, while the requests it starts have waited longer
+            than ``queue_timeout_ms``) or ``batcher`` (Triton's dynamic batcher with a queue policy
+            rejects each request that waited that long, without running it, but adds a thread hop
+            to every request and, on the 2.51 server, can hold a request up to 0.5 s when it arrives
+            while every router instance is busy). ``router`` answers more requests at every load up
+            to its capacity; ``batcher`` holds latency at loads beyond what the router can refuse
+            (see the overload figures under Benchmarks).
         tier_instances: Instances of each tier model.
         tier_threads: ONNX Runtime intra-op threads of each CPU tier session: per instance of the
             tier, preprocess and gate models, and per session the router runs in its own process
@@ -53,6 +63,7 @@ class TritonSpec:
     max_candidates: int = 1024
     router_instances: int = 2
     queue_timeout_ms: float = 100.0
+    admission: Literal["router", "batcher"] = "router"
     tier_instances: int = 1
     tier_threads: int = 1
     tier_timeout_ms: float = 1000.0
@@ -93,6 +104,10 @@ class TritonSpec:
             raise KeyedValueError("tier_timeout_ms", f"must be a number >= 0, got {self.tier_timeout_ms}")
         if not math.isfinite(self.queue_timeout_ms) or self.queue_timeout_ms < 0:
             raise KeyedValueError("queue_timeout_ms", f"must be a number >= 0, got {self.queue_timeout_ms}")
+        if self.admission not in ADMISSIONS:
+            raise KeyedValueError(
+                "admission", f"expected one of {', '.join(ADMISSIONS)}, got {self.admission!r}"
+            )
         for port in (self.grpc_port, self.http_port, self.metrics_port):
             if not 1 <= port <= 65535:
                 raise ValueError(f"ports must lie in 1..65535, got {port}")
