@@ -2,11 +2,11 @@
 
 Starts the embedded Triton on a copy of the deployed demo repository to which four variants of the
 router are added: ``<router>_batcher`` (``triton.admission: batcher``: Triton's dynamic batcher and
-queue policy in front of it, called by a second ensemble ``<ensemble>_batcher``), ``<router>_bls`` (``local_tiers: bls``: tiers called through BLS),
-``<router>_loop`` (the same router, its ``execute`` always handed to the python backend's event
-loop, as an ``async def execute`` is) and ``<router>_slo`` (the same router with ``routing.slo_ms``
-set, so that each of its instances reads Triton's statistics of its model every 50 ms for the queue
-wait). Then, over gRPC from the same machine:
+queue policy in front of it, called by a second ensemble ``<ensemble>_batcher``), ``<router>_bls``
+(``local_tiers: bls``: tiers called through BLS), ``<router>_loop`` (the same router, its
+``execute`` always handed to the python backend's event loop, as an ``async def execute`` is) and
+``<router>_slo`` (the same router with ``routing.slo_ms`` set, so that each of its instances reads
+Triton's statistics of its model every 50 ms for the queue wait). Then, over gRPC from the same machine:
 
 1. **Latency**, one request at a time, with the tier forced (request parameter ``tier``), the paths
    alternating request by request: the ensemble (the entry point), the router called directly (what

@@ -1,10 +1,13 @@
-"""Overload on the real embedded Triton: several times its capacity for 20 s, nothing queues unboundedly.
+"""Overload on the real embedded Triton: more than its capacity for 20 s, nothing queues unboundedly.
 
 The driver sends pre-serialized requests over raw gRPC with Poisson arrivals (open loop), so it can
 offer more than the server can take on the same two cores. Every request must either succeed or be
-shed by the router's queue policy with UNAVAILABLE and Triton's "Request timeout expired"; rejections
-come back quickly (the queue timeout is 100 ms); the server process survives, answers the next
-request, and its memory (the tritonserver process and its python-backend stubs) stays bounded.
+shed with UNAVAILABLE: by the router ("Request shed", ``triton.admission: router``, the default, at
+1.5 times the capacity: a refusal costs the router a python-backend call, so it holds only up to a
+load it can refuse) or by Triton's queue policy ("Request timeout expired", ``admission: batcher``,
+at 3 times); rejections come back quickly (the queue timeout is 100 ms); the server process
+survives, answers the next request, and its memory (the tritonserver process and its python-backend
+stubs) stays bounded.
 """
 
 from __future__ import annotations
@@ -12,11 +15,13 @@ from __future__ import annotations
 import asyncio
 import collections
 import time
+from pathlib import Path
 
 import grpc
 import numpy as np
 import pytest
-from helpers import free_port_options
+import yaml
+from helpers import free_port_options, run_cli, write_spec
 from tritonclient.grpc import service_pb2
 
 from toolkit.client import RankingClient
@@ -27,10 +32,10 @@ from toolkit.serve import TritonServer
 pytestmark = pytest.mark.e2e
 
 OVERLOAD_S = 20.0
-OVERLOAD_X = 3.0
-"""Offered load as a multiple of the measured capacity. The load generator shares the server's cores,
-so requests are large (768 to 1024 candidates) to keep the offered rate within what it can send."""
-SHED = "Request shed"
+ADMISSIONS = {"router": (1.5, "Request shed"), "batcher": (3.0, "Request timeout expired")}
+"""Per ``triton.admission``: the offered load as a multiple of the measured capacity, and what the
+message of a shed request says. The load generator shares the server's cores, so requests are large
+(768 to 1024 candidates) to keep the offered rate within what it can send."""
 
 
 def _payloads(spec, count: int) -> list[bytes]:
@@ -95,14 +100,31 @@ async def _drive(url: str, payloads: list[bytes], rate: float | None, seconds: f
     return {"results": results, "messages": messages, "sent": sent, "seconds": seconds, "rss_kib": rss}
 
 
-def test_several_times_capacity_for_20_s_gets_answers_or_fast_clear_rejections(pipeline, tmp_path) -> None:
+def _deploy(pipeline, repository: Path, admission: str) -> Path:
+    """The session's deployment with ``triton.admission`` set (the session's own for the default)."""
+    if admission == "router":
+        return pipeline.repository
+    data = yaml.safe_load(pipeline.spec_path.read_text(encoding="utf-8"))
+    data["triton"]["admission"] = admission
+    spec_path = write_spec(repository.parent / "spec.yaml", data)
+    pins = [a for t, v in pipeline.pins.items() for a in ("--pin", f"{t}={v}")]
+    run_cli("deploy", "--spec", str(spec_path), "--out", str(repository), *pins)
+    return repository
+
+
+@pytest.mark.parametrize("admission", sorted(ADMISSIONS))
+def test_more_than_capacity_for_20_s_gets_answers_or_fast_clear_rejections(
+    pipeline, tmp_path: Path, admission: str
+) -> None:
     spec = pipeline.spec
+    multiple, marker = ADMISSIONS[admission]
+    repository = _deploy(pipeline, tmp_path / "repository", admission)
     payloads = _payloads(spec, 100)
-    with TritonServer(free_port_options(pipeline.repository, tmp_path / "tritonserver.log")) as server:
+    with TritonServer(free_port_options(repository, tmp_path / "tritonserver.log")) as server:
         pid = server.pid
         closed = asyncio.run(_drive(server.grpc_url, payloads, None, 4.0, pid))
         capacity = sum(status == "OK" for status, _ in closed["results"]) / closed["seconds"]
-        overload = asyncio.run(_drive(server.grpc_url, payloads, OVERLOAD_X * capacity, OVERLOAD_S, pid))
+        overload = asyncio.run(_drive(server.grpc_url, payloads, multiple * capacity, OVERLOAD_S, pid))
         with RankingClient(server.grpc_url, spec.name, tier_names=spec.tier_names) as client:
             after = client.rank(**generate_requests(spec.features, 1, (3, 3), 0.5, seed=5).request(0))
         assert server.running and server.pid == pid
@@ -112,16 +134,17 @@ def test_several_times_capacity_for_20_s_gets_answers_or_fast_clear_rejections(p
     shed = [ms for status, ms in overload["results"] if status != "OK"]
     rss_mb = np.array(overload["rss_kib"]) / 1024
     print(
-        f"\noverload: capacity {capacity:.0f} req/s (closed loop, 4 in flight); offered "
+        f"\noverload, admission {admission}: capacity {capacity:.0f} req/s (closed loop, 4 in flight); "
+        f"offered "
         f"{overload['sent'] / OVERLOAD_S:.0f} req/s for {OVERLOAD_S:g} s: {dict(statuses)}; answered p50/p99 "
         f"{np.percentile(ok, 50):.0f}/{np.percentile(ok, 99):.0f} ms; rejected p50/p99 "
         f"{np.percentile(shed, 50):.0f}/{np.percentile(shed, 99):.0f} ms; server RSS start "
         f"{rss_mb[0]:.0f} MB, peak {rss_mb.max():.0f} MB"
     )
-    assert overload["sent"] / OVERLOAD_S >= 2 * capacity  # the server really was offered more than it takes
+    assert overload["sent"] / OVERLOAD_S >= (1 + multiple) / 2 * capacity  # really offered more than it takes
     assert set(statuses) <= {"OK", "UNAVAILABLE"}, overload["messages"]
     assert statuses["UNAVAILABLE"] > 0 and statuses["OK"] > 0
-    assert SHED in overload["messages"]["UNAVAILABLE"]
+    assert marker in overload["messages"]["UNAVAILABLE"]
     assert np.percentile(shed, 50) < 1000.0  # shed after ~the 100 ms queue timeout, not after a backlog
     assert np.percentile(ok, 50) < 1000.0
     assert rss_mb.max() - rss_mb[0] < 500.0
