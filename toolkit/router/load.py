@@ -155,7 +155,9 @@ class QueueWait:
 def stats_reader(url: str, model: str, timeout_s: float = 1.0) -> Reader:
     """Reads ``model``'s cumulative queue statistics from Triton's HTTP endpoint at ``url``.
 
-    One connection is kept and reopened after an error; a read that fails returns None.
+    Each read opens its own connection and closes it: a server that stops waits (up to its exit
+    timeout) for the HTTP connections still open, and a kept one would hold every shutdown that
+    long. A read that fails returns None.
 
     Args:
         url: Triton's HTTP address, ``http://host:port``.
@@ -164,23 +166,21 @@ def stats_reader(url: str, model: str, timeout_s: float = 1.0) -> Reader:
     """
     parts = urllib.parse.urlsplit(url if "//" in url else f"http://{url}")
     path = f"/v2/models/{urllib.parse.quote(model)}/stats"
-    connection: list[http.client.HTTPConnection] = []
+    host, port = parts.hostname or "127.0.0.1", parts.port or 8000
 
     def read() -> tuple[int, float] | None:
+        connection = http.client.HTTPConnection(host, port, timeout=timeout_s)
         try:
-            if not connection:
-                host = parts.hostname or "127.0.0.1"
-                connection.append(http.client.HTTPConnection(host, parts.port or 8000, timeout=timeout_s))
-            connection[0].request("GET", path)
-            response = connection[0].getresponse()
+            connection.request("GET", path, headers={"Connection": "close"})
+            response = connection.getresponse()
             body = response.read()
             if response.status != 200:
                 return None
             stats = json.loads(body)
         except (OSError, http.client.HTTPException, ValueError):
-            if connection:
-                connection.pop().close()
             return None
+        finally:
+            connection.close()
         started, waited_ns = 0, 0
         for version in stats.get("model_stats", []):
             queue = version.get("inference_stats", {}).get("queue", {})

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import random
+import socket
+import threading
 from collections.abc import Iterator
 
 import numpy as np
@@ -209,3 +211,33 @@ def test_a_drained_queue_has_no_wait_until_the_next_read_says_otherwise() -> Non
     assert queue.budget(None) == 100.0
     queue.observe(20, 800.0)
     assert queue.wait_ms == pytest.approx(40.0)
+
+
+def test_stats_reader_closes_its_connection_after_each_read() -> None:
+    """A server that stops waits for open HTTP connections; the reader must not keep one."""
+    body = json.dumps({"model_stats": [{"inference_stats": {"queue": {"count": 3, "ns": 6_000_000}}}]})
+    closed = threading.Event()
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        listener.settimeout(5.0)
+
+        def serve() -> None:
+            connection, _ = listener.accept()
+            with connection:
+                connection.settimeout(5.0)
+                request = b""
+                while b"\r\n\r\n" not in request:
+                    request += connection.recv(4096)
+                connection.sendall(
+                    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: keep-alive\r\n"
+                    + f"Content-Length: {len(body)}\r\n\r\n{body}".encode()
+                )
+                if connection.recv(4096) == b"":  # the client closed its end
+                    closed.set()
+
+        server = threading.Thread(target=serve, daemon=True)
+        server.start()
+        read = stats_reader(f"http://127.0.0.1:{listener.getsockname()[1]}", "router")
+
+        assert read() == (3, 6.0)
+        server.join(timeout=5.0)
+        assert closed.is_set()
