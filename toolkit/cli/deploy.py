@@ -209,7 +209,8 @@ def _describe(spec: Spec, result: DeployResult) -> None:
     click.echo(f"  {spec.name:<28} ensemble entry point: the router")
     click.echo(f"  {spec.preprocess_model:<28} feature transforms (ONNX), fused into every CPU tier")
     click.echo(
-        f"  {spec.router_model:<28} router: queue timeout {spec.triton.queue_timeout_ms:g} ms, "
+        f"  {spec.router_model:<28} router: queue timeout {spec.triton.queue_timeout_ms:g} ms "
+        f"({'Triton sheds' if spec.triton.admission == 'batcher' else 'the router sheds'}), "
         f"validation, policy {spec.routing.policy!r}; {_local_tiers(spec)}"
     )
     if spec.gate_model in result.models:
