@@ -43,16 +43,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-import grpc
 import numpy as np
 import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as grpcaio
 from common import RESULTS, ROOT, held_out_requests, prepare, write_report
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
-from tritonclient.grpc import service_pb2
 
 from toolkit.bench.load import STATS_FIELDS, server_split, statistics_by_model
+from toolkit.bench.raw import offer, serialized_requests
 from toolkit.data import REQUEST_TENSORS, demo_holdout_set
 from toolkit.machine import machine_facts
 from toolkit.repository.configs import router_config
@@ -93,7 +92,13 @@ class TritonPythonModel(_module.TritonPythonModel):
 
 
 def _variant(
-    repository: Path, router: str, suffix: str, local_tiers: str, loop: bool, slo_ms: float = 0.0
+    repository: Path,
+    router: str,
+    suffix: str,
+    local_tiers: str,
+    loop: bool,
+    slo_ms: float = 0.0,
+    queue_timeout_ms: float | None = None,
 ) -> str:
     """Add a copy of the router model named ``<router>_<suffix>`` to ``repository``."""
     name = f"{router}_{suffix}"
@@ -105,6 +110,8 @@ def _variant(
     settings = json.loads((folder / "1" / "router.json").read_text(encoding="utf-8"))
     settings["local_tiers"] = local_tiers
     settings["slo_ms"] = slo_ms
+    if queue_timeout_ms is not None:
+        settings["queue_timeout_ms"] = queue_timeout_ms
     (folder / "1" / "router.json").write_text(json.dumps(settings, indent=2), encoding="utf-8")
     if loop:
         (folder / "1" / "model.py").rename(folder / "1" / "router_model.py")
@@ -118,15 +125,11 @@ def _batcher_variant(repository: Path, spec: Any, local_tiers: str) -> tuple[str
     The router's config is the one deploy writes for that admission; its ``router.json`` leaves the
     queue timeout to Triton's queue policy, as deploy's does.
     """
-    name = _variant(repository, spec.router_model, "batcher", local_tiers, loop=False)
+    name = _variant(repository, spec.router_model, "batcher", local_tiers, loop=False, queue_timeout_ms=0.0)
     batcher = dataclasses.replace(spec, triton=dataclasses.replace(spec.triton, admission="batcher"))
     config = router_config(batcher)
     config.name = name
     (repository / name / "config.pbtxt").write_text(text_format.MessageToString(config), encoding="utf-8")
-    settings_path = repository / name / "1" / "router.json"
-    settings = json.loads(settings_path.read_text(encoding="utf-8"))
-    settings["queue_timeout_ms"] = 0.0
-    settings_path.write_text(json.dumps(settings, indent=2), encoding="utf-8")
     ensemble = f"{spec.name}_batcher"
     shutil.copytree(repository / spec.name, repository / ensemble)
     path = repository / ensemble / "config.pbtxt"
@@ -334,69 +337,17 @@ def _stats_reads(http_url: str, model: str) -> dict[str, float]:
     }
 
 
-def _payloads(requests: Any, model: str) -> list[bytes]:
-    """Each request as a serialized gRPC ModelInferRequest for ``model``."""
-    out = []
-    for r in range(requests.num_requests):
-        message = service_pb2.ModelInferRequest(model_name=model)
-        for name, value in requests.request(r).items():
-            kind = "FP32" if value.dtype == np.float32 else "INT64"
-            message.inputs.add(name=name, datatype=kind, shape=list(value.shape))
-            message.raw_input_contents.append(np.ascontiguousarray(value).tobytes())
-        out.append(message.SerializeToString())
-    return out
-
-
-async def _offer(url: str, payloads: list[bytes], rate: float | None, seconds: float) -> dict[str, Any]:
-    """Closed loop at :data:`CONCURRENCY` when ``rate`` is None, else Poisson arrivals at ``rate``/s.
-
-    Requests go pre-serialized over raw gRPC, so that one process can offer more than the server
-    takes on the same cores. Each request's outcome (OK or the status code) and milliseconds.
-    """
-    results: list[tuple[str, float]] = []
-    async with grpc.aio.insecure_channel(url, options=[("grpc.max_send_message_length", -1)]) as channel:
-        call = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
-
-        async def one(i: int, at: float) -> None:
-            try:
-                await call(payloads[i % len(payloads)], timeout=120)
-                status = "OK"
-            except grpc.aio.AioRpcError as exc:
-                status = exc.code().name
-            results.append((status, (time.perf_counter() - at) * 1000.0))
-
-        started, sent = time.perf_counter(), 0
-        if rate is None:
-
-            async def worker() -> None:
-                nonlocal sent
-                while time.perf_counter() - started < seconds:
-                    sent += 1
-                    await one(sent, time.perf_counter())
-
-            await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
-        else:
-            rng = np.random.default_rng(0)
-            tasks: set[asyncio.Task[None]] = set()
-            at = started
-            while at - started < seconds:
-                at += rng.exponential(1.0 / rate)
-                delay = at - time.perf_counter()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                task = asyncio.create_task(one(sent, at))
-                tasks.add(task)
-                task.add_done_callback(tasks.discard)
-                sent += 1
-            await asyncio.gather(*tasks)
-    ok = [ms for status, ms in results if status == "OK"]
-    shed = [ms for status, ms in results if status == "UNAVAILABLE"]
+def _offer(url: str, payloads: list[bytes], rate: float | None, seconds: float) -> dict[str, Any]:
+    """Answered and shed requests, and their latency, of :func:`toolkit.bench.raw.offer`."""
+    offered = asyncio.run(offer(url, payloads, rate, seconds, concurrency=CONCURRENCY))
+    ok = [ms for status, ms in offered.results if status == "OK"]
+    shed = [ms for status, ms in offered.results if status == "UNAVAILABLE"]
     return {
-        "offered_per_s": sent / seconds,
+        "offered_per_s": offered.sent / seconds,
         "answered_per_s": len(ok) / seconds,
         "answered": len(ok),
         "shed": len(shed),
-        "other_failures": len(results) - len(ok) - len(shed),
+        "other_failures": len(offered.results) - len(ok) - len(shed),
         "answered_p50_ms": float(np.percentile(ok, 50)) if ok else 0.0,
         "answered_p99_ms": float(np.percentile(ok, 99)) if ok else 0.0,
         "shed_p50_ms": float(np.percentile(shed, 50)) if shed else 0.0,
@@ -409,19 +360,17 @@ def _overload_runs(url: str, ensemble: str, ensemble_batcher: str, requests: Any
     The two ensembles alternate which goes first at each load.
     """
     payloads = {
-        path: _payloads(requests, model)
+        path: serialized_requests(requests, model)
         for path, model in (("router", ensemble), ("batcher", ensemble_batcher))
     }
-    capacity = {
-        path: asyncio.run(_offer(url, payloads[path], None, 5.0))["answered_per_s"] for path in payloads
-    }
+    capacity = {path: _offer(url, payloads[path], None, 5.0)["answered_per_s"] for path in payloads}
     base = capacity["router"]
     runs: dict[str, Any] = {"capacity_per_s": capacity, "candidates": list(OVERLOAD_CANDIDATES), "loads": []}
     for k, multiple in enumerate(OVERLOAD_X):
         order = ("router", "batcher") if k % 2 == 0 else ("batcher", "router")
         load = {"multiple": multiple}
         for path in order:
-            load[path] = asyncio.run(_offer(url, payloads[path], multiple * base, OVERLOAD_S))
+            load[path] = _offer(url, payloads[path], multiple * base, OVERLOAD_S)
             print(
                 f"overload {multiple:g}x, admission {path}: {load[path]['answered_per_s']:.0f}/s answered",
                 file=sys.stderr,

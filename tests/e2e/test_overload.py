@@ -17,13 +17,13 @@ import collections
 import time
 from pathlib import Path
 
-import grpc
 import numpy as np
 import pytest
 import yaml
 from helpers import free_port_options, run_cli, write_spec
 from tritonclient.grpc import service_pb2
 
+from toolkit.bench.raw import offer, serialized_requests
 from toolkit.client import RankingClient
 from toolkit.data import REQUEST_TENSORS, generate_requests
 from toolkit.machine import process_tree_rss_kib
@@ -40,64 +40,35 @@ message of a shed request says. The load generator shares the server's cores, so
 
 def _payloads(spec, count: int) -> list[bytes]:
     requests = generate_requests(spec.features, count, (768, 1024), 1.0, seed=83, world_seed=spec.seed)
-    out = []
-    for r in range(requests.num_requests):
-        message = service_pb2.ModelInferRequest(model_name=spec.name)
-        for name, value in requests.request(r).items():
-            kind = "FP32" if value.dtype == np.float32 else "INT64"
-            message.inputs.add(name=name, datatype=kind, shape=list(value.shape))
-            message.raw_input_contents.append(np.ascontiguousarray(value).tobytes())
+    out = serialized_requests(requests, spec.name)
+    for payload in out:
+        message = service_pb2.ModelInferRequest.FromString(payload)
         assert [i.name for i in message.inputs] == list(REQUEST_TENSORS)
-        out.append(message.SerializeToString())
     return out
 
 
-async def _drive(url: str, payloads: list[bytes], rate: float | None, seconds: float, pid: int) -> dict:
-    """Closed loop at concurrency 4 when ``rate`` is None, else Poisson arrivals at ``rate``/s."""
-    results: list[tuple[str, float]] = []
-    messages: dict[str, str] = {}
+def _drive(url: str, payloads: list[bytes], rate: float | None, seconds: float, pid: int) -> dict:
+    """Closed loop at concurrency 4 when ``rate`` is None, else Poisson arrivals at ``rate``/s.
+
+    The server's memory is sampled before, every half second of the open loop, and after.
+    """
     rss = [process_tree_rss_kib(pid)]
-    async with grpc.aio.insecure_channel(url, options=[("grpc.max_send_message_length", -1)]) as channel:
-        call = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
+    last = [time.perf_counter()]
 
-        async def one(i: int, at: float) -> None:
-            try:
-                await call(payloads[i % len(payloads)], timeout=120)
-                status = "OK"
-            except grpc.aio.AioRpcError as exc:
-                status = exc.code().name
-                messages.setdefault(status, exc.details())
-            results.append((status, (time.perf_counter() - at) * 1000.0))
+    def sample() -> None:
+        if time.perf_counter() - last[0] > 0.5:
+            rss.append(process_tree_rss_kib(pid))
+            last[0] = time.perf_counter()
 
-        started = time.perf_counter()
-        sent = 0
-        if rate is None:
-
-            async def worker() -> None:
-                nonlocal sent
-                while time.perf_counter() - started < seconds:
-                    sent += 1
-                    await one(sent, time.perf_counter())
-
-            await asyncio.gather(*(worker() for _ in range(4)))
-        else:
-            rng = np.random.default_rng(0)
-            tasks, at, last_rss = set(), started, started
-            while at - started < seconds:
-                at += rng.exponential(1.0 / rate)
-                delay = at - time.perf_counter()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                task = asyncio.create_task(one(sent, at))
-                tasks.add(task)
-                task.add_done_callback(tasks.discard)
-                sent += 1
-                if time.perf_counter() - last_rss > 0.5:
-                    rss.append(process_tree_rss_kib(pid))
-                    last_rss = time.perf_counter()
-            await asyncio.gather(*tasks)
-        rss.append(process_tree_rss_kib(pid))
-    return {"results": results, "messages": messages, "sent": sent, "seconds": seconds, "rss_kib": rss}
+    offered = asyncio.run(offer(url, payloads, rate, seconds, concurrency=4, on_send=sample))
+    rss.append(process_tree_rss_kib(pid))
+    return {
+        "results": offered.results,
+        "messages": offered.messages,
+        "sent": offered.sent,
+        "seconds": seconds,
+        "rss_kib": rss,
+    }
 
 
 def _deploy(pipeline, repository: Path, admission: str) -> Path:
@@ -122,9 +93,9 @@ def test_more_than_capacity_for_20_s_gets_answers_or_fast_clear_rejections(
     payloads = _payloads(spec, 100)
     with TritonServer(free_port_options(repository, tmp_path / "tritonserver.log")) as server:
         pid = server.pid
-        closed = asyncio.run(_drive(server.grpc_url, payloads, None, 4.0, pid))
+        closed = _drive(server.grpc_url, payloads, None, 4.0, pid)
         capacity = sum(status == "OK" for status, _ in closed["results"]) / closed["seconds"]
-        overload = asyncio.run(_drive(server.grpc_url, payloads, multiple * capacity, OVERLOAD_S, pid))
+        overload = _drive(server.grpc_url, payloads, multiple * capacity, OVERLOAD_S, pid)
         with RankingClient(server.grpc_url, spec.name, tier_names=spec.tier_names) as client:
             after = client.rank(**generate_requests(spec.features, 1, (3, 3), 0.5, seed=5).request(0))
         assert server.running and server.pid == pid
