@@ -46,6 +46,7 @@ def test_a_two_point_search_measures_both_on_the_server_and_resumes_without_reme
         tier_threads=(start.tier_threads,),
         tier_instances=(start.tier_instances,),
         queue_timeout_ms=(start.queue_timeout_ms,),
+        admission=(start.admission,),
         tier_counts=((largest, (1, 2)),),
     ).with_start(start)
     options = DeployOptions("python", pins=pipeline.pins)
@@ -107,6 +108,8 @@ def _tune_args(pipeline, out: Path) -> list[str]:
         str(start.tier_instances),
         "--queue-timeout-ms",
         f"{start.queue_timeout_ms:g}",
+        "--admission",
+        start.admission,
         "--search",
         "brute",
         "--confirm",

@@ -106,10 +106,12 @@ def _minutes(seconds: float) -> str:
     "--confirm",
     "confirm_runs",
     type=click.IntRange(min=0),
-    default=2,
+    default=3,
     show_default=True,
     help=f"After the search, measure the {CONFIRM_TOP} best configurations (the start among them) this "
-    "many more times each, alternating, and choose by the medians (0: take the search's best).",
+    "many more times each, alternating, and choose by the medians; another configuration replaces "
+    "the start only if it also beat it in every round (of up to 5; 5 of 6, 6 of 7, ...). "
+    "0: take the search's best.",
 )
 @click.option("--router-instances", metavar="N1,N2,...", help="Router instance counts [2,3,4].")
 @click.option("--local-tiers", metavar="MODE,...", help="How the router calls its CPU tiers [bls,inprocess].")
@@ -139,6 +141,11 @@ def _minutes(seconds: float) -> str:
     "passing ONNX variant on the server's CPU cores. Off by default.",
 )
 @click.option("--queue-timeout-ms", metavar="MS1,MS2,...", help="Router queue timeouts [50,100,200].")
+@click.option(
+    "--admission",
+    metavar="WHO,...",
+    help="Who rejects requests that waited past the queue timeout (triton.admission) [batcher,router].",
+)
 @click.option(
     "--concurrency",
     metavar="C1,C2,...",
@@ -209,6 +216,7 @@ def command(
     per_tier: tuple[str, ...],
     per_tier_kind: tuple[str, ...],
     queue_timeout_ms: str | None,
+    admission: str | None,
     concurrency: str,
     window_s: float,
     max_windows: int,
@@ -224,12 +232,12 @@ def command(
     """Find the serving configuration with the highest throughput whose p99 meets --slo-ms.
 
     Each configuration (router instances, how the router calls its CPU tiers, ONNX Runtime threads,
-    tier instances, queue timeout: the spec's triton keys; with --per-tier-instances each tier's own
-    instance count too, and on a GPU target with --per-tier-kind where each tier's instances run) is
-    deployed from the export's artifacts
-    into a scratch repository, served by a fresh tritonserver and loaded with toolkit bench's
-    closed-loop steps on the spec's traffic, rising until a step misses the SLO or fails a request.
-    A configuration scores the highest throughput of a step that met it.
+    tier instances, queue timeout, who sheds: the spec's triton keys; with --per-tier-instances each
+    tier's own instance count too, and on a GPU target with --per-tier-kind where each tier's
+    instances run) is deployed from the export's artifacts into a scratch repository, served by a
+    fresh tritonserver and loaded with toolkit bench's closed-loop steps on the spec's traffic,
+    rising until a step misses the SLO or fails a request. A configuration scores the highest
+    throughput of a step that met it.
 
     Every measured point goes to OUT/tune.json as soon as it is measured: the same command run again
     (same spec, SLO and load) resumes without measuring them twice. Ctrl-C, or the end of
@@ -272,6 +280,7 @@ def command(
         "tier_threads": _values(tier_threads, "--tier-threads", int),
         "tier_instances": _values(tier_instances, "--tier-instances", int),
         "queue_timeout_ms": _values(queue_timeout_ms, "--queue-timeout-ms", float),
+        "admission": _values(admission, "--admission", str),
     }
     counts = _per_tier(per_tier, spec.tier_names, "--per-tier-instances")
     kinds = _per_tier(per_tier_kind, spec.tier_names, "--per-tier-kind", str)

@@ -18,7 +18,7 @@ import yaml
 
 from toolkit.data.requests import RequestSet
 from toolkit.spec.schema import Spec
-from toolkit.tune.search import Point, SearchResult
+from toolkit.tune.search import Point, SearchResult, luck, wins_needed
 from toolkit.tune.space import ServingConfig, knob_label, knob_text
 
 STOPPED = {
@@ -78,7 +78,8 @@ def verdict(result: SearchResult, slo_ms: float, margin: float) -> Verdict:
             f"{len(result.confirmed)} best configurations had median throughputs (requests/s; the runs' "
             f"range in brackets) of: {medians}; the figures here are those medians. A configuration "
             f"replaces the start only if its median beats the start's by more than {margin:.0%} and it "
-            "beat the start in more than half of the rounds."
+            f"beat the start in {_rounds_needed(runs)}, so that chance alone would pass one no faster "
+            f"than the start {luck(runs):.1%} of the time."
         )
     else:
         how = "The figures are the search's measurements."
@@ -107,6 +108,11 @@ def verdict(result: SearchResult, slo_ms: float, margin: float) -> Verdict:
         )
     text = f"{head} {body} {how} Search: {len(result.points)} points; {why}.{idle}"
     return Verdict(chosen, baseline, gain, text)
+
+
+def _rounds_needed(rounds: int) -> str:
+    needed = wins_needed(rounds)
+    return "every round" if needed == rounds else f"{needed} of the {rounds} rounds"
 
 
 def _spread(runs: list[Point]) -> str:
@@ -282,8 +288,9 @@ def _short(config: ServingConfig) -> str:
 def perf_analyzer_data(requests: RequestSet, count: int = 16) -> dict[str, Any]:
     """perf_analyzer's ``--input-data`` JSON for the router model: ``count`` of the requests.
 
-    The router has ``max_batch_size: 1``, so each tensor's shape is given without the batch dimension
-    perf_analyzer adds.
+    Each tensor's shape is the request's own, as the router takes it with ``triton.admission:
+    router`` (``max_batch_size: 0``); with ``batcher`` (``max_batch_size: 1``) perf_analyzer adds the
+    batch dimension to the same shapes.
     """
     data = []
     for r in range(min(count, requests.num_requests)):
@@ -303,7 +310,8 @@ def model_analyzer_config(spec: Spec, slo_ms: float, repository: str, data_file:
     It profiles the router as a BLS model with its composing models (the tiers, the preprocess step
     and, with the learned policy, the gate) under the same p99 constraint with quick search, on the
     repository deployed from the tuned spec. Model Analyzer searches instance counts and batching,
-    not the router's own settings (``local_tiers``, threads, queue timeout): those stay as tuned.
+    not the router's own settings (``local_tiers``, threads, queue timeout, admission): those stay
+    as tuned.
     """
     composing = [*spec.tier_names, *(m for m in spec.entry_models if m not in (spec.name, spec.router_model))]
     return {

@@ -228,6 +228,30 @@ def brute_force(
     return result
 
 
+CHANCE = 0.125
+"""How often a configuration no faster than the start may pass :func:`confirm`'s test by luck: it
+must beat the start in so many of the paired rounds that a coin toss per round would win as many
+at most this often: every round of up to 5, then 5 of 6, 6 of 7, 7 of 8 or 9."""
+
+
+def _tail(rounds: int, wins: int) -> float:
+    return sum(math.comb(rounds, k) for k in range(wins, rounds + 1)) / 2**rounds
+
+
+def wins_needed(rounds: int, chance: float = CHANCE) -> int:
+    """The paired rounds a configuration must win for :func:`confirm` to prefer it to the start.
+
+    The smallest count ``k`` for which ``rounds`` fair coin tosses give ``k`` or more heads with a
+    probability of at most ``chance`` (a one-sided sign test); ``rounds`` when even that is likelier.
+    """
+    return next((k for k in range(rounds + 1) if _tail(rounds, k) <= chance), rounds)
+
+
+def luck(rounds: int) -> float:
+    """How often a configuration no faster than the start wins :func:`wins_needed` of ``rounds`` rounds."""
+    return _tail(rounds, wins_needed(rounds))
+
+
 def confirm(
     result: SearchResult,
     measure_round: Callable[[int], Measure],
@@ -240,11 +264,13 @@ def confirm(
     A search's points were measured minutes apart on a machine whose speed drifts, and the best of
     many noisy measurements is the luckiest as often as the fastest. This measures the ``top``
     configurations that met the SLO (the starting one always among them) ``rounds`` more times
-    each, one round after another (A, B, C, A, B, C, ...), so that drift hits them alike, and
-    chooses the highest median; a configuration other than the start must beat the start's median
-    by more than ``margin`` and beat the start's run in more than half of the rounds. A search the
-    budget cut short is still confirmed (the caller keeps room for it); an interrupted one is not.
-    A :class:`SearchStopError` ends the confirmation with the rounds it completed.
+    each, one round after another, in turn forwards and backwards (A, B, C, C, B, A, ...), so that
+    drift and the place in a round hit them alike, and chooses the highest median. A configuration
+    other than the start must beat the start's median by more than ``margin`` and beat the start's
+    run in as many rounds as :func:`wins_needed` asks: on a machine whose runs of one configuration
+    spread wider than the gain, a win in most rounds is still a coin toss, and the start stays. A
+    search the budget cut short is still confirmed (the caller keeps room for it); an interrupted
+    one is not. A :class:`SearchStopError` ends the confirmation with the rounds it completed.
 
     Args:
         result: The search's result; updated in place and returned.
@@ -263,7 +289,7 @@ def confirm(
     try:
         for r in range(rounds):
             measure = measure_round(r)
-            for config in configs:
+            for config in configs if r % 2 == 0 else reversed(configs):
                 runs[config].append(measure(config))
     except SearchStopError as stop:
         result.stopped = stop.reason
@@ -277,7 +303,7 @@ def confirm(
     if start is not None and best != result.start:
         paired = zip(result.confirmed[best], result.confirmed[result.start], strict=True)
         wins = sum(mine.slo_throughput > theirs.slo_throughput for mine, theirs in paired)
-        if not _better(scores[best], start, margin) or wins * 2 <= complete:
+        if not _better(scores[best], start, margin) or wins < wins_needed(complete):
             best = result.start
     result.chosen = scores[best]
     return result

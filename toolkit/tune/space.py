@@ -10,13 +10,23 @@ from typing import Any
 
 from toolkit.router.policy import LOCAL_TIERS
 from toolkit.spec.schema import Spec
+from toolkit.spec.sections.serving import ADMISSIONS
 from toolkit.spec.variants import TARGETS
 
-KNOBS = ("router_instances", "local_tiers", "tier_threads", "tier_instances", "queue_timeout_ms")
+KNOBS = (
+    "router_instances",
+    "local_tiers",
+    "tier_threads",
+    "tier_instances",
+    "queue_timeout_ms",
+    "admission",
+)
 """The ``triton`` keys a configuration sets, in the order coordinate descent visits them (the ones
 that move throughput most on CPU first, so that a search cut short by its budget has tried them)."""
 
-KNOB_LABELS = dict(zip(KNOBS, ("routers", "local", "threads", "tier inst", "queue ms"), strict=True))
+KNOB_LABELS = dict(
+    zip(KNOBS, ("routers", "local", "threads", "tier inst", "queue ms", "admission"), strict=True)
+)
 """Each ``triton`` knob's short name, for table headers and plot legends."""
 
 TIER_KNOB = "instances."
@@ -27,6 +37,7 @@ KIND_KNOB = "kind."
 ``gpu``, ``tiers[].instance_kind``)."""
 
 _LOCAL_TIERS_SORTED = tuple(sorted(LOCAL_TIERS))
+_ADMISSIONS_SORTED = tuple(sorted(ADMISSIONS))
 
 Value = float | int | str
 
@@ -64,6 +75,8 @@ class ServingConfig:
         tier_threads: ONNX Runtime intra-op threads of each CPU tier session.
         tier_instances: Instances of each tier model without a count of its own.
         queue_timeout_ms: How long a request may wait in the router's queue before it is rejected.
+        admission: Who rejects it: ``router`` (the router sheds, no dynamic batcher) or ``batcher``
+            (Triton's queue policy in a dynamic batcher in front of the router).
         tier_counts: Tiers with their own instance count (``tiers[].instances``), as
             ``((tier, count), ...)``; the other tiers take ``tier_instances``.
         tier_kinds: Tiers whose instance kind is set (``tiers[].instance_kind``), as
@@ -75,6 +88,7 @@ class ServingConfig:
     tier_threads: int = 1
     tier_instances: int = 1
     queue_timeout_ms: float = 100.0
+    admission: str = "router"
     tier_counts: tuple[tuple[str, int], ...] = ()
     tier_kinds: tuple[tuple[str, str], ...] = ()
 
@@ -149,7 +163,7 @@ class ServingConfig:
 
     @property
     def key(self) -> str:
-        """A stable name, ``router_instances=2,local_tiers=inprocess,...,queue_timeout_ms=100``.
+        """A stable name, ``router_instances=2,local_tiers=inprocess,...,admission=router``.
 
         Per-tier counts and kinds follow, ``...,instances.xl=2,kind.lite=cpu``.
         """
@@ -223,6 +237,7 @@ class SearchSpace:
         tier_threads: ONNX Runtime intra-op thread counts to try.
         tier_instances: Instance counts to try for the tiers without their own.
         queue_timeout_ms: Queue timeouts to try.
+        admission: Admissions to try (``batcher``, ``router``).
         tier_counts: Tiers whose own instance counts are searched, with the counts to try:
             ``((tier, (1, 2)), ...)``, in the order the search visits them.
         tier_kinds: Tiers whose instance kind is searched (GPU targets), with the kinds to try:
@@ -234,6 +249,7 @@ class SearchSpace:
     tier_threads: tuple[int, ...] = (1, 2)
     tier_instances: tuple[int, ...] = (1, 2)
     queue_timeout_ms: tuple[float, ...] = (50.0, 100.0, 200.0)
+    admission: tuple[str, ...] = _ADMISSIONS_SORTED
     tier_counts: tuple[tuple[str, tuple[int, ...]], ...] = ()
     tier_kinds: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
@@ -249,9 +265,10 @@ class SearchSpace:
                 raise ValueError(f"{knob}: at least 1, got {self.values(knob)!r}")
         if min(self.queue_timeout_ms) < 0:
             raise ValueError(f"queue_timeout_ms: at least 0, got {self.queue_timeout_ms!r}")
-        unknown = sorted(set(self.local_tiers) - set(LOCAL_TIERS))
-        if unknown:
-            raise ValueError(f"local_tiers: {unknown[0]!r} is not one of {', '.join(LOCAL_TIERS)}")
+        for knob, known in (("local_tiers", LOCAL_TIERS), ("admission", ADMISSIONS)):
+            unknown = sorted(set(self.values(knob)) - set(known))
+            if unknown:
+                raise ValueError(f"{knob}: {unknown[0]!r} is not one of {', '.join(known)}")
         for tier, kinds in self.tier_kinds:
             unknown = sorted(set(kinds) - set(TARGETS))
             if unknown:

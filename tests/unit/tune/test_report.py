@@ -75,7 +75,8 @@ def test_the_verdict_gives_the_confirmed_medians_of_each_configuration() -> None
         "the start 160.0 (150.0 to 170.0); router_instances 4, tier_threads 2 240.0 (0.0 to 250.0)"
         in said.text
     )
-    assert "beat the start in more than half of the rounds" in said.text
+    assert "beat the start in every round, so that chance alone" in said.text
+    assert "no faster than the start 12.5% of the time" in said.text
 
 
 def test_write_report_writes_a_deployable_spec_an_overlay_and_model_analyzer_inputs(

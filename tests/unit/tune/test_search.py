@@ -13,13 +13,16 @@ from toolkit.spec import spec_from_dict
 from toolkit.tune.measure import idle_instances
 from toolkit.tune.report import verdict
 from toolkit.tune.search import (
+    CHANCE,
     Measure,
     Point,
     SearchResult,
     SearchStopError,
     brute_force,
     confirm,
+    luck,
     quick_search,
+    wins_needed,
 )
 from toolkit.tune.space import SearchSpace, ServingConfig
 from toolkit.tune.store import PointStore
@@ -30,6 +33,7 @@ SPACE = SearchSpace(
     tier_threads=(1,),
     tier_instances=(1, 2, 3),
     queue_timeout_ms=(50.0, 100.0, 200.0),
+    admission=("router",),
 )
 START = ServingConfig(router_instances=2, tier_instances=1, queue_timeout_ms=100.0)
 
@@ -107,10 +111,16 @@ def test_a_damaged_record_is_one_line_naming_the_file(tmp_path: Path) -> None:
 
 def test_a_configuration_becomes_a_spec_overlay_the_loader_accepts(tiny_spec_dict) -> None:
     config = ServingConfig(
-        router_instances=4, local_tiers="bls", tier_threads=2, tier_instances=2, queue_timeout_ms=50.0
+        router_instances=4,
+        local_tiers="bls",
+        tier_threads=2,
+        tier_instances=2,
+        queue_timeout_ms=50.0,
+        admission="batcher",
     )
     assert config.key == (
-        "router_instances=4,local_tiers=bls,tier_threads=2,tier_instances=2,queue_timeout_ms=50"
+        "router_instances=4,local_tiers=bls,tier_threads=2,tier_instances=2,queue_timeout_ms=50,"
+        "admission=batcher"
     )
     data = {**tiny_spec_dict, "triton": {**tiny_spec_dict["triton"], **config.overlay()["triton"]}}
     spec = spec_from_dict(data)
@@ -125,6 +135,9 @@ def test_a_space_refuses_values_out_of_order_or_a_single_router() -> None:
         SearchSpace(router_instances=(1, 2))
     with pytest.raises(ValueError, match="local_tiers: 'grpc'"):
         SearchSpace(local_tiers=("grpc",))
+    with pytest.raises(ValueError, match="admission: 'client' is not one of router, batcher"):
+        SearchSpace(admission=("client", "router"))
+    assert SearchSpace().admission == ("batcher", "router")
     with pytest.raises(ValueError, match="tier_threads: at least 1"):
         SearchSpace(tier_threads=(0, 1))
     assert SearchSpace().with_start(ServingConfig(router_instances=5)).router_instances == (2, 3, 4, 5)
@@ -174,6 +187,7 @@ def test_confirm_measures_the_best_again_alternating_and_keeps_the_start_on_a_ti
         tier_threads=(1,),
         tier_instances=(1,),
         queue_timeout_ms=(100.0,),
+        admission=("router",),
     )
     calls, measure = _drifting()
     result = brute_force(space, measure, start=ServingConfig())
@@ -182,7 +196,8 @@ def test_confirm_measures_the_best_again_alternating_and_keeps_the_start_on_a_ti
     confirm(result, lambda r: measure, rounds=2, top=2)
 
     again = calls[searched:]
-    assert again == [ServingConfig(), ServingConfig(router_instances=3)] * 2  # alternating
+    start, three = ServingConfig(), ServingConfig(router_instances=3)
+    assert again == [start, three, three, start]  # forwards, then backwards
     assert set(result.confirmed) == {ServingConfig(), ServingConfig(router_instances=3)}
     assert result.best is not None and result.best.config == ServingConfig()  # within the margin
     assert result.baseline is not None and result.baseline.throughput == result.best.throughput
@@ -191,13 +206,37 @@ def test_confirm_measures_the_best_again_alternating_and_keeps_the_start_on_a_ti
 def test_confirm_moves_to_a_configuration_whose_median_beats_the_start() -> None:
     start, fast = ServingConfig(), ServingConfig(router_instances=4)
     result = SearchResult([Point(start, 900.0, 10.0), Point(fast, 880.0, 12.0)], start, None)
-    figures = {start: iter([700.0, 720.0, 690.0]), fast: iter([900.0, 950.0, 600.0])}
+    figures = {start: iter([700.0, 720.0, 690.0]), fast: iter([900.0, 950.0, 760.0])}
 
     confirm(result, lambda r: lambda c: Point(c, next(figures[c]), 11.0), rounds=3)
 
     assert result.best is not None and result.best.config == fast
     assert result.best.throughput == 900.0 and result.baseline.throughput == 700.0
     assert len(result.confirmed[fast]) == 3
+
+
+def test_confirm_keeps_the_start_when_the_faster_median_lost_a_round_of_three() -> None:
+    start, fast = ServingConfig(), ServingConfig(router_instances=4)
+    result = SearchResult([Point(start, 900.0, 10.0), Point(fast, 880.0, 12.0)], start, None)
+    # fast's median beats the start's by 29% and it won 2 of 3 rounds: a coin toss does that half the time
+    figures = {start: iter([700.0, 720.0, 690.0]), fast: iter([900.0, 950.0, 600.0])}
+
+    confirm(result, lambda r: lambda c: Point(c, next(figures[c]), 11.0), rounds=3)
+
+    assert result.best is not None and result.best.config == start
+
+
+@pytest.mark.parametrize("rounds", range(1, 13))
+def test_the_wins_needed_are_the_fewest_a_coin_toss_reaches_at_most_one_time_in_eight(rounds: int) -> None:
+    def tail(k: int) -> float:
+        return sum(math.comb(rounds, i) for i in range(k, rounds + 1)) / 2**rounds
+
+    needed = wins_needed(rounds)
+    assert 1 <= needed <= rounds
+    assert tail(needed) <= CHANCE or needed == rounds
+    assert tail(needed - 1) > CHANCE
+    assert (needed == rounds) is (rounds <= 5)
+    assert luck(rounds) == tail(needed)
 
 
 def test_confirm_stopped_midway_keeps_only_complete_rounds() -> None:
@@ -245,6 +284,7 @@ PER_TIER = SearchSpace(
     tier_threads=(1,),
     tier_instances=(1,),
     queue_timeout_ms=(100.0,),
+    admission=("router",),
     tier_counts=(("lite", (1, 2)), ("xl", (1, 2, 3))),
 )
 PER_TIER_START = ServingConfig(local_tiers="bls", tier_counts=(("lite", 1), ("xl", 1)))
@@ -259,9 +299,10 @@ def test_per_tier_counts_are_knobs_of_their_own_after_the_shared_count() -> None
         "instances.lite",
         "instances.xl",
         "queue_timeout_ms",
+        "admission",
     )
     assert PER_TIER.size == 6 == len(set(PER_TIER))
-    assert PER_TIER_START.key.endswith(",queue_timeout_ms=100,instances.lite=1,instances.xl=1")
+    assert PER_TIER_START.key.endswith(",admission=router,instances.lite=1,instances.xl=1")
     assert PER_TIER.neighbours(PER_TIER_START.with_value("instances.xl", 2), "instances.xl") == [
         PER_TIER_START,
         PER_TIER_START.with_value("instances.xl", 3),
@@ -367,7 +408,7 @@ KINDS_START = dataclasses.replace(PER_TIER_START, tier_kinds=(("lite", "gpu"), (
 
 def test_per_tier_kinds_are_knobs_after_the_per_tier_counts() -> None:
     assert KINDS.knobs[3:7] == ("tier_instances", "instances.lite", "instances.xl", "kind.lite")
-    assert KINDS.knobs[7:] == ("kind.standard", "queue_timeout_ms")
+    assert KINDS.knobs[7:] == ("kind.standard", "queue_timeout_ms", "admission")
     assert KINDS.size == 4 * PER_TIER.size == len(set(KINDS))
     assert KINDS_START.key.endswith(",instances.xl=1,kind.lite=gpu,kind.standard=gpu")
     on_cpu = KINDS_START.with_value("kind.lite", "cpu")
