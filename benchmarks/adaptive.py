@@ -12,17 +12,20 @@ sides (``--budgets``) send every request with a ``latency_budget_ms`` of their o
 Each of ``--rounds`` rounds (3 by default) starts a fresh server and:
 
 1. measures the largest tier's capacity within the SLO: always-largest's closed-loop throughput at
-   concurrency 4, then open-loop Poisson arrivals at fractions of it (0.5, 0.75, 1); the highest
-   rate whose p99 met the SLO with no failed request is the round's capacity;
+   concurrency 4, then open-loop Poisson arrivals at fractions of it (0.5, 0.75, 1); where none
+   met the SLO, the lowest rate halved until one does; then ``--refine`` (2) bisections between the
+   highest rate that met the SLO and the next one above, which missed. What was answered at the
+   highest rate that met the SLO with no failed request is the round's capacity;
 2. measures the adaptive sides at the same rates, then every side at twice the capacity, the order
    of the sides alternating from round to round (always-largest first in odd rounds, last in even
    ones), so that a slower or faster spell of the machine does not favour one side.
 
-Each step reports requests/s answered, latency percentiles from each request's scheduled arrival
-(no coordinated omission), failed requests, the tier mix and the NE of the scores served (against
-the generated labels). The verdict counts the rounds in which adaptive held p99 under the SLO with
-no failed request at twice the capacity while always-largest did not, and gives every round and
-the medians.
+Each step runs its load one window long before it measures (a warm-up whose failures still count:
+the server's answer to a change of load is not its answer to the load), then reports requests/s
+answered, latency percentiles from each request's scheduled arrival (no coordinated omission),
+failed requests, the tier mix and the NE of the scores served (against the generated labels). The
+verdict counts the rounds in which adaptive held p99 under the SLO with no failed request at twice
+the capacity while always-largest did not, and gives every round and the medians.
 
 Requests carry 512 to 1024 candidates by default (production ads ranking scores hundreds per
 request; the demo data's 8 to 48 would make the largest tier's cost vanish beside the fixed cost of
@@ -41,6 +44,7 @@ import dataclasses
 import datetime as dt
 import statistics
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -88,8 +92,52 @@ def _step(
     return {"offered_per_s": step.level, "sent": result.sent, **result.row()}
 
 
+def _failed(row: dict[str, Any]) -> int:
+    return row["failed"] + row.get("warmup_failed", 0)
+
+
 def _meets(row: dict[str, Any], slo_ms: float) -> bool:
-    return row["failed"] == 0 and row["requests"] > 0 and row["p99_ms"] <= slo_ms
+    return _failed(row) == 0 and row["requests"] > 0 and row["p99_ms"] <= slo_ms
+
+
+def _capacity(
+    rates: list[float], measure: Callable[[float], dict[str, Any]], slo_ms: float, refine: int
+) -> tuple[float, list[dict[str, Any]]]:
+    """The largest tier's capacity within the SLO: the highest Poisson rate whose p99 met it.
+
+    Measures ``rates``; where none met the SLO, halves the lowest until one does (at most ``refine``
+    times); then bisects ``refine`` times between the highest rate that met it and the next rate
+    measured above, which missed. The same rule on either side, so that a round where the first
+    rates all missed is not credited with a capacity it did not show. Returns the answered
+    requests/s at the highest rate that met the SLO (the lowest rate tried when none did) and every
+    probe as (offered, met).
+    """
+    probes: list[dict[str, Any]] = []
+
+    def probe(rate: float) -> dict[str, Any]:
+        row = measure(rate)
+        probes.append({"offered_per_s": row["offered_per_s"], "met": _meets(row, slo_ms), "row": row})
+        return row
+
+    rows = [probe(rate) for rate in rates]
+    rate = min(rates)
+    for _ in range(refine):
+        if any(_meets(row, slo_ms) for row in rows):
+            break
+        rate /= 2.0
+        rows.append(probe(rate))
+    for _ in range(refine):
+        met = [row for row in rows if _meets(row, slo_ms)]
+        if not met:
+            break
+        low = max(met, key=lambda row: row["offered_per_s"])
+        above = [row["offered_per_s"] for row in rows if row["offered_per_s"] > low["offered_per_s"]]
+        if not above:
+            break
+        rows.append(probe((low["offered_per_s"] + min(above)) / 2.0))
+    met = [row for row in rows if _meets(row, slo_ms)]
+    best = max(met, key=lambda row: row["offered_per_s"], default=min(rows, key=lambda r: r["offered_per_s"]))
+    return best["requests_per_s"], [{"offered_per_s": p["offered_per_s"], "met": p["met"]} for p in probes]
 
 
 def _round(
@@ -102,9 +150,10 @@ def _round(
     slo_ms: float,
     fractions: tuple[float, ...],
     window_s: float,
+    refine: int,
 ) -> dict[str, Any]:
     """One round on a fresh server: the capacity, every side at its fractions, every side at twice it."""
-    steady = StabilityPolicy(window_s=window_s, max_windows=5)
+    steady = StabilityPolicy(window_s=window_s, max_windows=5, warmup_s=window_s)
     warm = StabilityPolicy(window_s=0.5, max_windows=3)
     order = list(plans) if number % 2 else list(reversed(plans))
     sides: dict[str, list[dict[str, Any]]] = {side: [] for side in plans}
@@ -125,8 +174,7 @@ def _round(
             url, spec_name, requests, StepSpec("concurrency", 4), tiers, plans[LARGEST], steady, "closed loop"
         )
         rates = [f * closed["requests_per_s"] for f in fractions]
-        within = [row for row in (measure(LARGEST, rate) for rate in rates) if _meets(row, slo_ms)]
-        capacity = max((row["requests_per_s"] for row in within), default=rates[0])
+        capacity, probes = _capacity(rates, lambda rate: measure(LARGEST, rate), slo_ms, refine)
         for side in order:
             if side != LARGEST:
                 for rate in rates:
@@ -138,7 +186,7 @@ def _round(
         "order": order,
         "closed_loop": closed,
         "capacity_per_s": capacity,
-        "capacity_within_slo": bool(within),
+        "capacity_probes": probes,
         "sides": sides,
     }
 
@@ -152,6 +200,7 @@ def run(
     fractions: tuple[float, ...],
     candidates: tuple[int, int],
     window_s: float,
+    refine: int = 2,
 ) -> dict[str, Any]:
     """Run the benchmark and return what was written to ``out``/adaptive.json."""
     spec = load_spec(spec_path)
@@ -169,7 +218,7 @@ def run(
         CHEAPEST: (tiers[0], None),
     }
     done = [
-        _round(r, repository, spec.name, requests, tiers, plans, slo_ms, fractions, window_s)
+        _round(r, repository, spec.name, requests, tiers, plans, slo_ms, fractions, window_s, refine)
         for r in range(1, rounds + 1)
     ]
     result = {
@@ -184,6 +233,7 @@ def run(
         "budgets_ms": list(budgets),
         "candidates": list(candidates),
         "window_s": window_s,
+        "refine": refine,
         "rounds": done,
     }
     result["summary"] = summary(result)
@@ -201,7 +251,7 @@ def summary(result: dict[str, Any]) -> dict[str, Any]:
         sides[side] = {
             "held": sum(_meets(row, slo) for row in rows),
             "median_p99_ms": statistics.median(row["p99_ms"] for row in rows),
-            "median_failed": statistics.median(row["failed"] for row in rows),
+            "median_failed": statistics.median(_failed(row) for row in rows),
             "median_ne": statistics.median(row["ne"] for row in rows),
             "median_answered_per_s": statistics.median(row["requests_per_s"] for row in rows),
         }
@@ -252,10 +302,13 @@ def render(result: dict[str, Any]) -> str:
         f"Always-{largest}: request parameter `tier={largest}` on every request. Adaptive: the router's "
         f"policy under `routing.slo_ms`, no request parameter. Always-cheapest: `tier={result['tiers'][0]}`, "
         f"what no routing can beat.{extra} Open-loop Poisson arrivals; latency "
-        f"counts from each request's scheduled arrival; {result['window_s']:g} s windows until three "
-        "agree within 10% (at most five), figures over the last three; NE of the scores served, against "
-        "the generated labels (lower is better). Each round starts a fresh server; the order of the "
-        "sides alternates between rounds.",
+        f"counts from each request's scheduled arrival; each step's load runs {result['window_s']:g} s "
+        "before its first window (the server's answer to the change of load: a queue filling or "
+        "draining, the router stepping down), whose requests count in no figure but their failures; "
+        f"then {result['window_s']:g} s windows until three agree within 10% (at most five), figures "
+        "over the last three; failed counts the warm-up's too. NE of the scores served, against the "
+        "generated labels (lower is better). Each round starts a fresh server; the order of the sides "
+        "alternates between rounds.",
         "",
         verdict(result),
         "",
@@ -268,7 +321,7 @@ def render(result: dict[str, Any]) -> str:
         cells = []
         for r in result["rounds"]:
             row = r["sides"][side][-1]
-            cells.append(f"p99 {row['p99_ms']:.1f} ms, {row['failed']} failed, NE {row['ne']:.4f}")
+            cells.append(f"p99 {row['p99_ms']:.1f} ms, {_failed(row)} failed, NE {row['ne']:.4f}")
         lines.append(
             f"| {side} | " + " | ".join(cells) + f" | {s['median_p99_ms']:.1f} ms | {s['held']} of "
             f"{result['summary']['rounds']} |"
@@ -281,7 +334,11 @@ def render(result: dict[str, Any]) -> str:
             "",
             f"Always-{largest} closed loop at concurrency 4: {closed['requests_per_s']:.1f} requests/s "
             f"(p99 {closed['p99_ms']:.1f} ms). Its capacity within the SLO: **{capacity:.1f} requests/s**"
-            + ("" if r["capacity_within_slo"] else " (no rate met the SLO; the lowest rate stands in)")
+            + (
+                ""
+                if any(p["met"] for p in r["capacity_probes"])
+                else " (no rate met the SLO; the lowest rate tried stands in)"
+            )
             + f"; the last row of each side is at twice that, {2 * capacity:.0f} requests/s.",
             "",
             "| side | offered req/s | x capacity | answered req/s | p50 ms | p99 ms | failed | NE "
@@ -294,7 +351,7 @@ def render(result: dict[str, Any]) -> str:
                 lines.append(
                     f"| {side} | {row['offered_per_s']:.0f} | {row['offered_per_s'] / capacity:.2f} | "
                     f"{row['requests_per_s']:.1f} | {row['p50_ms']:.1f} | {row['p99_ms']:.1f} | "
-                    f"{row['failed']} | {row['ne']:.4f} | {mix} |"
+                    f"{_failed(row)} | {row['ne']:.4f} | {mix} |"
                 )
     lines += ["", "![p99 and tier mix against load, every round](adaptive.png)"]
     return "\n".join(lines) + "\n"
@@ -354,6 +411,12 @@ def main() -> None:
     )
     parser.add_argument("--candidates", default="512:1024", help="candidates per request, MIN:MAX")
     parser.add_argument("--window-s", type=float, default=2.0, help="measurement window (default 2 s)")
+    parser.add_argument(
+        "--refine",
+        type=int,
+        default=2,
+        help="bisections of the largest tier's capacity between the rates measured (default 2)",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     if args.rounds < 1:
@@ -362,7 +425,7 @@ def main() -> None:
     budgets = tuple(float(x) for x in args.budgets.split(",") if x.strip())
     fractions = tuple(float(x) for x in args.fractions.split(","))
     bounds = (int(low), int(high or low))
-    run(args.spec, args.out, args.slo_ms, args.rounds, budgets, fractions, bounds, args.window_s)
+    run(args.spec, args.out, args.slo_ms, args.rounds, budgets, fractions, bounds, args.window_s, args.refine)
     print((args.out / "adaptive.md").read_text(encoding="utf-8"))
 
 

@@ -6,6 +6,7 @@ import asyncio
 import csv
 import dataclasses
 import json
+import time
 
 import pytest
 from helpers import run_cli
@@ -72,9 +73,38 @@ def test_run_step_counts_every_refused_request_by_its_grpc_status(pipeline, serv
     assert list(result.errors) == ["StatusCode.INVALID_ARGUMENT"]
 
 
+def test_a_warmup_runs_the_load_before_the_first_window_and_counts_its_failures(pipeline, server) -> None:
+    spec = pipeline.spec
+    requests, step = _requests(spec), StepSpec("concurrency", 2)
+    warm = dataclasses.replace(SHORT, warmup_s=0.5)
+    windows: list[float] = []
+    started = time.perf_counter()
+    result = asyncio.run(
+        run_step(
+            server.grpc_url,
+            spec.name,
+            requests,
+            step,
+            spec.tier_names,
+            policy=warm,
+            on_window=lambda i, w: windows.append(w.seconds),
+        )
+    )
+    assert result.requests > 0 and result.failed == 0 and result.warmup_failed == 0
+    assert all(seconds < warm.warmup_s for seconds in windows)  # no window took the warm-up in
+    assert time.perf_counter() - started >= warm.warmup_s + sum(windows)
+
+    refused = asyncio.run(
+        run_step(server.grpc_url, spec.name, requests, step, spec.tier_names, "gold", policy=warm)
+    )
+    assert refused.warmup_failed > 0 and refused.failed > 0
+    assert refused.row()["warmup_failed"] == refused.warmup_failed
+
+
 def test_bench_cli_writes_csv_json_and_png_and_reports_the_slo(pipeline, server, tmp_path) -> None:
     out = tmp_path / "bench"
     args = ("--url", server.grpc_url, "--concurrency", "1,2", "--window-s", "0.2", "--max-windows", "3")
+    args += ("--warmup-s", "0.2")
     proc = run_cli(
         "bench",
         "--spec",
@@ -88,6 +118,7 @@ def test_bench_cli_writes_csv_json_and_png_and_reports_the_slo(pipeline, server,
     )
     rows = list(csv.DictReader((out / "bench.csv").open()))
     assert [r["level"] for r in rows] == ["1.0", "2.0"]
+    assert [r["warmup_failed"] for r in rows] == ["0", "0"]
     data = json.loads((out / "bench.json").read_text())
     assert len(data["steps"]) == 2 and data["slo_ms"] == 10000
     assert (out / "bench.png").stat().st_size > 5_000

@@ -47,12 +47,24 @@ class StepSpec:
 
 @dataclass(frozen=True)
 class StabilityPolicy:
-    """When a step's measurement is stable: ``stable_windows`` windows within ``spread``."""
+    """When a step's measurement is stable: ``stable_windows`` windows within ``spread``.
+
+    Attributes:
+        window_s: Length of a measurement window.
+        stable_windows: Windows in a row whose throughput and median latency must agree.
+        spread: How far they may differ, as a share of the lowest.
+        max_windows: Windows at most; the figures are then the last ``stable_windows``.
+        warmup_s: Seconds the step's load runs before its first window: what completes then counts
+            in no figure but its failures (:attr:`StepResult.warmup_failed`), so that a server's
+            answer to a change of load (a queue draining, a router stepping down) is not taken for
+            its answer to the load.
+    """
 
     window_s: float = 2.0
     stable_windows: int = 3
     spread: float = 0.10
     max_windows: int = 10
+    warmup_s: float = 0.0
 
 
 @dataclass
@@ -89,6 +101,7 @@ class StepResult:
     server: dict[str, dict[str, float]] = field(default_factory=dict)
     sent: int = 0
     ne: float = float("nan")
+    warmup_failed: int = 0
 
     @property
     def requests_per_s(self) -> float:
@@ -109,6 +122,7 @@ class StepResult:
             "stable": self.stable,
             "requests": self.requests,
             "failed": self.failed,
+            "warmup_failed": self.warmup_failed,
             "seconds": round(self.seconds, 3),
             "requests_per_s": round(self.requests_per_s, 2),
             "candidates_per_s": round(self.candidates_per_s, 1),
@@ -255,6 +269,10 @@ async def run_step(
             if step.mode == "concurrency"
             else [asyncio.create_task(open_loop())]
         )
+        warmup = Window()
+        if policy.warmup_s > 0:
+            await asyncio.sleep(policy.warmup_s)
+            warmup, load.current = load.current, Window()
         stable = False
         while len(done) < policy.max_windows:
             started = time.perf_counter()
@@ -299,6 +317,7 @@ async def run_step(
         server=server_split(before, after),
         sent=load.sent,
         ne=sum(w.log_loss for w in measured) / candidates / entropy if candidates else float("nan"),
+        warmup_failed=sum(warmup.errors.values()),
     )
 
 
@@ -319,6 +338,13 @@ def bench_requests(spec: Spec, count: int, candidates: tuple[int, int] | None = 
 
 
 def highest_within_slo(results: list[StepResult], slo_ms: float) -> StepResult | None:
-    """The step with the highest throughput whose p99 meets ``slo_ms`` with no failed request."""
-    ok = [r for r in results if r.failed == 0 and r.requests and r.latency["p99_ms"] <= slo_ms]
+    """The step with the highest throughput whose p99 meets ``slo_ms`` with no failed request.
+
+    A request that failed in the step's warm-up counts as failed.
+    """
+    ok = [
+        r
+        for r in results
+        if r.failed == 0 and r.warmup_failed == 0 and r.requests and r.latency["p99_ms"] <= slo_ms
+    ]
     return max(ok, key=lambda r: r.requests_per_s, default=None)

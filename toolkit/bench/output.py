@@ -17,6 +17,7 @@ COLUMNS = (
     "stable",
     "requests",
     "failed",
+    "warmup_failed",
     "seconds",
     "requests_per_s",
     "candidates_per_s",

@@ -49,6 +49,14 @@ def _levels(value: str | None, flag: str) -> list[float]:
     show_default=True,
     help="Windows per step at most.",
 )
+@click.option(
+    "--warmup-s",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    show_default=True,
+    help="Seconds each step's load runs before its first window; their requests count in no figure, "
+    "their failures in 'failed'.",
+)
 @click.option("--tier", help="Request parameter `tier` (force a tier; default: routed).")
 @click.option("--latency-budget-ms", type=click.FloatRange(min=0, min_open=True), help="Request parameter.")
 @click.option(
@@ -81,6 +89,7 @@ def command(
     arrivals: str,
     window_s: float,
     max_windows: int,
+    warmup_s: float,
     tier: str | None,
     latency_budget_ms: float | None,
     candidates: str | None,
@@ -120,7 +129,7 @@ def command(
         )
     requests = bench_requests(spec, pool, parse_candidates(candidates))
     address = url or f"{spec.triton.host}:{spec.triton.grpc_port}"
-    policy = StabilityPolicy(window_s=window_s, max_windows=max_windows)
+    policy = StabilityPolicy(window_s=window_s, max_windows=max_windows, warmup_s=warmup_s)
     console = Console(stderr=True)
     results = []
     for step in steps:
@@ -173,7 +182,7 @@ def command(
             fmt(r.requests_per_s, 1),
             fmt(r.candidates_per_s, 0),
             *(fmt(r.latency[k], 2) for k in ("p50_ms", "p90_ms", "p99_ms", "max_ms")),
-            str(r.failed),
+            str(r.failed + r.warmup_failed),
             fmt(r.ne, 4),
             mix,
         )
