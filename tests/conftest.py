@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,6 +13,18 @@ from toolkit.export import FP32, read_manifest
 from toolkit.export.manifest import Manifest
 from toolkit.spec import Spec, load_spec
 from toolkit.spec.variants import VARIANTS
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Let SIGINT reach the processes the tests start, however the suite itself was started.
+
+    A shell that runs a command in the background without job control (``make test &`` in a
+    script) starts it with SIGINT ignored, and an ignored signal stays ignored across ``exec``: the
+    tests that press Ctrl-C on ``toolkit tune`` or stop a server with SIGINT would then see nothing
+    happen. A handled signal is reset to its default in the child, so handling it here is enough.
+    """
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @dataclass(frozen=True)
