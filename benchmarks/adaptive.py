@@ -116,7 +116,7 @@ def _capacity(
 
     def probe(rate: float) -> dict[str, Any]:
         row = measure(rate)
-        probes.append({"offered_per_s": row["offered_per_s"], "met": _meets(row, slo_ms), "row": row})
+        probes.append({"offered_per_s": row["offered_per_s"], "met": _meets(row, slo_ms)})
         return row
 
     rows = [probe(rate) for rate in rates]
@@ -137,7 +137,7 @@ def _capacity(
         rows.append(probe((low["offered_per_s"] + min(above)) / 2.0))
     met = [row for row in rows if _meets(row, slo_ms)]
     best = max(met, key=lambda row: row["offered_per_s"], default=min(rows, key=lambda r: r["offered_per_s"]))
-    return best["requests_per_s"], [{"offered_per_s": p["offered_per_s"], "met": p["met"]} for p in probes]
+    return best["requests_per_s"], probes
 
 
 def _round(

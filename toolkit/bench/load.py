@@ -104,6 +104,11 @@ class StepResult:
     warmup_failed: int = 0
 
     @property
+    def all_failed(self) -> int:
+        """Failed requests, those of the warm-up included."""
+        return self.failed + self.warmup_failed
+
+    @property
     def requests_per_s(self) -> float:
         """Answered requests per second."""
         return self.requests / self.seconds if self.seconds else 0.0
@@ -342,9 +347,5 @@ def highest_within_slo(results: list[StepResult], slo_ms: float) -> StepResult |
 
     A request that failed in the step's warm-up counts as failed.
     """
-    ok = [
-        r
-        for r in results
-        if r.failed == 0 and r.warmup_failed == 0 and r.requests and r.latency["p99_ms"] <= slo_ms
-    ]
+    ok = [r for r in results if r.all_failed == 0 and r.requests and r.latency["p99_ms"] <= slo_ms]
     return max(ok, key=lambda r: r.requests_per_s, default=None)

@@ -182,7 +182,7 @@ def command(
             fmt(r.requests_per_s, 1),
             fmt(r.candidates_per_s, 0),
             *(fmt(r.latency[k], 2) for k in ("p50_ms", "p90_ms", "p99_ms", "max_ms")),
-            str(r.failed + r.warmup_failed),
+            str(r.all_failed),
             fmt(r.ne, 4),
             mix,
         )

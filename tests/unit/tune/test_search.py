@@ -203,27 +203,30 @@ def test_confirm_measures_the_best_again_alternating_and_keeps_the_start_on_a_ti
     assert result.baseline is not None and result.baseline.throughput == result.best.throughput
 
 
+FAST = ServingConfig(router_instances=4)
+
+
+def _confirm_two(start_runs: list[float], fast_runs: list[float]) -> SearchResult:
+    """The start and a faster configuration confirmed once per run given, with those throughputs."""
+    result = SearchResult([Point(START, 900.0, 10.0), Point(FAST, 880.0, 12.0)], START, None)
+    figures = {START: iter(start_runs), FAST: iter(fast_runs)}
+    confirm(result, lambda r: lambda c: Point(c, next(figures[c]), 11.0), rounds=len(start_runs))
+    return result
+
+
 def test_confirm_moves_to_a_configuration_whose_median_beats_the_start() -> None:
-    start, fast = ServingConfig(), ServingConfig(router_instances=4)
-    result = SearchResult([Point(start, 900.0, 10.0), Point(fast, 880.0, 12.0)], start, None)
-    figures = {start: iter([700.0, 720.0, 690.0]), fast: iter([900.0, 950.0, 760.0])}
+    result = _confirm_two([700.0, 720.0, 690.0], [900.0, 950.0, 760.0])
 
-    confirm(result, lambda r: lambda c: Point(c, next(figures[c]), 11.0), rounds=3)
-
-    assert result.best is not None and result.best.config == fast
+    assert result.best is not None and result.best.config == FAST
     assert result.best.throughput == 900.0 and result.baseline.throughput == 700.0
-    assert len(result.confirmed[fast]) == 3
+    assert len(result.confirmed[FAST]) == 3
 
 
 def test_confirm_keeps_the_start_when_the_faster_median_lost_a_round_of_three() -> None:
-    start, fast = ServingConfig(), ServingConfig(router_instances=4)
-    result = SearchResult([Point(start, 900.0, 10.0), Point(fast, 880.0, 12.0)], start, None)
     # fast's median beats the start's by 29% and it won 2 of 3 rounds: a coin toss does that half the time
-    figures = {start: iter([700.0, 720.0, 690.0]), fast: iter([900.0, 950.0, 600.0])}
+    result = _confirm_two([700.0, 720.0, 690.0], [900.0, 950.0, 600.0])
 
-    confirm(result, lambda r: lambda c: Point(c, next(figures[c]), 11.0), rounds=3)
-
-    assert result.best is not None and result.best.config == start
+    assert result.best is not None and result.best.config == START
 
 
 @pytest.mark.parametrize("rounds", range(1, 13))
@@ -268,14 +271,10 @@ def test_a_search_cut_by_the_budget_is_confirmed_and_an_interrupted_one_is_not(
 
 
 def test_confirm_keeps_the_start_when_the_faster_median_won_only_a_minority_of_the_rounds() -> None:
-    start, fast = ServingConfig(), ServingConfig(router_instances=4)
-    result = SearchResult([Point(start, 900.0, 10.0), Point(fast, 880.0, 12.0)], start, None)
     # fast's median (700) beats the start's (610) by 15%, but it beat the start only in round 2 of 3
-    figures = {start: iter([1000.0, 600.0, 610.0]), fast: iter([900.0, 700.0, 590.0])}
+    result = _confirm_two([1000.0, 600.0, 610.0], [900.0, 700.0, 590.0])
 
-    confirm(result, lambda r: lambda c: Point(c, next(figures[c]), 11.0), rounds=3)
-
-    assert result.best is not None and result.best.config == start
+    assert result.best is not None and result.best.config == START
 
 
 PER_TIER = SearchSpace(
