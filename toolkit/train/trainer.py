@@ -253,6 +253,9 @@ USER_MODEL_SKIPPED = "user model, not trained"
 class TrainingReport:
     """What ``toolkit train`` measured, also written to ``<checkpoints>/training.json``.
 
+    The file also keeps the earlier entries of tiers not trained this time, measured on the same
+    data, whose checkpoints are still there (see :func:`train`).
+
     Attributes:
         holdout_ctr: Click rate of the held-out requests.
         holdout_requests: Held-out requests the metrics are measured on.
@@ -304,6 +307,8 @@ def train(
     Args:
         spec: The ensemble spec.
         checkpoints: Folder to write ``<tier>.pt``, ``preprocess.pt`` and ``training.json`` into.
+            ``training.json`` keeps the entries of the spec's tiers not trained now, where the
+            earlier file measured them on the same data and their checkpoints are still there.
         tiers: Tiers to train (default: all).
         progress: Optional per-step callback.
 
@@ -349,5 +354,36 @@ def train(
         report.tiers[name] = TierMetrics(train_seconds=seconds, parameters=params, **metrics)
         save_tier(checkpoints, spec, name, model)
         log.info("trained %s in %.1fs: NE %.4f AUC %.4f", name, seconds, metrics["ne"], metrics["auc"])
-    (checkpoints / "training.json").write_text(json.dumps(report.to_json(), indent=2, allow_nan=False) + "\n")
+    path = checkpoints / "training.json"
+    written = _with_earlier_tiers(report.to_json(), path, spec)
+    path.write_text(json.dumps(written, indent=2, allow_nan=False) + "\n")
     return report
+
+
+def _with_earlier_tiers(data: dict, path: Path, spec: Spec) -> dict:
+    """``data`` with the earlier ``training.json``'s entries of the spec's tiers not trained now.
+
+    Training some tiers (``--tier``) leaves the others' checkpoints in place, so their metrics stay
+    in the file, as long as they were measured on the same data (the same held-out click rate and
+    request counts) and their checkpoints are still there; otherwise they are dropped.
+    """
+    try:
+        earlier = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return data
+    same = isinstance(earlier, dict) and all(
+        earlier.get(key) == data[key] for key in ("holdout_ctr", "holdout_requests", "train_requests")
+    )
+    if not same or not isinstance(earlier.get("tiers"), dict):
+        return data
+    now = data["tiers"]
+    kept = {
+        name: earlier["tiers"][name]
+        for name in spec.tier_names
+        if name not in now
+        and name not in data["skipped"]
+        and name in earlier["tiers"]
+        and (path.parent / f"{name}.pt").is_file()
+    }
+    order = [name for name in spec.tier_names if name in now or name in kept]
+    return {**data, "tiers": {name: now.get(name, kept.get(name)) for name in order}}
