@@ -23,6 +23,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -45,16 +46,24 @@ COUNTS = (16, 64, 256)
 SPEEDUP_TARGET = 1.5
 
 
-def matmul_gflops(size: int = 1024, repeats: int = 20) -> float:
-    """Single-thread GFLOP/s of a float32 ``size`` x ``size`` matrix product (best of ``repeats``)."""
-    a, b = torch.randn(size, size), torch.randn(size, size)
-    torch.matmul(a, b)
+def _product_rate(product: Callable[[], object], size: int, repeats: int) -> float:
+    """Billions of operations per second of a ``size`` x ``size`` matrix ``product``.
+
+    One call to warm up, then the best of ``repeats``; a multiply-add counts as two operations.
+    """
+    product()
     best = float("inf")
     for _ in range(repeats):
         started = time.perf_counter()
-        torch.matmul(a, b)
+        product()
         best = min(best, time.perf_counter() - started)
     return 2 * size**3 / best / 1e9
+
+
+def matmul_gflops(size: int = 1024, repeats: int = 20) -> float:
+    """Single-thread GFLOP/s of a float32 ``size`` x ``size`` matrix product (best of ``repeats``)."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    return _product_rate(lambda: torch.matmul(a, b), size, repeats)
 
 
 def int8_matmul_gops(size: int = 1024, repeats: int = 20) -> float:
@@ -81,13 +90,7 @@ def int8_matmul_gops(size: int = 1024, repeats: int = 20) -> float:
         path = Path(folder) / "int8_matmul.onnx"
         onnx.save(model, path)
         session = cpu_session(str(path))
-    session.run(None, feed)
-    best = float("inf")
-    for _ in range(repeats):
-        started = time.perf_counter()
-        session.run(None, feed)
-        best = min(best, time.perf_counter() - started)
-    return 2 * size**3 / best / 1e9
+    return _product_rate(lambda: session.run(None, feed), size, repeats)
 
 
 def run(spec_path: Path, rounds: int, out: Path) -> dict[str, Any]:
