@@ -28,7 +28,7 @@ from toolkit.models.base import RankingModel
 from toolkit.models.preprocess import Preprocess
 from toolkit.models.registry import build_tier
 from toolkit.spec.schema import Spec
-from toolkit.train.checkpoints import save_preprocess, save_tier
+from toolkit.train.checkpoints import save_preprocess, save_tier, tier_path
 
 log = logging.getLogger(__name__)
 
@@ -383,7 +383,7 @@ def _with_earlier_tiers(data: dict, path: Path, spec: Spec) -> dict:
         if name not in now
         and name not in data["skipped"]
         and name in earlier["tiers"]
-        and (path.parent / f"{name}.pt").is_file()
+        and tier_path(path.parent, name).is_file()
     }
     order = [name for name in spec.tier_names if name in now or name in kept]
     return {**data, "tiers": {name: now.get(name, kept.get(name)) for name in order}}
